@@ -1,0 +1,51 @@
+# FedAgentBench. Two commands on a fresh machine: `make bench` (the main job) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= out
+SEED   ?= 0
+SCALE  ?= tiny
+MODEL  ?= heuristic
+
+# telemetry off for everything make starts (see README, "Offline by default")
+export LANGGRAPH_CLI_NO_ANALYTICS=1 LANGGRAPH_NO_VERSION_CHECK=true LANGSMITH_TRACING=false \
+       LANGCHAIN_TRACING_V2=false FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
+       FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1
+# the real image pools: ../shared/datasets when it exists, unless the caller chose another place
+ifeq ($(origin FEDAGENTBENCH_DATA), undefined)
+  ifneq ($(wildcard ../shared/datasets/SHA256SUMS),)
+    export FEDAGENTBENCH_DATA := $(abspath ../shared/datasets)
+  endif
+endif
+
+.PHONY: setup test test-fast envs bench lock clean help
+help:
+	@echo "make setup | test | envs | bench [MODEL=...] | lock | clean"
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need CPython 3.11 (python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# reinstall only when the dependency declarations change
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	UV_FIND_LINKS="$${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}" \
+	  $(VENV)/bin/uv pip install --python $(PY) -c constraints.txt -e '.[dev]'
+	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else 'a CUDA torch was installed: check UV_FIND_LINKS')"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider
+
+envs: setup
+	$(VENV)/bin/fedagentbench envs build --modality all --scale $(SCALE) --seed $(SEED) --out $(OUT)/envs
+
+lock: setup
+	$(VENV)/bin/uv pip freeze --python $(PY) --exclude-editable | sed 's/+cpu$$//' > constraints.txt
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,172 @@
+"""Image pools: where a hospital's pixels come from.
+
+A pool hands out images of one environment by pool class (the label values of the real arrays).
+Real pools read the arrays in the data directory (``--data-dir`` or ``FEDAGENTBENCH_DATA``) after
+checking ``SHA256SUMS``; each real image is handed out at most once per environment build, so no
+image is shared by two hospitals or two datasets. Where the real file is absent or fails its
+checksum, a procedural pool of the same shape takes over and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from environments import procedural
+from environments.concepts import vocabulary
+
+#: environment -> (file in the data directory, native size, colour)
+REAL_POOL_FILES: dict[str, tuple[str, int, bool]] = {
+    "dermatoscopy": ("dermatoscopy_isic2017_melanoma_64.npz", 64, True),
+    "ultrasound": ("ultrasound_breastmnist_28.npz", 28, False),
+    "fundus": ("fundus_retinamnist_28.npz", 28, True),
+    "mri": ("mri_brain_tumor_sartaj_64.npz", 64, False),
+    "xray": ("xray_pneumoniamnist_28.npz", 28, False),
+}
+#: native size and colour of pools without a real file
+PROCEDURAL_ONLY: dict[str, tuple[int, bool]] = {"histopathology": (64, True)}
+
+DATA_ENV_VAR = "FEDAGENTBENCH_DATA"
+
+
+def native_shape(environment: str) -> tuple[int, bool]:
+    """(side length, is colour) of the environment's pool images."""
+    if environment in REAL_POOL_FILES:
+        _, size, colour = REAL_POOL_FILES[environment]
+        return size, colour
+    return PROCEDURAL_ONLY[environment]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The data directory from the argument, else the environment variable; None when unset."""
+    chosen = data_dir if data_dir is not None else os.environ.get(DATA_ENV_VAR)
+    if not chosen:
+        return None
+    return Path(chosen).expanduser().resolve()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_real_file(data_dir: Path, filename: str) -> str | None:
+    """None when ``filename`` exists and matches SHA256SUMS, else the reason it cannot be used."""
+    path = data_dir / filename
+    sums = data_dir / "SHA256SUMS"
+    if not data_dir.is_dir():
+        return f"data directory {data_dir} does not exist"
+    if not path.is_file():
+        return f"{filename} is missing from {data_dir}"
+    if not sums.is_file():
+        return f"{data_dir} has no SHA256SUMS to verify {filename} against"
+    expected = None
+    for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == filename:
+            expected = parts[0].lower()
+    if expected is None:
+        return f"SHA256SUMS in {data_dir} lists no checksum for {filename}"
+    actual = _sha256(path)
+    if actual != expected:
+        return f"{filename} fails its checksum (expected {expected[:12]}…, got {actual[:12]}…): corrupt or altered"
+    return None
+
+
+@dataclass
+class PoolInfo:
+    """What a build used, for the manifest."""
+
+    environment: str
+    kind: str  # "real" or "procedural"
+    source: str
+    fallback_reason: str | None = None
+    images_available: dict[int, int] = field(default_factory=dict)
+
+
+class ImagePool:
+    """Seeded, draw-without-replacement source of class-conditional images for one environment."""
+
+    def __init__(self, environment: str, seed: int, data_dir: str | os.PathLike | None = None) -> None:
+        self.environment = environment
+        self.size, self.colour = native_shape(environment)
+        self.n_classes = len(vocabulary(environment).pool_class_names)
+        self._rng = np.random.default_rng([seed, 7919])
+        self._images: np.ndarray | None = None
+        self._queues: dict[int, list[int]] = {}
+        self.info = self._load(resolve_data_dir(data_dir))
+
+    def _load(self, data_dir: Path | None) -> PoolInfo:
+        if self.environment not in REAL_POOL_FILES:
+            return PoolInfo(self.environment, "procedural", "procedural generator (no real labelled pool exists)")
+        filename = REAL_POOL_FILES[self.environment][0]
+        reason = "no data directory given (--data-dir or FEDAGENTBENCH_DATA)"
+        if data_dir is not None:
+            reason = verify_real_file(data_dir, filename)
+        if reason is None:
+            try:
+                images, labels = _read_npz(data_dir / filename)
+            except (OSError, ValueError, KeyError) as exc:
+                reason = f"{filename} could not be read: {exc}"
+            else:
+                self._images = images
+                for cls in range(self.n_classes):
+                    idx = np.flatnonzero(labels == cls)
+                    self._queues[cls] = list(self._rng.permutation(idx))
+                return PoolInfo(self.environment, "real", filename,
+                                images_available={c: len(q) for c, q in self._queues.items()})
+        return PoolInfo(self.environment, "procedural", "procedural generator", fallback_reason=reason)
+
+    @property
+    def is_real(self) -> bool:
+        return self._images is not None
+
+    def available(self, pool_class: int) -> int | None:
+        """Images left for ``pool_class``; None when unlimited (procedural)."""
+        return len(self._queues[pool_class]) if self.is_real else None
+
+    def take(self, pool_class: int, n: int) -> np.ndarray:
+        """``n`` fresh images of ``pool_class`` (never handed out before in this pool)."""
+        if self.is_real:
+            queue = self._queues[pool_class]
+            if n > len(queue):
+                raise ValueError(
+                    f"{self.environment} pool has {len(queue)} unused images of class {pool_class}, {n} requested"
+                )
+            picked, self._queues[pool_class] = queue[:n], queue[n:]
+            return self._images[np.asarray(picked, dtype=int)]
+        return self.generate(pool_class, n)
+
+    def generate(self, pool_class: int, n: int, environment: str | None = None) -> np.ndarray:
+        """``n`` procedural images (of another environment when given: off-topic images)."""
+        env = environment or self.environment
+        size, colour = native_shape(env)
+        out = [procedural.generate(env, pool_class, self._rng, 64) for _ in range(n)]
+        if size != 64:
+            out = [_resize(img, size) for img in out]
+        shape = (n, size, size, 3) if colour else (n, size, size)
+        return np.stack(out).reshape(shape) if out else np.zeros(shape, np.uint8)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All splits of a pool file concatenated: images uint8 (N,H,W[,3]), labels int (N,)."""
+    with np.load(path, allow_pickle=False) as data:
+        splits = sorted({k.rsplit("_", 1)[0] for k in data.files if k.endswith("_images")})
+        if not splits:
+            raise ValueError("no *_images arrays")
+        images = np.concatenate([data[f"{s}_images"] for s in splits])
+        labels = np.concatenate([data[f"{s}_labels"].reshape(-1) for s in splits]).astype(int)
+    return images, labels
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))

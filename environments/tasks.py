@@ -1,0 +1,212 @@
+"""The user requests T of each environment, in both guidance styles, with what decides the answers.
+
+A task names its target classes and maps every concept of the environment's vocabulary either to
+one target class or to nothing (dropped). A dataset is relevant to a task when its modality is the
+environment's, it is a human classification dataset with pixels for every class, and its classes
+cover every target class. The requirement cue decides the acceptable FL algorithms (names as in
+the algorithm registry, ``fl/registry.json``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from environments.catalogue import DatasetCard
+from environments.concepts import vocabulary
+
+#: requirement cue -> acceptable algorithm names (the registry's cues agree; a test checks it)
+REQUIREMENT_ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "baseline": ("FedAvg",),
+    "label_skew": ("FedLC", "FedAvgM", "SCAFFOLD", "MOON", "FedDyn", "CCVR"),
+    "feature_shift": ("FedBN", "FedAP", "pFedFDA"),
+    "personalisation": (
+        "FedPer", "FedRep", "LG-FedAvg", "Ditto", "APFL", "FedBABU", "FedRoD", "pFedMe", "Per-FedAvg",
+        "FedALA", "FedPAC", "pFedSim", "FedFomo", "FedAS", "FLUTE", "kNN-Per", "FedEM", "pFedHN",
+        "pFedLA", "CFL", "MetaFed",
+    ),
+    "unseen_site": ("FedSR", "ADCOL", "FedIIR"),
+    "stragglers": ("FedProx",),
+    "heterogeneous_architectures": ("FedMD", "FedProto"),
+}
+
+#: how a requirement reads in a user's request
+REQUIREMENT_TEXT: dict[str, str] = {
+    "baseline": "The hospitals' data are broadly similar and nobody has special requirements; a standard, well-understood approach is preferred.",
+    "label_skew": "The hospitals see very different proportions of each class (some have almost no positive cases), and we want one shared model that is not biased towards the majority class.",
+    "feature_shift": "Each hospital uses different scanners/cameras and acquisition settings, so image appearance differs between sites; each site may keep its own normalisation statistics.",
+    "personalisation": "Each hospital wants its own model, tuned to its own patients, while still benefiting from the others.",
+    "unseen_site": "The final model must work at new hospitals that take no part in training.",
+    "stragglers": "Some hospitals have slow, unreliable machines that often finish only part of their local training in a round.",
+    "heterogeneous_architectures": "The hospitals run different network architectures and cannot share model weights directly.",
+}
+
+
+class TaskSpec(BaseModel):
+    """One user request of one environment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    environment: str
+    title: str
+    task_type: str = "classification"
+    target_classes: list[str] = Field(min_length=2)
+    #: concept -> target class; concepts not listed are dropped
+    concept_to_target: dict[str, str]
+    requirement: str
+    image_size: int
+    colour: bool
+    #: a phrase that tells a reader how ambiguous classes map, part of both requests
+    class_note: str = ""
+
+    @property
+    def acceptable_algorithms(self) -> list[str]:
+        return list(REQUIREMENT_ALGORITHMS[self.requirement])
+
+    def target_of(self, concept: str | None) -> str | None:
+        return None if concept is None else self.concept_to_target.get(concept)
+
+    def is_relevant(self, card: DatasetCard) -> bool:
+        """A dataset fits when it has pixels for every class and covers every target class."""
+        if not card.has_real_pixels:
+            return False
+        covered = {self.target_of(c) for c in card.class_concepts.values()}
+        return set(self.target_classes) <= covered
+
+    def gold_mapping(self, class_concepts: dict[str, str | None]) -> dict[str, str | None]:
+        """Site class name -> target class (None: drop the class)."""
+        return {name: self.target_of(concept) for name, concept in class_concepts.items()}
+
+    def request(self, guidance: str) -> str:
+        """The user request T in the ``fine`` (step by step) or ``goal`` (goal only) style."""
+        modality = self.environment.replace("xray", "X-ray").replace("mri", "MRI")
+        targets = ", ".join(self.target_classes)
+        need = REQUIREMENT_TEXT[self.requirement]
+        note = f" {self.class_note}" if self.class_note else ""
+        if guidance == "goal":
+            return f"I want to train a {self.title} model on {modality} images, with classes: {targets}.{note} {need}"
+        if guidance != "fine":
+            raise ValueError(f"guidance must be 'fine' or 'goal', not {guidance!r}")
+        return (
+            f"Goal: train a {self.title} model on {modality} images with federated learning.\n"
+            f"1. Extract the requirements: modality {modality}, task type classification, target classes "
+            f"[{targets}].{note}\n"
+            "2. Ask every hospital to read its data cards and report each local dataset that matches: "
+            f"{modality} images of human patients, labelled for classification with classes that cover {targets}. "
+            "Segmentation, registration, unlabelled, animal and other-modality datasets do not match.\n"
+            "3. Approve exactly the hospitals that reported at least one matching dataset; release the others.\n"
+            "4. At each approved hospital, copy the matching datasets into the work area, organise them into one "
+            "folder per class, remove non-image and corrupt files, convert every image to PNG at "
+            f"{self.image_size}x{self.image_size} ({'RGB' if self.colour else 'greyscale'}), and remove "
+            "near-duplicates, off-topic images and images with wrong labels.\n"
+            f"5. Map each local class name to one of [{targets}] or drop it, and rebuild the dataset with exactly "
+            "these class folders.\n"
+            f"6. Choose the federated learning algorithm from the registry that fits this requirement: {need}\n"
+            "7. Distribute the configuration, start federated training and report its metrics."
+        )
+
+
+def _task(environment: str, task_id: str, title: str, targets: dict[str, list[str]], requirement: str,
+          class_note: str = "") -> TaskSpec:
+    from environments.pools import native_shape
+
+    size, colour = native_shape(environment)
+    standard = {28: 32, 64: 64}[size]
+    vocab = vocabulary(environment)
+    mapping = {}
+    for target, concepts in targets.items():
+        for concept in concepts:
+            vocab.concept(concept)
+            mapping[concept] = target
+    return TaskSpec(
+        task_id=task_id,
+        environment=environment,
+        title=title,
+        target_classes=list(targets),
+        concept_to_target=mapping,
+        requirement=requirement,
+        image_size=standard,
+        colour=colour,
+        class_note=class_note,
+    )
+
+
+_DERM_MALIGNANT = ["melanoma", "basal_cell_carcinoma", "actinic_keratosis", "squamous_cell_carcinoma", "malignant_lesion"]
+_DERM_BENIGN = ["naevus", "seborrhoeic_keratosis", "dermatofibroma", "vascular_lesion", "benign_lesion"]
+_BREAK_BENIGN = ["benign_breast_tissue", "adenosis", "fibroadenoma", "phyllodes_tumour", "tubular_adenoma"]
+_BREAK_MALIGNANT = ["malignant_breast_tissue", "ductal_carcinoma", "lobular_carcinoma", "mucinous_carcinoma", "papillary_carcinoma"]
+_PNEUMONIA = ["pneumonia", "bacterial_pneumonia", "viral_pneumonia", "covid19_pneumonia"]
+
+TASKS: tuple[TaskSpec, ...] = (
+    _task("dermatoscopy", "derm-skin-cancer", "binary skin-cancer detection",
+          {"benign": _DERM_BENIGN, "malignant": _DERM_MALIGNANT}, "feature_shift",
+          "Melanoma, basal and squamous cell carcinoma and actinic keratosis count as malignant; naevi, "
+          "seborrhoeic keratoses, dermatofibromas and vascular lesions as benign."),
+    _task("dermatoscopy", "derm-melanoma-naevus", "melanoma versus naevus",
+          {"melanoma": ["melanoma"], "naevus": ["naevus"]}, "personalisation",
+          "Lesions that are neither melanoma nor naevus are left out."),
+    _task("dermatoscopy", "derm-melanoma-benign", "melanoma versus benign-lesion classification",
+          {"melanoma": ["melanoma"], "benign": _DERM_BENIGN}, "label_skew",
+          "Naevi, seborrhoeic keratoses, dermatofibromas and vascular lesions are benign; other malignant lesions "
+          "(carcinomas, actinic keratosis) and labels that only say 'malignant' are left out."),
+    _task("ultrasound", "us-breast-malignancy", "breast-malignancy detection",
+          {"malignant": ["malignant_breast_lesion"], "non_malignant": ["benign_breast_lesion", "normal_breast"]},
+          "feature_shift", "Normal scans and benign lesions both count as non_malignant."),
+    _task("ultrasound", "us-benign-malignant", "benign versus malignant breast-lesion classification",
+          {"benign": ["benign_breast_lesion"], "malignant": ["malignant_breast_lesion"]}, "label_skew",
+          "Scans without a lesion (normal) are left out."),
+    _task("ultrasound", "us-lesion-personal", "per-hospital breast-lesion classification",
+          {"benign": ["benign_breast_lesion"], "malignant": ["malignant_breast_lesion"]}, "personalisation",
+          "Scans without a lesion (normal) are left out."),
+    _task("fundus", "fundus-dr-grading", "diabetic-retinopathy grading",
+          {f"grade_{k}": [f"dr_grade_{k}"] for k in range(5)}, "label_skew",
+          "Grades follow the international scale: 0 no DR, 1 mild, 2 moderate, 3 severe non-proliferative, 4 proliferative."),
+    _task("fundus", "fundus-referable-dr", "referable diabetic-retinopathy detection",
+          {"non_referable": ["dr_grade_0", "dr_grade_1", "dr_non_referable"],
+           "referable": ["dr_grade_2", "dr_grade_3", "dr_grade_4", "dr_referable"]}, "feature_shift",
+          "Grades 0-1 are non_referable, grades 2-4 referable; a label that only says 'DR present' is too vague and is left out."),
+    _task("fundus", "fundus-dr-screening", "diabetic-retinopathy screening",
+          {"no_dr": ["dr_grade_0"], "dr": ["dr_grade_1", "dr_grade_2", "dr_grade_3", "dr_grade_4", "dr_any", "dr_referable"]},
+          "unseen_site", "Any grade from 1 to 4 counts as dr; 'non-referable' labels mix grades 0 and 1 and are left out."),
+    _task("histopathology", "histo-breast-cancer", "binary breast-cancer detection",
+          {"benign": _BREAK_BENIGN, "malignant": _BREAK_MALIGNANT}, "feature_shift",
+          "Benign tumour subtypes (adenosis, fibroadenoma, phyllodes, tubular adenoma) are benign; carcinomas are malignant."),
+    _task("histopathology", "histo-fibroadenoma-ductal", "fibroadenoma versus ductal carcinoma",
+          {"fibroadenoma": ["fibroadenoma"], "ductal_carcinoma": ["ductal_carcinoma"]}, "personalisation",
+          "All other subtypes are left out."),
+    _task("histopathology", "histo-breast-cancer-stragglers", "breast-cancer detection on unreliable sites",
+          {"benign": _BREAK_BENIGN, "malignant": _BREAK_MALIGNANT}, "stragglers",
+          "Benign tumour subtypes are benign; carcinomas are malignant."),
+    _task("mri", "mri-tumour-type", "brain-tumour classification",
+          {"glioma": ["glioma"], "meningioma": ["meningioma"], "pituitary": ["pituitary_tumour"], "no_tumour": ["no_tumour"]},
+          "feature_shift", "A label that only says 'tumour' without its type is left out."),
+    _task("mri", "mri-tumour-presence", "brain-tumour presence detection",
+          {"tumour": ["glioma", "meningioma", "pituitary_tumour", "any_brain_tumour"], "no_tumour": ["no_tumour"]},
+          "unseen_site", "Every tumour type counts as tumour."),
+    _task("mri", "mri-glioma-meningioma", "glioma versus meningioma",
+          {"glioma": ["glioma"], "meningioma": ["meningioma"]}, "heterogeneous_architectures",
+          "Other tumour types and tumour-free scans are left out."),
+    _task("xray", "xray-pneumonia", "pneumonia detection",
+          {"normal": ["normal_chest"], "pneumonia": _PNEUMONIA}, "baseline",
+          "Bacterial, viral and COVID-19 pneumonia all count as pneumonia."),
+    _task("xray", "xray-pneumonia-personal", "per-hospital pneumonia detection",
+          {"normal": ["normal_chest"], "pneumonia": _PNEUMONIA}, "personalisation",
+          "Bacterial, viral and COVID-19 pneumonia all count as pneumonia."),
+    _task("xray", "xray-pneumonia-stragglers", "pneumonia detection on unreliable sites",
+          {"normal": ["normal_chest"], "pneumonia": _PNEUMONIA}, "stragglers",
+          "Bacterial, viral and COVID-19 pneumonia all count as pneumonia."),
+)
+
+
+def tasks_for(environment: str) -> list[TaskSpec]:
+    found = [t for t in TASKS if t.environment == environment]
+    if not found:
+        raise KeyError(f"no tasks for environment {environment!r}")
+    return found
+
+
+def task_by_id(task_id: str) -> TaskSpec:
+    for task in TASKS:
+        if task.task_id == task_id:
+            return task
+    raise KeyError(f"unknown task {task_id!r}")

@@ -1,0 +1,78 @@
+"""The ``fedagentbench`` command line.
+
+Each subcommand lives in the package that owns it, as a module exposing
+``register(subparsers)``; that module must import only the standard library at top level, so that
+``fedagentbench --help`` starts fast. Heavy imports (torch, MONAI, Flower, LangGraph) happen inside
+the functions that run a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+#: subcommand modules, in the order they appear in --help
+COMMAND_MODULES: tuple[str, ...] = (
+    "environments.cli",
+    "fl.cli",
+)
+
+#: variables that keep LangGraph, LangSmith, Flower and Ray from calling home (see README)
+QUIET_ENV: dict[str, str] = {
+    "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+    "LANGGRAPH_NO_VERSION_CHECK": "true",
+    "LANGSMITH_TRACING": "false",
+    "LANGCHAIN_TRACING_V2": "false",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def quiet_environment() -> None:
+    """Switch telemetry off for this process and its children unless the user set a value."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedagentbench",
+        description="LLM agents that automate federated medical-image learning, and the benchmark that scores them.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, PermissionError) as exc:
+        # user errors: a clear one-line message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
