@@ -33,7 +33,7 @@ from environments.answer_key import (
 )
 from environments.catalogue import load_catalogue
 from environments.concepts import ENVIRONMENTS
-from environments.materialise import BuildContext, materialise_dataset
+from environments.materialise import BuildContext, materialise_dataset, pool_budget
 from environments.planner import SCALES, plan_environment
 from environments.pools import ImagePool
 from environments.site import sample_profile
@@ -85,6 +85,7 @@ def build_environment(
     hospitals: list[HospitalKey] = []
     datasets: list[DatasetKey] = []
     patients: list[dict] = []
+    budget = pool_budget(pool, [d for h in plan for d in h.datasets])
     total = sum(len(h.datasets) for h in plan)
     done = 0
     cities = list(rng.permutation(CITIES))
@@ -94,7 +95,8 @@ def build_environment(
         profile = sample_profile(rng, pool.colour)
         display = f"{cities[i % len(cities)]} University Hospital"
         ctx = BuildContext(environment, hospital.name, display, workspace, profile, pool, rng,
-                           uid_seed=f"{seed}/{environment}/{hospital.name}", patients=patients)
+                           uid_seed=f"{seed}/{environment}/{hospital.name}", patients=patients,
+                           pool_budget=budget)
         keys = []
         for ds_plan in hospital.datasets:
             keys.append(materialise_dataset(ctx, ds_plan))

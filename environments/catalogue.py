@@ -67,8 +67,9 @@ class DatasetCard(BaseModel):
             raise ValueError(f"{self.name}: class_concepts must have exactly one entry per class")
         vocab = vocabulary(self.environment)
         for cls_name, concept in self.class_concepts.items():
-            if concept is not None:
-                vocab.concept(concept)  # raises on an unknown concept
+            if concept is not None and concept not in vocab.concepts:
+                raise ValueError(f"{self.name}: class {cls_name!r} maps to unknown concept {concept!r} "
+                                 f"for environment {self.environment!r}")
         labelled = {"classification", "multi_label_classification"} & set(self.task_types)
         if labelled and len(self.classes) < 2:
             raise ValueError(f"{self.name}: a classification card needs at least two classes")

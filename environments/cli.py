@@ -37,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -45,7 +44,7 @@ def _build(args: argparse.Namespace) -> int:
     from environments.concepts import ENVIRONMENTS
 
     names = ENVIRONMENTS if args.modality == "all" else (args.modality,)
-    console = Console()
+    console = _console()
     summaries = []
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -61,7 +60,7 @@ def _build(args: argparse.Namespace) -> int:
             summaries.append((summary, time.perf_counter() - t0))
     table = Table(title=f"environments built in {args.out} (scale {args.scale}, seed {args.seed})")
     for col in ("environment", "hospitals", "datasets", "relevant", "files", "MB", "pixels", "seconds"):
-        table.add_column(col, justify="right" if col not in ("environment", "pixels") else "left")
+        table.add_column(col, justify="right" if col not in ("environment", "pixels") else "left", overflow="fold")
     for s, secs in summaries:
         pixels = s.pool if not s.fallback_reason else f"{s.pool} ({s.fallback_reason})"
         table.add_row(s.environment, str(s.hospitals), str(s.datasets), str(s.relevant_datasets), str(s.files),
@@ -73,7 +72,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from environments.answer_key import load_environment_key
@@ -85,13 +83,13 @@ def _show(args: argparse.Namespace) -> int:
         env_dirs = sorted(p.parent for p in root.glob("*/environment.json"))
     if not env_dirs:
         raise FileNotFoundError(f"no environment under {root} (expected environment.json)")
-    console = Console()
+    console = _console()
     for env_dir in env_dirs:
         manifest = json.loads((env_dir / "environment.json").read_text("utf-8"))
         key = load_environment_key(env_dir)
         table = Table(title=f"{key.environment}: seed {key.seed}, scale {key.scale}, pixels {manifest['pool']['kind']}")
         for col in ("hospital", "dataset", "relevant to", "layout", "formats", "classes (site names)", "images", "injected issues"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for ds in key.datasets:
             images = sum(1 for f in ds.files if f.kind == "image")
             issues = " ".join(f"{ISSUE_ABBREV.get(k, k)}:{v}" for k, v in sorted(ds.injected.items()))
@@ -105,7 +103,6 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _catalogue(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from environments.catalogue import load_catalogue
@@ -118,11 +115,20 @@ def _catalogue(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"dataset catalogue: {len(cards)} cards")
     for col in ("environment", "name", "modality", "task", "classes", "layout", "format", "images"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for c in cards:
         classes = ", ".join(c.classes) if len(c.classes) <= 6 else ", ".join(c.classes[:6]) + f" (+{len(c.classes) - 6})"
         modality = c.modality if c.species == "human" else f"{c.modality} ({c.species})"
         table.add_row(c.environment, c.name, modality, ", ".join(c.task_types), classes or "-", c.layout,
                       c.file_format, str(c.image_count))
-    Console().print(table)
+    _console().print(table)
     return 0
+
+
+def _console():
+    """A rich console; wide when the output is a file or pipe, so tables are not cut."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)

@@ -113,9 +113,9 @@ def write_dicom(
     """A Secondary Capture DICOM file of ``img`` in the site's export style."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
         ExplicitVRLittleEndian,
         ImplicitVRLittleEndian,
-        DeflatedExplicitVRLittleEndian,
         RLELossless,
         SecondaryCaptureImageStorage,
         generate_uid,
@@ -180,6 +180,13 @@ def write_dicom(
     if style.compression == "deflate":
         meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     ds.file_meta = meta
-    if style.compression == "rle":  # pydicom's native RLE encoder is pure Python: small images only
-        ds.compress(RLELossless, pixels)
+    if style.compression == "rle":
+        ds.compress(RLELossless, pixels, encoding_plugin=_rle_plugin(), generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
+
+
+def _rle_plugin() -> str:
+    """pylibjpeg-rle encodes about 100x faster than pydicom's pure-Python encoder; same bytes out."""
+    from pydicom.pixels.encoders import RLELosslessEncoder
+
+    return "pylibjpeg" if "pylibjpeg" in RLELosslessEncoder.available_plugins else "pydicom"

@@ -53,6 +53,8 @@ class BuildContext:
     rng: np.random.Generator
     uid_seed: str
     patients: list[dict] = field(default_factory=list)
+    #: pool class -> share of the planned count the pool can afford (1.0: all of it)
+    pool_budget: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +148,12 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
     counts: dict[str, int] = {}
     if labelled:
         wanted = _class_counts(plan, list(card.classes), rng)
+        if card.has_real_pixels:
+            vocab = vocabulary(card.environment)
+            for published in wanted:
+                pool_classes = vocab.concept(card.class_concepts[published]).pool_classes
+                share = min(ctx.pool_budget.get(c, 1.0) for c in pool_classes)
+                wanted[published] = max(3, int(round(wanted[published] * share)))
         for published, n in wanted.items():
             pixels = _draw_pixels(ctx, plan, published, n)
             counts[names[published]] = len(pixels)
@@ -392,3 +400,19 @@ def _pick_errata(plan: DatasetPlan, rng: np.random.Generator) -> list[str]:
     if len(plan.formats) > 1:
         options.append("format_incomplete")
     return sorted(str(e) for e in rng.choice(options, size=int(rng.integers(0, 2)), replace=False))
+
+
+def pool_budget(pool: ImagePool, plans: list[DatasetPlan]) -> dict[int, float]:
+    """Scale planned counts down where the real pool cannot supply them (with room for label skew)."""
+    if not pool.is_real:
+        return {}
+    demand: dict[int, float] = {}
+    for plan in plans:
+        if not plan.card.has_real_pixels:
+            continue
+        vocab = vocabulary(plan.card.environment)
+        for published in plan.card.classes:
+            classes = vocab.concept(plan.card.class_concepts[published]).pool_classes
+            for c in classes:
+                demand[c] = demand.get(c, 0.0) + plan.images_per_class / len(classes)
+    return {c: min(1.0, 0.6 * (pool.available(c) or 0) / d) for c, d in demand.items() if d}

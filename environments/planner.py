@@ -107,8 +107,12 @@ def plan_environment(
             if hospital.name in coverage[task.task_id]:
                 continue
             fitting = [c for c in pool if task.is_relevant(c)]
+            if not fitting:  # a multi-centre dataset: another site holds other images of the same set
+                fitting = [c for c in relevant if task.is_relevant(c)
+                           and all(d.card is not c for d in hospital.datasets)]
             if fitting and len(hospital.datasets) < spec.datasets_per_hospital[1]:
-                pool.remove(fitting[0])
+                if fitting[0] in pool:
+                    pool.remove(fitting[0])
                 place(fitting[0], hospital)
         if len(coverage[task.task_id]) < 2:
             raise ValueError(f"cannot place two hospitals fitting task {task.task_id}")

@@ -10,7 +10,7 @@ from environments.answer_key import SiteProfile
 
 def sample_profile(rng: np.random.Generator, colour: bool) -> SiteProfile:
     """One hospital's equipment: stored resolution, intensity curve, noise, blur, export styles."""
-    profile = SiteProfile(
+    return SiteProfile(
         size_factor=float(rng.choice([1.0, 1.5, 2.0, 3.0])),
         gamma=round(float(rng.uniform(0.7, 1.4)), 3),
         gain=round(float(rng.uniform(0.85, 1.12)), 3),
@@ -26,9 +26,6 @@ def sample_profile(rng: np.random.Generator, colour: bool) -> SiteProfile:
         dicom_rescale_intercept=float(rng.choice([0.0, -1024.0])),
         nifti_voxel_mm=[round(float(v), 2) for v in (*rng.uniform(0.5, 1.2, 2), rng.uniform(1.0, 5.0))],
     )
-    if profile.dicom_compression == "rle" and profile.size_factor > 1.5:
-        profile.dicom_compression = "deflate"  # keep the slow pure-Python RLE encoder to small images
-    return profile
 
 
 def apply_profile(img: np.ndarray, profile: SiteProfile, rng: np.random.Generator) -> np.ndarray:
