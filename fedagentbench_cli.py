@@ -17,6 +17,8 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "environments.cli",
     "fl.cli",
+    "graphs.cli",
+    "eval.cli",
 )
 
 #: variables that keep LangGraph, LangSmith, Flower and Ray from calling home (see README)

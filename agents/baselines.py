@@ -1,0 +1,139 @@
+"""Baselines that need no LLM, as chat models that emit tool calls through the same graph.
+
+* ``oracle``    reads the answer key. It exists to prove every task solvable with the tools and the
+                scorer right: it must score 100 %.
+* ``heuristic`` rules over only what an LLM would see (the prompts and the tool outputs).
+* ``random``    random choices among what it sees: the floor.
+
+Each is a :class:`PolicyChatModel`: it reads its role and client from the system prompt
+(``Agent C2 at client hospital_01``), looks at the conversation so far, and returns the next
+message (tool calls, or the final answer in the role's protocol format).
+"""
+
+from __future__ import annotations
+
+import json
+import random as _random
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import ConfigDict
+
+from environments.concepts import ENVIRONMENTS
+
+_ROLE = re.compile(r"^Agent (S\d|C\d)(?: at client (\S+?))?[: ]")
+CUE_WORDS: tuple[tuple[str, str], ...] = (
+    ("different proportions", "label_skew"), ("imbalance", "label_skew"), ("majority class", "label_skew"),
+    ("scanners", "feature_shift"), ("cameras", "feature_shift"), ("appearance differs", "feature_shift"),
+    ("its own model", "personalisation"), ("own patients", "personalisation"),
+    ("new hospitals", "unseen_site"), ("take no part", "unseen_site"),
+    ("unreliable", "stragglers"), ("slow", "stragglers"),
+    ("different network architectures", "heterogeneous_architectures"),
+    ("standard", "baseline"), ("broadly similar", "baseline"),
+)
+
+
+def _call(name: str, **args: Any) -> AIMessage:
+    return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:12]}",
+                                              "type": "tool_call"}])
+
+
+def _answer(text: str) -> AIMessage:
+    return AIMessage(content=text)
+
+
+class Turn:
+    """What a policy knows at this point of the conversation."""
+
+    def __init__(self, messages: list[BaseMessage]) -> None:
+        system = next((m for m in messages if isinstance(m, SystemMessage)), None)
+        match = _ROLE.match(str(system.content) if system else "")
+        self.role = match.group(1) if match else "?"
+        self.client = match.group(2) if match and match.group(2) else None
+        self.user = next((str(m.content) for m in messages if m.type == "human"), "")
+        self.tool_results: list[tuple[str, str]] = []
+        names = {}
+        for m in messages:
+            if isinstance(m, AIMessage):
+                for c in m.tool_calls:
+                    names[c["id"]] = c["name"]
+            if isinstance(m, ToolMessage):
+                self.tool_results.append((names.get(m.tool_call_id, "?"), str(m.content)))
+        self.calls_made = [n for n, _ in self.tool_results]
+
+    def last(self, tool: str) -> str | None:
+        for name, text in reversed(self.tool_results):
+            if name == tool:
+                return text
+        return None
+
+
+def _json_from_tool(text: str | None) -> Any:
+    if not text:
+        return None
+    start = min([i for i in (text.find("["), text.find("{")) if i >= 0], default=-1)
+    if start < 0:
+        return None
+    try:
+        return json.loads(text[start:])
+    except json.JSONDecodeError:
+        return None
+
+
+class PolicyChatModel(BaseChatModel):
+    """A chat model whose replies come from a policy (see module docstring)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    policy: Any
+    name_: str = "policy"
+
+    @property
+    def _llm_type(self) -> str:
+        return f"fedagentbench-{self.name_}"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> "PolicyChatModel":
+        return self
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        turn = Turn(messages)
+        message = self.policy.act(turn)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def make_baseline(name: str, context: dict[str, Any]) -> PolicyChatModel:
+    from agents.policies import HeuristicPolicy, OraclePolicy, RandomPolicy
+
+    policies = {"oracle": OraclePolicy, "heuristic": HeuristicPolicy, "random": RandomPolicy}
+    if name not in policies:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(policies)}")
+    return PolicyChatModel(policy=policies[name](context), name_=name)
+
+
+def request_facts(text: str) -> dict[str, Any]:
+    """Modality, target classes and requirement cue as plain rules read them from a request."""
+    from eval.scoring import normalise_modality
+
+    modality = normalise_modality(text)
+    if modality not in ENVIRONMENTS:
+        modality = ""
+    m = re.search(r"target classes \[([^\]]+)\]", text) or re.search(r"with classes: ([^.]+)\.", text)
+    targets = [t.strip() for t in m.group(1).split(",")] if m else []
+    low = text.lower()
+    cue = next((c for word, c in CUE_WORDS if word in low), "baseline")
+    return {"modality": modality, "targets": targets, "cue": cue}
+
+
+def env_workspace(context: dict[str, Any], client: str | None) -> Path:
+    root = Path(context["env_dir"])
+    return root / "clients" / client if client else root / "server"
+
+
+def rng_for(context: dict[str, Any], turn: Turn) -> _random.Random:
+    return _random.Random(f"{context.get('seed', 0)}|{context.get('task_id')}|{turn.role}|{turn.client}|"
+                          f"{len(turn.tool_results)}")

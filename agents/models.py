@@ -1,0 +1,136 @@
+"""Chat models from a spec string: providers, aliases and the no-LLM baselines.
+
+Spec forms:
+  openai:<model>                        OpenAI (OPENAI_API_KEY, optional OPENAI_BASE_URL)
+  ollama:<model>                        Ollama (OLLAMA_HOST, default http://127.0.0.1:11434)
+  openai-compatible:<model>@<base_url>  vLLM, llama.cpp, Groq, DeepInfra, DeepSeek ... (key from
+                                        OPENAI_COMPATIBLE_API_KEY, or DEEPSEEK_API_KEY for DeepSeek)
+  oracle | heuristic | random           baselines that need no LLM (agents.baselines)
+  local                                 llama.cpp on this machine (agents.local_llm)
+  <alias>                               a name from model_aliases.json or $FEDAGENTBENCH_MODEL_ALIASES
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+ALIASES_FILE = Path(__file__).with_name("model_aliases.json")
+BASELINES = ("oracle", "heuristic", "random")
+
+
+class ModelSettings(BaseModel):
+    """Sampling settings, recorded with every run."""
+
+    temperature: float = 0.0
+    seed: int | None = 0
+    max_tokens: int | None = 2048
+    timeout_s: float = 120.0
+
+
+class ModelInfo(BaseModel):
+    """What a spec resolved to (recorded in results; never contains a key)."""
+
+    spec: str
+    resolved: str
+    provider: str
+    model: str
+    base_url: str | None = None
+    settings: ModelSettings = ModelSettings()
+
+
+def load_aliases() -> dict[str, str]:
+    aliases = {k: v for k, v in json.loads(ALIASES_FILE.read_text("utf-8")).items() if not k.startswith("_")}
+    extra = os.environ.get("FEDAGENTBENCH_MODEL_ALIASES")
+    if extra:
+        path = Path(extra).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"FEDAGENTBENCH_MODEL_ALIASES points at {path}, which does not exist")
+        aliases.update({k: v for k, v in json.loads(path.read_text("utf-8")).items() if not k.startswith("_")})
+    return aliases
+
+
+def resolve_spec(spec: str, settings: ModelSettings | None = None) -> ModelInfo:
+    """Parse ``spec`` (following aliases) without creating a client."""
+    settings = settings or ModelSettings()
+    original, seen = spec.strip(), set()
+    aliases = load_aliases()
+    spec = original
+    while spec in aliases:
+        if spec in seen:
+            raise ValueError(f"alias loop at {spec!r}")
+        seen.add(spec)
+        spec = aliases[spec]
+    if spec in BASELINES or spec == "local":
+        return ModelInfo(spec=original, resolved=spec, provider=spec if spec == "local" else "baseline",
+                         model=spec, settings=settings)
+    provider, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        known = ", ".join(sorted(aliases) + list(BASELINES) + ["local"])
+        raise ValueError(f"unknown model {original!r}: use provider:model (openai, ollama, openai-compatible) "
+                         f"or one of: {known}")
+    if provider == "openai":
+        return ModelInfo(spec=original, resolved=spec, provider="openai", model=rest,
+                         base_url=os.environ.get("OPENAI_BASE_URL"), settings=settings)
+    if provider == "ollama":
+        return ModelInfo(spec=original, resolved=spec, provider="ollama", model=rest,
+                         base_url=os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434"), settings=settings)
+    if provider == "openai-compatible":
+        model, at, url = rest.rpartition("@")
+        if not at or not model or not url.startswith(("http://", "https://")):
+            raise ValueError(f"openai-compatible spec must be openai-compatible:<model>@<http(s) base url>, got {spec!r}")
+        return ModelInfo(spec=original, resolved=spec, provider="openai-compatible", model=model, base_url=url,
+                         settings=settings)
+    raise ValueError(f"unknown provider {provider!r} in {original!r}; use openai, ollama or openai-compatible")
+
+
+def _api_key(info: ModelInfo) -> str:
+    if info.provider == "openai":
+        key = os.environ.get("OPENAI_API_KEY")
+        if not key:
+            raise ValueError("OPENAI_API_KEY is not set")
+        return key
+    if info.base_url and "deepseek" in info.base_url:
+        key = os.environ.get("DEEPSEEK_API_KEY")
+        if not key:
+            raise ValueError("DEEPSEEK_API_KEY is not set")
+        return key
+    return os.environ.get("OPENAI_COMPATIBLE_API_KEY", "not-needed")
+
+
+def make_chat_model(info: ModelInfo, context: dict[str, Any] | None = None):
+    """A LangChain chat model for ``info``. ``context`` feeds the baselines (env dir, task id)."""
+    s = info.settings
+    if info.provider == "baseline":
+        from agents.baselines import make_baseline
+
+        return make_baseline(info.model, context or {})
+    if info.provider in ("openai", "openai-compatible", "local"):
+        from langchain_openai import ChatOpenAI
+
+        base_url = info.base_url
+        if info.provider == "local":
+            from agents.local_llm import ensure_server
+
+            base_url = ensure_server()
+        return ChatOpenAI(
+            model=info.model if info.provider != "local" else "local",
+            base_url=base_url,
+            api_key=_api_key(info) if info.provider != "local" else "not-needed",
+            temperature=s.temperature,
+            seed=s.seed,
+            max_tokens=s.max_tokens,
+            timeout=s.timeout_s,
+            max_retries=0,  # the agent runner retries with backoff and records failures
+            stream_usage=True,
+        )
+    if info.provider == "ollama":
+        from langchain_ollama import ChatOllama
+
+        return ChatOllama(model=info.model, base_url=info.base_url, temperature=s.temperature, seed=s.seed,
+                          num_predict=s.max_tokens, client_kwargs={"timeout": s.timeout_s})
+    raise ValueError(f"no chat model for provider {info.provider!r}")

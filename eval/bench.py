@@ -1,0 +1,164 @@
+"""The benchmark runner: a matrix of checkpointed workflow runs, resumable, concurrent, scored.
+
+Every (model, environment, task, guidance, mode, run) is one LangGraph thread in
+``<out>/checkpoints.sqlite``; its score lands in ``<out>/results.jsonl``. Running the same command
+again skips finished runs and resumes interrupted threads from their last checkpoint. A run that
+fails (provider down, budget exhausted, anything) is recorded as a scored failure; the bench goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from eval.store import ResultStore, RunKey, RunResult
+
+
+class BenchSpec(BaseModel):
+    model: str = "heuristic"
+    environments: list[str] = Field(default_factory=lambda: ["dermatoscopy", "ultrasound", "fundus",
+                                                             "histopathology", "mri", "xray"])
+    tasks: list[str] | None = None
+    guidance: list[str] = Field(default_factory=lambda: ["fine", "goal"])
+    modes: list[str] = Field(default_factory=lambda: ["e2e"])
+    runs: int = 1
+    scale: str = "tiny"
+    seed: int = 0
+    concurrency: int = 1
+    rounds: int = 1
+    budget: int = 16
+    temperature: float = 0.0
+    out: Path = Path("runs/bench")
+    data_dir: str | None = None
+
+
+def environments_dir(spec: BenchSpec) -> Path:
+    return spec.out / "envs" / f"{spec.scale}-seed{spec.seed}"
+
+
+def ensure_environments(spec: BenchSpec, progress: Callable[[str], None] | None = None) -> Path:
+    """Build the environments the matrix needs, unless an identical build is already there."""
+    import json
+
+    from environments.builder import build_environment
+
+    root = environments_dir(spec)
+    for env in spec.environments:
+        manifest = root / env / "environment.json"
+        if manifest.is_file():
+            m = json.loads(manifest.read_text("utf-8"))
+            if m.get("seed") == spec.seed and m.get("scale") == spec.scale:
+                continue
+        if progress:
+            progress(f"building {env} ({spec.scale}, seed {spec.seed})")
+        build_environment(env, spec.scale, spec.seed, root, spec.data_dir)
+    return root
+
+
+def matrix(spec: BenchSpec) -> list[RunKey]:
+    from environments.tasks import tasks_for
+
+    keys = []
+    for env in spec.environments:
+        for task in tasks_for(env):
+            if spec.tasks and task.task_id not in spec.tasks:
+                continue
+            for guidance in spec.guidance:
+                for mode in spec.modes:
+                    for run in range(1, spec.runs + 1):
+                        keys.append(RunKey(model=spec.model, environment=env, task=task.task_id, guidance=guidance,
+                                           mode=mode, run=run))
+    if not keys:
+        raise ValueError("the benchmark matrix is empty: check --env and --task")
+    return keys
+
+
+def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
+    """One run, start or resume, and its scored result (a failure is a result too)."""
+    from eval.scoring import GRADER_VERSION
+    from graphs.run import default_thread_id, run_task
+    from graphs.state import RunConfig
+
+    config = RunConfig(env_dir=str((env_root / key.environment).resolve()), task_id=key.task,
+                       guidance=key.guidance, model=key.model, mode=key.mode, run_id=f"r{key.run}",
+                       rounds=spec.rounds, budget=spec.budget, temperature=spec.temperature, seed=spec.seed + key.run)
+    thread = default_thread_id(config)
+    started = time.perf_counter()
+    try:
+        state = run_task(config, spec.out / "checkpoints.sqlite", thread)
+    except Exception as exc:  # the workflow itself failed: record, never crash the bench
+        return RunResult(key=key, grader_version=GRADER_VERSION, thread_id=thread,
+                         subtasks={s: False for s in ("S1", "C1", "S2", "C2", "C3", "S3", "S4")},
+                         wall_seconds=round(time.perf_counter() - started, 2),
+                         failed=f"{type(exc).__name__}: {str(exc)[:300]}")
+    return result_from_state(key, thread, state, time.perf_counter() - started)
+
+
+def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: float) -> RunResult:
+    from eval.scoring import GRADER_VERSION
+
+    scores = state.get("scores") or {}
+    subtasks = scores.get("subtasks", {})
+    metrics = {name: sub.get("metrics", {}) for name, sub in subtasks.items()}
+    errors = [e["message"] if isinstance(e, dict) else e.message for e in state.get("errors", [])]
+    return RunResult(
+        key=key, grader_version=scores.get("grader_version", GRADER_VERSION), thread_id=thread,
+        subtasks={name: bool(sub.get("passed")) for name, sub in subtasks.items()}, metrics=metrics,
+        usage=_usage_by_role(state.get("agents", [])), phase_seconds=scores.get("phase_seconds", {}),
+        wall_seconds=round(seconds, 2), privacy_violations=int(scores.get("privacy_violations", 0)),
+        errors=[e[:200] for e in errors][:20],
+    )
+
+
+def _usage_by_role(agents: list[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0, "by_role": {}}
+    for a in agents:
+        role = out["by_role"].setdefault(a["role"], {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0})
+        for k in ("input_tokens", "output_tokens", "tool_calls"):
+            role[k] += a[k]
+            out[k] += a[k]
+    return out
+
+
+async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], None] | None = None,
+                     on_note: Callable[[str], None] | None = None) -> list[RunResult]:
+    """Run every unfinished key of the matrix with ``spec.concurrency`` runs at a time."""
+    from eval.scoring import GRADER_VERSION
+
+    store = ResultStore(spec.out)
+    store.write_manifest(_settings(spec))
+    env_root = await asyncio.to_thread(ensure_environments, spec, on_note)
+    keys = matrix(spec)
+    done = store.done_keys(GRADER_VERSION)
+    todo = [k for k in keys if k.text not in done]
+    if on_note:
+        on_note(f"{len(keys)} runs in the matrix, {len(keys) - len(todo)} already finished, {len(todo)} to run")
+    semaphore = asyncio.Semaphore(max(1, spec.concurrency))
+    finished = len(keys) - len(todo)
+
+    async def one(key: RunKey) -> RunResult:
+        nonlocal finished
+        async with semaphore:
+            result = await asyncio.to_thread(run_one, spec, key, env_root)
+        store.append(result)
+        finished += 1
+        if on_done:
+            on_done(result, finished, len(keys))
+        return result
+
+    await asyncio.gather(*(one(k) for k in todo))
+    wanted = {k.text for k in keys}
+    return [r for r in store.load(GRADER_VERSION) if r.key.text in wanted]
+
+
+def _settings(spec: BenchSpec) -> dict[str, Any]:
+    from agents.models import ModelSettings, resolve_spec
+    from eval.scoring import GRADER_VERSION
+
+    info = resolve_spec(spec.model, ModelSettings(temperature=spec.temperature, seed=spec.seed))
+    return {**spec.model_dump(mode="json"), "model_info": info.model_dump(), "grader_version": GRADER_VERSION}

@@ -1,0 +1,116 @@
+"""``fedagentbench bench`` and ``fedagentbench report``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ENVS = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)")
+    bench.add_argument("--model", default="heuristic", help="model spec or alias, e.g. qwq-32b, oracle, local")
+    bench.add_argument("--env", type=_csv, default=list(ENVS), help="comma-separated environments (default: all six)")
+    bench.add_argument("--task", type=_csv, default=None, help="comma-separated task ids (default: all)")
+    bench.add_argument("--guidance", type=_csv, default=["fine", "goal"])
+    bench.add_argument("--runs", type=int, default=1)
+    bench.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny")
+    bench.add_argument("--seed", type=int, default=0, help="environment seed (a new seed: unseen environments)")
+    bench.add_argument("--mode", type=_csv, default=["e2e"], help="e2e, phase or e2e,phase")
+    bench.add_argument("--concurrency", type=int, default=1)
+    bench.add_argument("--rounds", type=int, default=1, help="federated training rounds per run")
+    bench.add_argument("--budget", type=int, default=16, help="model calls allowed per agent")
+    bench.add_argument("--out", type=Path, default=None, help="results folder (default: runs/bench-<model>)")
+    bench.add_argument("--data-dir", default=None, help="real image pools (default: $FEDAGENTBENCH_DATA)")
+    bench.set_defaults(func=_bench)
+
+    report = subparsers.add_parser("report", help="tables and plots from one or more results folders")
+    report.add_argument("dirs", nargs="+", type=Path)
+    report.set_defaults(func=_report)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from eval.bench import BenchSpec, run_matrix
+
+    unknown = [e for e in args.env if e not in ENVS]
+    if unknown:
+        raise ValueError(f"unknown environments {unknown}; choose from {', '.join(ENVS)}")
+    bad_modes = [m for m in args.mode if m not in ("e2e", "phase")]
+    if bad_modes or not set(args.guidance) <= {"fine", "goal"}:
+        raise ValueError("--mode takes e2e and/or phase; --guidance takes fine and/or goal")
+    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.model)
+    spec = BenchSpec(model=args.model, environments=args.env, tasks=args.task, guidance=args.guidance,
+                     modes=args.mode, runs=args.runs, scale=args.scale, seed=args.seed,
+                     concurrency=args.concurrency, rounds=args.rounds, budget=args.budget,
+                     out=args.out or Path("runs") / f"bench-{safe_model}", data_dir=args.data_dir)
+    from agents.models import resolve_spec
+
+    resolve_spec(spec.model)  # a wrong spec fails here, before anything is built
+    console = Console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        bar = progress.add_task(f"bench {spec.model}", total=None)
+
+        def note(text: str) -> None:
+            progress.console.print(f"[dim]{text}[/dim]")
+
+        def done(result, finished: int, total: int) -> None:
+            k = result.key
+            passed = sum(result.subtasks.values())
+            tag = f" FAILED: {result.failed}" if result.failed else ""
+            progress.console.print(f"{k.environment:<15} {k.task:<32} {k.guidance:<5} {k.mode:<5} run {k.run}: "
+                                   f"{passed}/7 in {result.wall_seconds:.0f} s{tag}")
+            progress.update(bar, completed=finished, total=total)
+
+        results = asyncio.run(run_matrix(spec, on_done=done, on_note=note))
+    _print_tables(console, spec.out)
+    return 0 if results else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    for folder in args.dirs:
+        _print_tables(console, folder)
+    return 0
+
+
+def _print_tables(console, folder: Path) -> None:
+    from rich.table import Table
+
+    from eval.report import SUBTASKS, leaderboard, summarise, write_reports
+    from eval.scoring import GRADER_VERSION
+    from eval.store import ResultStore
+
+    results = ResultStore(folder).load(GRADER_VERSION)
+    if not results:
+        raise FileNotFoundError(f"no results of grader version {GRADER_VERSION} in {folder}")
+    rows = summarise(results)
+    table = Table(title=f"{folder}: per environment (grader {GRADER_VERSION})")
+    for col in ("model", "environment", "guidance", "mode", "runs", *SUBTASKS, "overall", "+-SE", "tokens", "seconds"):
+        table.add_column(col, justify="right" if col not in ("model", "environment", "guidance", "mode") else "left")
+    for r in rows:
+        table.add_row(r["model"], r["environment"], r["guidance"], r["mode"], str(r["runs"]),
+                      *[f"{r[s]}/{r['runs']}" for s in SUBTASKS], f"{r['overall']:.2f}", f"{r['overall_se']:.2f}",
+                      str(r["tokens"]), f"{r['wall_seconds']:.0f}")
+    console.print(table)
+    board = Table(title="overall (paper: their published X-ray score for this model, for comparison)")
+    for col in ("model", "guidance", "mode", "runs", "overall", "paper (X-ray)"):
+        board.add_column(col)
+    for b in leaderboard(rows):
+        paper = f"{b['paper_xray_overall']:.2f}" if b["paper_xray_overall"] is not None else "-"
+        board.add_row(b["model"], b["guidance"], b["mode"], str(b["runs"]), f"{b['overall']:.2f}", paper)
+    console.print(board)
+    paths = write_reports(folder)
+    console.print("reports: " + ", ".join(str(p) for p in paths.values()))

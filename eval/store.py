@@ -1,0 +1,106 @@
+"""The results store: one JSON line per finished run, plus a manifest of every setting.
+
+Lines are appended under a lock and flushed to disk at once; reading keeps the last line per run
+key, so a run that was recorded twice (a crash between writing and acknowledging) counts once.
+Runs scored by another grader version are kept apart and never mixed into one table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+RESULTS = "results.jsonl"
+MANIFEST = "manifest.json"
+
+
+class RunKey(BaseModel):
+    model: str
+    environment: str
+    task: str
+    guidance: str
+    mode: str
+    run: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.model}|{self.environment}|{self.task}|{self.guidance}|{self.mode}|{self.run}"
+
+
+class RunResult(BaseModel):
+    key: RunKey
+    grader_version: str
+    thread_id: str
+    subtasks: dict[str, bool] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    usage: dict[str, Any] = Field(default_factory=dict)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    wall_seconds: float = 0.0
+    privacy_violations: int = 0
+    errors: list[str] = Field(default_factory=list)
+    failed: str | None = None
+
+
+class ResultStore:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / RESULTS
+        self._lock = threading.Lock()
+
+    def append(self, result: RunResult) -> None:
+        line = result.model_dump_json() + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def load(self, grader_version: str | None = None) -> list[RunResult]:
+        """Finished runs, one per key (the last recorded), optionally of one grader version."""
+        if not self.path.is_file():
+            return []
+        latest: dict[str, RunResult] = {}
+        for line in self.path.read_text("utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                result = RunResult.model_validate_json(line)
+            except ValueError:
+                continue  # a line cut short by a kill: that run simply runs again
+            if grader_version is None or result.grader_version == grader_version:
+                latest[f"{result.grader_version}|{result.key.text}"] = result
+        return list(latest.values())
+
+    def done_keys(self, grader_version: str) -> set[str]:
+        return {r.key.text for r in self.load(grader_version)}
+
+    def write_manifest(self, settings: dict[str, Any]) -> None:
+        manifest = {"settings": settings, "versions": package_versions(), "git_commit": git_commit()}
+        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", "utf-8")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("fedagentbench", "langgraph", "langchain-core", "langchain-openai", "flwr", "monai", "torch",
+                 "numpy", "pydantic"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parents[1])
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

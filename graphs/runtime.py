@@ -1,0 +1,78 @@
+"""Per-process resources the graph nodes share: chat models, tools, answer keys, run folders.
+
+Nodes receive only the checkpointed state (plain values); everything heavy is rebuilt from it
+here and cached, so a resumed run in a new process finds the same resources.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from graphs.state import RunConfig
+
+_lock = threading.Lock()
+_models: dict[tuple, Any] = {}
+#: tests and the benchmark may install a chat model factory for a spec (e.g. a scripted model)
+MODEL_OVERRIDES: dict[str, Any] = {}
+
+
+def env_dir(config: RunConfig) -> Path:
+    path = Path(config.env_dir)
+    if not (path / "environment.json").is_file():
+        raise FileNotFoundError(f"{path} is not a built environment (no environment.json); run `fedagentbench envs build`")
+    return path
+
+
+def client_names(config: RunConfig) -> list[str]:
+    return sorted(p.name for p in (env_dir(config) / "clients").iterdir() if p.is_dir())
+
+
+def client_workspace(config: RunConfig, client: str) -> Path:
+    return env_dir(config) / "clients" / client
+
+
+def server_workspace(config: RunConfig) -> Path:
+    return env_dir(config) / "server"
+
+
+def run_folder(config: RunConfig) -> str:
+    """Workspace-relative folder for this run's outputs: work/<task>/<run id>."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.run_id)[:80] or "run"
+    return f"work/{config.task_id}/{safe}"
+
+
+def chat_model(config: RunConfig) -> Any:
+    """The run's chat model (cached per spec, environment, task and seed)."""
+    from agents.models import ModelSettings, make_chat_model, resolve_spec
+
+    if config.model in MODEL_OVERRIDES:
+        return MODEL_OVERRIDES[config.model](config)
+    key = (config.model, config.env_dir, config.task_id, config.seed, config.temperature)
+    with _lock:
+        if key not in _models:
+            info = resolve_spec(config.model, ModelSettings(temperature=config.temperature, seed=config.seed))
+            _models[key] = make_chat_model(info, {"env_dir": config.env_dir, "task_id": config.task_id,
+                                                  "seed": config.seed})
+        return _models[key]
+
+
+@lru_cache(maxsize=64)
+def _task_key(env: str, task_id: str):
+    from environments.answer_key import load_task_key
+
+    return load_task_key(Path(env), task_id)
+
+
+def task_key(config: RunConfig):
+    """The answer key: for per-phase mode and scoring only, never for an agent."""
+    return _task_key(config.env_dir, config.task_id)
+
+
+def task_spec(config: RunConfig):
+    from environments.tasks import task_by_id
+
+    return task_by_id(config.task_id)

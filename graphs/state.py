@@ -1,0 +1,114 @@
+"""The workflow's shared state: configs, paths and status messages only.
+
+Reducers are idempotent (merge by key or by record id), so a phase subgraph that hands its whole
+state back to the parent, or a resumed super-step that writes again, never duplicates anything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+PHASES: tuple[str, ...] = ("selection", "preprocessing", "harmonisation", "training")
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs to know, as plain values (it is checkpointed with the state)."""
+
+    env_dir: str
+    task_id: str
+    guidance: Literal["fine", "goal"] = "goal"
+    model: str = "heuristic"
+    #: "e2e": each phase uses what the previous phases produced; "phase": each starts from the key
+    mode: Literal["e2e", "phase"] = "e2e"
+    run_id: str = "run"
+    rounds: int = 1
+    local_epochs: int = 1
+    budget: int = 16
+    temperature: float = 0.0
+    seed: int = 0
+
+
+class ClientRecord(BaseModel):
+    """One hospital as the server sees it: statuses and paths, never data."""
+
+    name: str
+    status: str = "pending"
+    selected_datasets: list[str] = Field(default_factory=list)
+    selection_reason: str = ""
+    approved: bool | None = None
+    cleaned_path: str | None = None
+    cleaning_summary: str = ""
+    label_mappings: dict[str, dict[str, str | None]] = Field(default_factory=dict)
+    harmonised_path: str | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingStatus(BaseModel):
+    started: bool = False
+    completed: bool = False
+    algorithm: str | None = None
+    status: str = "not started"
+    result_path: str | None = None
+    final_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class PhaseTiming(BaseModel):
+    id: str
+    phase: str
+    seconds: float
+
+
+class RunError(BaseModel):
+    id: str
+    where: str
+    message: str
+
+
+def merge_clients(left: dict[str, ClientRecord] | None, right: dict[str, ClientRecord] | None) -> dict[str, ClientRecord]:
+    """Per-client merge: a branch updates only the fields it set for its own client."""
+    out = dict(left or {})
+    for name, record in (right or {}).items():
+        if isinstance(record, dict):
+            record = ClientRecord.model_validate(record)
+        if name in out:
+            base = out[name]
+            changed = record.model_dump(exclude_unset=True)
+            out[name] = base.model_copy(update=changed)
+        else:
+            out[name] = record
+    return out
+
+
+def merge_by_id(left: list | None, right: list | None) -> list:
+    """Append records whose ``id`` is new (idempotent under replays and subgraph hand-backs)."""
+    out = list(left or [])
+    seen = {_id(r) for r in out}
+    for record in right or []:
+        if _id(record) not in seen:
+            out.append(record)
+            seen.add(_id(record))
+    return out
+
+
+def _id(record: Any) -> str:
+    return record["id"] if isinstance(record, dict) else record.id
+
+
+class WorkflowState(BaseModel):
+    """The state every phase graph reads and writes."""
+
+    config: RunConfig
+    request: str = ""
+    requirements: dict[str, Any] | None = None
+    clients: Annotated[dict[str, ClientRecord], merge_clients] = Field(default_factory=dict)
+    algorithm: str | None = None
+    algorithm_reason: str = ""
+    training: TrainingStatus = Field(default_factory=TrainingStatus)
+    #: one outcome summary per agent run (role, client, ok, error, steps, tool calls, tokens)
+    agents: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
+    timings: Annotated[list[PhaseTiming], merge_by_id] = Field(default_factory=list)
+    errors: Annotated[list[RunError], merge_by_id] = Field(default_factory=list)
+    privacy: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
+    scores: dict[str, Any] | None = None

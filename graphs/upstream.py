@@ -1,0 +1,88 @@
+"""Per-phase mode: what a perfect upstream would have handed to a phase, made from the answer key.
+
+So that one early mistake does not hide how a model does later, any phase can start from these:
+the key's approved clients and datasets, its clean files in the standard schema, its harmonised
+target-class folders. Written inside the client workspaces' run folders, like an agent's output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+
+def flat_name(path: str) -> str:
+    """A file name that keeps a source path unique once its folders are flattened."""
+    stem = re.sub(r"\.(nii\.gz|[A-Za-z0-9]+)$", "", path)
+    return re.sub(r"[\\/]+", "__", stem) + ".png"
+
+
+def standardise(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(pixels)
+    img = img.convert("RGB" if mode == "RGB" else "L").resize((size, size), Image.BILINEAR)
+    return np.asarray(img)
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    Image.fromarray(pixels).save(tmp, format="PNG")
+    tmp.replace(path)  # never a half-written PNG under its final name
+
+
+def _write_origins(folder: Path, origins: dict[str, str]) -> None:
+    """The same provenance sidecar the tools keep (``<folder>.manifest.json``)."""
+    from tools.sandbox import manifest_path
+
+    manifest_path(folder).write_text(json.dumps({"step": "answer_key_upstream", "origin": dict(sorted(origins.items()))},
+                                                indent=1, ensure_ascii=False) + "\n", "utf-8")
+
+
+def gold_cleaned(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
+    """The key's clean files of ``hospital`` as ``<out>/<dataset>/<local class>/*.png``."""
+    from environments.readers import read_image
+
+    out = workspace / out_rel
+    shutil.rmtree(out, ignore_errors=True)
+    schema = task_key.target_schema
+    for dataset, files in task_key.clean_files.get(hospital, {}).items():
+        prefix = f"datasets/{dataset}/"
+        origins = {}
+        for f in files:
+            pixels = standardise(read_image(workspace / f.path), schema.image_size, schema.mode)
+            rel = f"{f.local_class}/{flat_name(f.path.removeprefix(prefix))}"
+            _write_png(out / dataset / rel, pixels)
+            origins[rel] = f.path
+        (out / dataset).mkdir(parents=True, exist_ok=True)
+        _write_origins(out / dataset, origins)
+    return out_rel
+
+
+def gold_harmonised(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
+    """The key's clean files of ``hospital`` in target-class folders ``<out>/<target>/*.png``."""
+    from environments.readers import read_image
+
+    out = workspace / out_rel
+    shutil.rmtree(out, ignore_errors=True)
+    schema = task_key.target_schema
+    for target in schema.classes:
+        (out / target).mkdir(parents=True, exist_ok=True)
+    origins = {}
+    for dataset, files in task_key.clean_files.get(hospital, {}).items():
+        for f in files:
+            if f.target_class is None:
+                continue
+            pixels = standardise(read_image(workspace / f.path), schema.image_size, schema.mode)
+            rel = f"{f.target_class}/{dataset}__{flat_name(f.path.removeprefix(f'datasets/{dataset}/'))}"
+            _write_png(out / rel, pixels)
+            origins[rel] = f.path
+    _write_origins(out, origins)
+    return out_rel

@@ -1,0 +1,83 @@
+"""S4's tools: launch federated training on the harmonised client data, and report its status.
+
+The server agent names an algorithm and the participating clients; where each client's data lies
+is bound into the tool by the workflow (the server never sees client paths). Training runs on
+Flower through :func:`fl.runner.run_training`; the result (metrics only) is written to
+``<server workspace>/<out>/result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class LaunchArgs(BaseModel):
+    algorithm: str = Field(description="FL algorithm name exactly as in the registry, e.g. FedAvg or FedBN")
+    clients: list[str] | None = Field(default=None, description="client names to train with; default: all approved")
+
+
+class StatusArgs(BaseModel):
+    pass
+
+
+def _summary(result: dict) -> str:
+    final = (result.get("final") or {}).get("global") or {}
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if isinstance(v, float))
+    rounds = len(result.get("rounds") or [])
+    text = f"status: {result.get('status')}; algorithm {result.get('algorithm')}; {rounds} round(s)"
+    if metrics:
+        text += f"; final global metrics: {metrics}"
+    if result.get("error"):
+        text += f"; error: {result['error'][:300]}"
+    return text
+
+
+def build_training_tools(server_workspace: Path, out_rel: str, client_dirs: dict[str, Path], *, rounds: int = 1,
+                         local_epochs: int = 1, seed: int = 0) -> list:
+    """``launch_training`` and ``training_status`` bound to this run's clients and output folder."""
+    from langchain_core.tools import StructuredTool
+
+    out = Path(server_workspace) / out_rel
+    result_file = out / "result.json"
+
+    def launch_training(algorithm: str, clients: list[str] | None = None) -> str:
+        from fl.runner import ClientSpec, TrainConfig, run_training
+
+        chosen = clients or sorted(client_dirs)
+        unknown = [c for c in chosen if c not in client_dirs]
+        if unknown:
+            return f"error: unknown or unapproved clients {unknown}; approved: {sorted(client_dirs)}"
+        if result_file.is_file():
+            return "error: training for this run has already been launched; " + training_status()
+        try:
+            config = TrainConfig(
+                clients=[ClientSpec(name=c, data_dir=client_dirs[c]) for c in chosen], algorithm=algorithm,
+                rounds=rounds, local_epochs=local_epochs, seed=seed, out_dir=out / "flower",
+            )
+            result = run_training(config).model_dump(mode="json", by_alias=True)
+        except (ValueError, FileNotFoundError) as exc:
+            return f"error: training could not start: {exc}"
+        except Exception as exc:  # a crash inside Flower is a failed run, reported to the agent
+            result = {"status": "failed", "algorithm": algorithm, "rounds": [], "final": None,
+                      "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = result_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1), "utf-8")
+        tmp.replace(result_file)
+        return "training finished. " + _summary(result)
+
+    def training_status() -> str:
+        if not result_file.is_file():
+            return "status: not started"
+        return _summary(json.loads(result_file.read_text("utf-8")))
+
+    return [
+        StructuredTool.from_function(func=launch_training, name="launch_training", args_schema=LaunchArgs,
+                                     description="Start federated training with the chosen algorithm on the "
+                                                 "approved clients' harmonised data; returns when it has finished."),
+        StructuredTool.from_function(func=training_status, name="training_status", args_schema=StatusArgs,
+                                     description="Report the status and final metrics of this run's training."),
+    ]
