@@ -20,9 +20,9 @@ ifeq ($(origin FEDAGENTBENCH_DATA), undefined)
   endif
 endif
 
-.PHONY: setup test test-fast envs bench lock clean help
+.PHONY: setup test envs bench studio lock clean help
 help:
-	@echo "make setup | test | envs | bench [MODEL=...] | lock | clean"
+	@echo "make bench [MODEL=heuristic|oracle|random|local|<alias>|<spec>] | test | envs | studio | setup | lock | clean"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need CPython 3.11 (python3.11)"; exit 1; }
@@ -43,6 +43,16 @@ test: setup
 
 envs: setup
 	$(VENV)/bin/fedagentbench envs build --modality all --scale $(SCALE) --seed $(SEED) --out $(OUT)/envs
+
+# the main job: the default matrix for one model (tiny environments unless SCALE=small|full)
+bench: setup
+	$(VENV)/bin/fedagentbench bench --model $(MODEL) --scale $(SCALE) --seed $(SEED) --out runs/bench-$(MODEL)
+
+# LangGraph Studio / API server on a free port of 127.0.0.1 (port 2024 is often taken)
+studio: setup
+	PORT=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	echo "LangGraph API on http://127.0.0.1:$$PORT"; \
+	$(VENV)/bin/langgraph dev --no-browser --no-reload --host 127.0.0.1 --port $$PORT
 
 lock: setup
 	$(VENV)/bin/uv pip freeze --python $(PY) --exclude-editable | sed 's/+cpu$$//' > constraints.txt

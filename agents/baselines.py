@@ -13,7 +13,9 @@ message (tool calls, or the final answer in the role's protocol format).
 from __future__ import annotations
 
 import json
+import os
 import random as _random
+import time
 import re
 import uuid
 from pathlib import Path
@@ -57,11 +59,14 @@ class Turn:
         self.client = match.group(2) if match and match.group(2) else None
         self.user = next((str(m.content) for m in messages if m.type == "human"), "")
         self.tool_results: list[tuple[str, str]] = []
+        #: the tool calls this agent made so far, in order: (name, args)
+        self.calls: list[tuple[str, dict]] = []
         names = {}
         for m in messages:
             if isinstance(m, AIMessage):
                 for c in m.tool_calls:
                     names[c["id"]] = c["name"]
+                    self.calls.append((c["name"], dict(c.get("args") or {})))
             if isinstance(m, ToolMessage):
                 self.tool_results.append((names.get(m.tool_call_id, "?"), str(m.content)))
         self.calls_made = [n for n, _ in self.tool_results]
@@ -101,6 +106,9 @@ class PolicyChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
+        delay = float(os.environ.get("FEDAGENTBENCH_BASELINE_DELAY_S", "0") or 0)
+        if delay > 0:  # stands in for model latency in benchmarks of the harness itself
+            time.sleep(delay)
         turn = Turn(messages)
         message = self.policy.act(turn)
         return ChatResult(generations=[ChatGeneration(message=message)])

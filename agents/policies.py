@@ -6,7 +6,6 @@ the answer key (that is its purpose). The random policy chooses at random among 
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -89,7 +88,7 @@ class _Policy:
         return _answer(f"Status: {status}\n{result[:300]}")
 
 
-class HeuristicPolicy(_Policy):
+class _HeuristicRoles(_Policy):
     """Plain rules over the prompts and tool outputs."""
 
     def act_S1(self, turn: Turn) -> AIMessage:
@@ -127,7 +126,7 @@ class HeuristicPolicy(_Policy):
         return _answer(f"Algorithm Name: {names[0] if names else 'FedAvg'}\nReason: first registry match for {cue}.")
 
 
-class OraclePolicy(HeuristicPolicy):
+class _OracleRoles(_HeuristicRoles):
     """Reads the answer key: the ceiling, and the proof that every task is solvable."""
 
     def __init__(self, context: dict[str, Any]) -> None:
@@ -165,7 +164,7 @@ class OraclePolicy(HeuristicPolicy):
         return _answer(f"Algorithm Name: {choice}\nReason: it addresses {self.key.requirements.requirement}.")
 
 
-class RandomPolicy(_Policy):
+class _RandomRoles(_Policy):
     """Random choices among what it sees: the floor."""
 
     def act_S1(self, turn: Turn) -> AIMessage:
@@ -198,3 +197,177 @@ class RandomPolicy(_Policy):
 
         rng = rng_for(self.context, turn)
         return _answer(f"Algorithm Name: {rng.choice([a.name for a in query()])}")
+
+
+# --- C2 and C3: the preprocessing and harmonisation pipelines ------------------------------------------
+
+def _c2_context(text: str) -> dict[str, Any]:
+    datasets = re.search(r"Clean these local datasets: (.+?)\.\n", text)
+    out = re.search(r"Write the cleaned data under (\S+)/<dataset name>", text)
+    raw = re.search(r"Use (\S+)/ for intermediate copies", text)
+    size = re.search(r"PNG, (\d+)x\d+, (RGB|greyscale)", text)
+    return {"datasets": [d.strip() for d in datasets.group(1).split(",")] if datasets else [],
+            "out": out.group(1) if out else "work/cleaned", "raw": raw.group(1) if raw else "work/raw",
+            "size": int(size.group(1)) if size else 64, "mode": "RGB" if size and size.group(2) == "RGB" else "L"}
+
+
+def _card_for(cards: list[dict], name: str) -> dict:
+    return next((c for c in cards if c.get("dataset name") == name), {"dataset_path": f"datasets/{name}"})
+
+
+def _organise_call(card: dict, name: str, raw: str) -> AIMessage:
+    source = card.get("dataset_path", f"datasets/{name}")
+    if "one sub-folder per class" in card.get("dataset description", ""):
+        return _call("copy_dataset", source=source, destination=f"{raw}/{name}")
+    return _call("organise_by_label_file", source=source, destination=f"{raw}/{name}",
+                 label_file=f"{source}/{card['label_file']}" if card.get("label_file") else None)
+
+
+class _PipelinePolicy:
+    """Shared C2 / C3 step sequences; subclasses choose how to clean and how to map."""
+
+    removal_steps = 2  # calls per dataset for the removal part
+
+    def act_C2(self, turn: Turn) -> AIMessage:
+        cards = self._cards(turn)
+        if isinstance(cards, AIMessage):
+            return cards
+        ctx = _c2_context(turn.user)
+        per_dataset = 3 + self.removal_steps
+        step = len(turn.tool_results) - 1  # after read_data_cards
+        index, sub = divmod(step, per_dataset)
+        if index < len(ctx["datasets"]):
+            name = ctx["datasets"][index]
+            raw, out = f"{ctx['raw']}/{name}", f"{ctx['out']}/{name}"
+            if sub == 0:
+                return _organise_call(_card_for(cards, name), name, ctx["raw"])
+            if sub == 1:
+                return _call("remove_non_image_files", path=raw)
+            if sub == 2:
+                return _call("convert_images", source=raw, destination=out, size=ctx["size"], mode=ctx["mode"])
+            return self.removal(turn, name, out, sub - 3)
+        if "report_dataset_statistics" not in turn.calls_made:
+            return _call("report_dataset_statistics", path=ctx["out"])
+        return _answer(f"Output path: {ctx['out']}\nData Cleaning Complete")
+
+    def removal(self, turn: Turn, name: str, out: str, sub: int) -> AIMessage:
+        if sub == 0:
+            return _call("detect_data_issues", path=out)
+        flags = re.search(r'"flags_file":\s*"([^"]+)"', turn.tool_results[-1][1])
+        return _call("remove_flagged_files", flags_file=flags.group(1) if flags else f"{out}.flags.json")
+
+    def act_C3(self, turn: Turn) -> AIMessage:
+        cards = self._cards(turn)
+        if isinstance(cards, AIMessage):
+            return cards
+        source = re.search(r"cleaned datasets in (\S+) \(one folder per dataset\)", turn.user)
+        targets = re.search(r"onto the target classes \[([^\]]+)\]", turn.user)
+        dest = re.search(r"write the result to (\S+)/<target class>", turn.user)
+        src_root = source.group(1) if source else "work/cleaned"
+        target_list = [t.strip() for t in targets.group(1).split(",")] if targets else []
+        names = self.c3_datasets(turn, cards, src_root)
+        step = len(turn.tool_results) - 1
+        index, sub = divmod(step, 2)
+        if index < len(names):
+            name = names[index]
+            if sub == 0:
+                return _call("list_class_folders", path=f"{src_root}/{name}")
+            listing = _json_from_tool(turn.tool_results[-1][1]) or {}
+            local = list((listing.get("class_folders") or {}).keys())
+            mapping = self.mapping(turn, cards, name, local, target_list)
+            return _call("apply_label_mapping", source=f"{src_root}/{name}", mapping=mapping,
+                         destination=dest.group(1) if dest else "work/harmonised", merge=index > 0)
+        out = dest.group(1) if dest else "work/harmonised"
+        lines = [f"{k} -> {v or 'drop'}" for name, args in turn.calls if name == "apply_label_mapping"
+                 for k, v in (args.get("mapping") or {}).items()]
+        return _answer("\n".join(lines + [f"Output path: {out}"]))
+
+    def c3_datasets(self, turn: Turn, cards: list[dict], src_root: str) -> list[str]:
+        return [c["dataset name"] for c in cards if _in_cleaned(self.context, turn.client, src_root, c["dataset name"])]
+
+
+def _in_cleaned(context: dict[str, Any], client: str | None, src_root: str, name: str) -> bool:
+    """Whether the C2 output holds this dataset (what list_folder on the input would show)."""
+    return (env_workspace(context, client) / src_root / name).is_dir()
+
+
+def _legend(card: dict) -> dict[str, str]:
+    m = re.search(r"coded as numbers \(([^)]+)\)", card.get("dataset description", ""))
+    if not m:
+        return {}
+    return dict(part.split(" = ", 1) for part in m.group(1).split(", ") if " = " in part)
+
+
+class HeuristicPipeline(_PipelinePolicy):
+    def mapping(self, turn: Turn, cards: list[dict], name: str, local: list[str], targets: list[str]) -> dict:
+        legend = _legend(_card_for(cards, name))
+        return {c: match_target(legend.get(c, c), targets) for c in local}
+
+
+class OraclePipeline(_PipelinePolicy):
+    removal_steps = 1
+
+    def removal(self, turn: Turn, name: str, out: str, sub: int) -> AIMessage:
+        from tools.sandbox import load_origins
+
+        workspace = env_workspace(self.context, turn.client)
+        keep = {c.path for c in self.key.clean_files.get(turn.client or "", {}).get(name, [])}
+        origins = load_origins(workspace / out)
+        files = sorted(f"{out}/{rel}" for rel, source in origins.items() if source not in keep)
+        return _call("remove_files", paths=files, reason="answer key: duplicates, off-topic images, wrong labels")
+
+    def mapping(self, turn: Turn, cards: list[dict], name: str, local: list[str], targets: list[str]) -> dict:
+        gold = self.key.label_mappings.get(turn.client or "", {}).get(name, {})
+        return {c: gold.get(c) for c in local}
+
+    def c3_datasets(self, turn: Turn, cards: list[dict], src_root: str) -> list[str]:
+        return list(self.key.relevant_datasets.get(turn.client or "", []))
+
+
+class RandomPipeline:
+    def act_C2(self, turn: Turn) -> AIMessage:
+        cards = self._cards(turn)
+        if isinstance(cards, AIMessage):
+            return cards
+        ctx = _c2_context(turn.user)
+        step = len(turn.tool_results) - 1
+        if step < len(ctx["datasets"]):
+            name = ctx["datasets"][step]
+            return _call("copy_dataset", source=_card_for(cards, name).get("dataset_path", f"datasets/{name}"),
+                         destination=f"{ctx['out']}/{name}")
+        return _answer(f"Output path: {ctx['out']}\nData Cleaning Complete")
+
+    def act_C3(self, turn: Turn) -> AIMessage:
+        rng = rng_for(self.context, turn)
+        source = re.search(r"cleaned datasets in (\S+) \(one folder per dataset\)", turn.user)
+        targets = re.search(r"onto the target classes \[([^\]]+)\]", turn.user)
+        dest = re.search(r"write the result to (\S+)/<target class>", turn.user)
+        src_root = source.group(1) if source else "work/cleaned"
+        workspace = env_workspace(self.context, turn.client)
+        names = sorted(p.name for p in (workspace / src_root).iterdir() if p.is_dir()) \
+            if (workspace / src_root).is_dir() else []
+        step = len(turn.tool_results)
+        index, sub = divmod(step, 2)
+        if index < len(names):
+            if sub == 0:
+                return _call("list_class_folders", path=f"{src_root}/{names[index]}")
+            listing = _json_from_tool(turn.tool_results[-1][1]) or {}
+            choices = [t.strip() for t in targets.group(1).split(",")] + [None] if targets else [None]
+            mapping = {c: rng.choice(choices) for c in (listing.get("class_folders") or {})}
+            return _call("apply_label_mapping", source=f"{src_root}/{names[index]}", mapping=mapping,
+                         destination=dest.group(1) if dest else "work/harmonised", merge=index > 0)
+        lines = [f"{k} -> {v or 'drop'}" for name, args in turn.calls if name == "apply_label_mapping"
+                 for k, v in (args.get("mapping") or {}).items()]
+        return _answer("\n".join(lines + [f"Output path: {dest.group(1) if dest else 'work/harmonised'}"]))
+
+
+class HeuristicPolicy(HeuristicPipeline, _HeuristicRoles):
+    """Plain rules over the prompts and tool outputs."""
+
+
+class OraclePolicy(OraclePipeline, _OracleRoles):
+    """Reads the answer key: the ceiling, and the proof that every task is solvable with the tools."""
+
+
+class RandomPolicy(RandomPipeline, _RandomRoles):
+    """Random choices among what it sees: the floor."""

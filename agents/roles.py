@@ -35,20 +35,21 @@ ROLES: dict[str, Role] = {
                "Answer with exactly these lines:\nModality: <imaging modality>\nTask type: classification\n"
                "Target classes: <class>, <class>, ...\nRequirement: <one of: baseline, label_skew, feature_shift, "
                "personalisation, unseen_site, stragglers, heterogeneous_architectures>"),
-    "C1": Role("C1", "dataset selector", "client", ("read_data_cards", "read_text_file"), "read_data_cards",
+    "C1": Role("C1", "dataset selector", "client", ("read_data_cards", "read_text_file", "list_folder"),
+               "read_data_cards",
                results.parse_selection,
                "Answer with one line '**Dataset Name** : <name>' per matching dataset (names exactly as in the data "
                "cards), or 'no dataset' followed by the reason."),
     "S2": Role("S2", "federation coordinator", "server", (), None, results.parse_approval,
                "Answer with one line: 'Approved: <client>, <client>' (or 'Approved: none')."),
     "C2": Role("C2", "data cleaner", "client",
-               ("read_data_cards", "list_folder", "preview_label_file", "copy_dataset", "organise_by_label_file",
-                "remove_non_image_files", "convert_images", "detect_data_issues", "remove_flagged_files",
-                "summarise_images", "report_dataset_statistics"),
+               ("read_data_cards", "read_text_file", "list_folder", "preview_label_file", "copy_dataset",
+                "organise_by_label_file", "remove_non_image_files", "convert_images", "detect_data_issues",
+                "remove_flagged_files", "remove_files", "summarise_images", "report_dataset_statistics"),
                "read_data_cards", results.parse_cleaning,
                "When done, answer with 'Output path: <cleaned folder>' and one line 'Data Cleaning Complete'."),
     "C3": Role("C3", "label harmoniser", "client",
-               ("read_data_cards", "list_class_folders", "read_text_file", "apply_label_mapping",
+               ("read_data_cards", "read_text_file", "list_class_folders", "apply_label_mapping",
                 "report_dataset_statistics"),
                "list_class_folders", results.parse_harmonisation,
                "When done, answer with one line '<local class> -> <target class or drop>' per local class, then "
@@ -92,7 +93,7 @@ def _c1(fine: bool, ctx: dict) -> str:
             f"images with target classes {', '.join(ctx['target_classes'])}.\n"
             "Your data cards are in data_cards.json.\n")
     if fine:
-        text += ("Steps: 1. Call read_data_cards. 2. A dataset matches only if it holds images of this modality from "
+        text += ("Steps: 1. read_data_cards. 2. A dataset matches only if it holds images of this modality from "
                  "human patients, is labelled for classification, and its classes can be mapped onto every target "
                  "class. Segmentation-only, registration, unlabelled, animal and other-modality datasets do not "
                  "match. 3. Choose every matching dataset, not only the first.")
@@ -112,22 +113,25 @@ def _s2(fine: bool, ctx: dict) -> str:
 
 def _c2(fine: bool, ctx: dict) -> str:
     datasets = ", ".join(ctx["datasets"])
-    out = ctx["output_path"]
+    out, raw = ctx["output_path"], ctx["scratch_path"]
+    size = ctx["image_size"]
     text = (f"Approved for training. Clean these local datasets: {datasets}.\n"
             f"Write the cleaned data under {out}/<dataset name>/<class name>/ (one folder per dataset, one "
-            f"sub-folder per local class). Standard schema: PNG, {ctx['image_size']}x{ctx['image_size']}, "
-            f"{'RGB' if ctx['mode'] == 'RGB' else 'greyscale (L)'}. Never modify anything under datasets/.\n")
+            f"sub-folder per local class). Standard schema: PNG, {size}x{size}, "
+            f"{'RGB' if ctx['mode'] == 'RGB' else 'greyscale (mode L)'}. Use {raw}/ for intermediate copies. "
+            "Never modify anything under datasets/. Your data cards are in data_cards.json.\n")
     if fine:
         text += (
             "Steps, for each dataset:\n"
             "1. read_data_cards: find the dataset's path, layout and label file.\n"
-            f"2. If it is stored as one folder per class, copy_dataset it to {out}/<dataset name>; otherwise "
-            f"organise_by_label_file into {out}/<dataset name> using its label file (preview_label_file shows "
-            "the columns).\n"
-            f"3. remove_non_image_files in {out}/<dataset name>.\n"
-            "4. convert_images to the standard schema (in place).\n"
-            "5. detect_data_issues (near-duplicates, off-topic images, label errors), then remove_flagged_files.\n"
-            "6. report_dataset_statistics for the cleaned folder.\n"
+            f"2. If it is stored as one folder per class, copy_dataset it to {raw}/<dataset name>; otherwise "
+            f"organise_by_label_file into {raw}/<dataset name> (preview_label_file shows the label file's columns).\n"
+            f"3. remove_non_image_files in {raw}/<dataset name>.\n"
+            f"4. convert_images from {raw}/<dataset name> to {out}/<dataset name> with size {size} and mode "
+            f"{ctx['mode']}.\n"
+            f"5. detect_data_issues on {out}/<dataset name>, then remove_flagged_files with the flags file it wrote "
+            "(or remove_files for the files you judge wrong).\n"
+            f"6. report_dataset_statistics for {out}.\n"
             "Print 'Data Cleaning Complete' at the end.")
     return text
 
@@ -140,7 +144,7 @@ def _c3(fine: bool, ctx: dict) -> str:
     if fine:
         text += (
             "Steps, for each dataset folder:\n"
-            "1. list_class_folders to see its local class names (read_data_cards and classes.txt explain codes).\n"
+            "1. list_class_folders to see its local class names (read_data_cards explains coded class names).\n"
             "2. Decide for every local class the target class it belongs to, or 'drop' if none fits.\n"
             f"3. apply_label_mapping from {ctx['input_path']}/<dataset> to {ctx['output_path']} with that mapping.\n"
             "4. report_dataset_statistics on the output.")

@@ -130,8 +130,14 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
     """Run every unfinished key of the matrix with ``spec.concurrency`` runs at a time."""
     from eval.scoring import GRADER_VERSION
 
+    import os
+
+    from tools.training import CACHE_ENV
+
     store = ResultStore(spec.out)
     store.write_manifest(_settings(spec))
+    # identical trainings (same harmonised bytes, algorithm, settings) run once per results folder
+    os.environ.setdefault(CACHE_ENV, str((spec.out / "training_cache").resolve()))
     env_root = await asyncio.to_thread(ensure_environments, spec, on_note)
     keys = matrix(spec)
     done = store.done_keys(GRADER_VERSION)

@@ -219,6 +219,6 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult]) -> str:
             "table{border-collapse:collapse}.paper{color:#a33;font-style:italic}</style></head><body>"
             "<h1>FedAgentBench report</h1><p>Overall = passes / (7 x runs) x 100. The red italic column is the "
             "<b>paper's published X-ray number</b> for the same model and guidance (their runs, not ours).</p>"
-            f"<table><tr><th>model</th><th>guidance</th><th>mode</th><th>runs</th>"
+            "<table><tr><th>model</th><th>guidance</th><th>mode</th><th>runs</th>"
             + "".join(f"<th>{s}</th>" for s in SUBTASKS)
             + f"<th>overall</th><th class=paper>paper X-ray (theirs)</th></tr>{table}</table>{images}</body></html>")

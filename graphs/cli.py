@@ -23,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from graphs.run import default_thread_id, run_task
     from graphs.state import RunConfig

@@ -52,7 +52,8 @@ def _tools(role_name: str, config: RunConfig, client: str | None, extra: list | 
     if role.side == "client":
         available = toolkit.build_client_tools(runtime.client_workspace(config, client))
     else:
-        available = toolkit.build_server_tools(runtime.server_workspace(config)) + list(extra or [])
+        available = toolkit.build_server_tools(runtime.server_workspace(config), guidance=config.guidance)
+        available += list(extra or [])
     return [t for t in available if t.name in role.tools]
 
 
@@ -187,7 +188,9 @@ def c2_node(task: ClientTask) -> dict[str, Any]:
     spec = runtime.task_spec(config)
     out_rel = f"{runtime.run_folder(config)}/cleaned"
     shutil.rmtree(runtime.client_workspace(config, task.client) / out_rel, ignore_errors=True)
-    ctx = {"datasets": task.datasets, "output_path": out_rel, "image_size": spec.image_size,
+    scratch = f"{runtime.run_folder(config)}/raw"
+    shutil.rmtree(runtime.client_workspace(config, task.client) / scratch, ignore_errors=True)
+    ctx = {"datasets": task.datasets, "output_path": out_rel, "scratch_path": scratch, "image_size": spec.image_size,
            "mode": "RGB" if spec.colour else "L"}
     outcome, update = _run("C2", config, ctx, client=task.client)
     record = ClientRecord(name=task.client, status="cleaned" if outcome.ok else "failed",

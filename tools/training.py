@@ -8,10 +8,18 @@ Flower through :func:`fl.runner.run_training`; the result (metrics only) is writ
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import threading
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+#: one Flower simulation at a time per process (concurrent benchmark runs share one machine)
+_TRAINING_LOCK = threading.Lock()
+#: a folder for results of identical trainings (same data bytes, algorithm and settings); unset: none
+CACHE_ENV = "FEDAGENTBENCH_TRAINING_CACHE"
 
 
 class LaunchArgs(BaseModel):
@@ -35,6 +43,38 @@ def _summary(result: dict) -> str:
     return text
 
 
+def _fingerprint(algorithm: str, client_dirs: dict[str, Path], settings: dict) -> str:
+    """Hash of everything a training result depends on: every image's bytes, algorithm, settings."""
+    digest = hashlib.sha256(json.dumps({"algorithm": algorithm, **settings}, sort_keys=True).encode())
+    for name in sorted(client_dirs):
+        root = Path(client_dirs[name])
+        digest.update(name.encode())
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _train(config, fingerprint: str) -> dict:
+    """Run (or, with a cache folder set, reuse the result of an identical earlier) training."""
+    from fl.runner import run_training
+
+    cache_dir = os.environ.get(CACHE_ENV)
+    cached = Path(cache_dir) / f"{fingerprint}.json" if cache_dir else None
+    if cached is not None and cached.is_file():
+        result = json.loads(cached.read_text("utf-8"))
+        result["cached"] = True
+        return result
+    with _TRAINING_LOCK:
+        result = run_training(config).model_dump(mode="json", by_alias=True)
+    if cached is not None and result.get("status") == "completed":
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result), "utf-8")
+        tmp.replace(cached)
+    return result
+
+
 def build_training_tools(server_workspace: Path, out_rel: str, client_dirs: dict[str, Path], *, rounds: int = 1,
                          local_epochs: int = 1, seed: int = 0) -> list:
     """``launch_training`` and ``training_status`` bound to this run's clients and output folder."""
@@ -44,7 +84,7 @@ def build_training_tools(server_workspace: Path, out_rel: str, client_dirs: dict
     result_file = out / "result.json"
 
     def launch_training(algorithm: str, clients: list[str] | None = None) -> str:
-        from fl.runner import ClientSpec, TrainConfig, run_training
+        from fl.runner import ClientSpec, TrainConfig
 
         chosen = clients or sorted(client_dirs)
         unknown = [c for c in chosen if c not in client_dirs]
@@ -57,7 +97,8 @@ def build_training_tools(server_workspace: Path, out_rel: str, client_dirs: dict
                 clients=[ClientSpec(name=c, data_dir=client_dirs[c]) for c in chosen], algorithm=algorithm,
                 rounds=rounds, local_epochs=local_epochs, seed=seed, out_dir=out / "flower",
             )
-            result = run_training(config).model_dump(mode="json", by_alias=True)
+            settings = {"rounds": rounds, "local_epochs": local_epochs, "seed": seed, "clients": chosen}
+            result = _train(config, _fingerprint(algorithm, {c: client_dirs[c] for c in chosen}, settings))
         except (ValueError, FileNotFoundError) as exc:
             return f"error: training could not start: {exc}"
         except Exception as exc:  # a crash inside Flower is a failed run, reported to the agent

@@ -1,0 +1,144 @@
+"""Measure the data-quality detectors against the answer keys, per environment.
+
+Runs the three detectors of ``tools.detectors`` on every relevant dataset of every environment (raw
+files, as a client finds them) and prints precision and recall per environment and detector.
+
+    python scripts/bench_detectors.py                 # builds all six at small scale in a temp dir
+    python scripts/bench_detectors.py --envs /tmp/small --json out/bench_detectors.json
+
+Counting: an injected duplicate pair (copy, original) is found when both land in one predicted
+duplicate group; a flagged duplicate is correct when it belongs to such a pair. Off-topic and label
+errors are counted per file. Label errors are sought among the images not flagged off-topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from environments.answer_key import DatasetKey, load_environment_key
+from tools import detectors
+from tools.labels import dataset_labels, is_image_name
+from tools.sandbox import walk_files
+
+DETECTORS = ("duplicates", "off_topic", "label_errors")
+
+
+def bench_dataset(ws: Path, ds: DatasetKey) -> dict[str, dict[str, float]]:
+    """tp / flagged / positives counts for each detector on one raw dataset."""
+    root = ws / ds.path
+    files = [p for p in walk_files(root) if is_image_name(p)]
+    data = detectors.load_images(files)
+    rel = [f.relative_to(ws).as_posix() for f in data.files]
+    issue = {r.path: r.issue for r in ds.files}
+    out: dict[str, dict[str, float]] = {}
+
+    found = detectors.near_duplicates(data)
+    group = {i: i for i in range(len(rel))}
+    for keep, dup, _ in found:
+        group[dup] = keep
+    pairs = [(r.path, r.duplicate_of) for r in ds.files if r.issue == "duplicate" and r.duplicate_of]
+    index = {p: i for i, p in enumerate(rel)}
+    hit_pairs = [(a, b) for a, b in pairs if a in index and b in index and group[index[a]] == group[index[b]]]
+    in_pair = {p for a, b in hit_pairs for p in (a, b)}
+    kept_original = sum(1 for a, b in hit_pairs if group[index[b]] == index[b])
+    out["duplicates"] = {"flagged": len(found), "tp": sum(1 for _, d, _ in found if rel[d] in in_pair),
+                         "positives": len(pairs), "found": len(hit_pairs), "kept_original": kept_original}
+
+    flagged_off = {i for i, _, _ in detectors.off_topic(data)}
+    positives = {i for i, p in enumerate(rel) if issue.get(p) == "off_topic"}
+    out["off_topic"] = {"flagged": len(flagged_off), "tp": len(flagged_off & positives), "positives": len(positives),
+                        "found": len(flagged_off & positives)}
+
+    labels, _ = dataset_labels(root)
+    keep = [i for i in range(len(rel)) if i not in flagged_off and data.files[i] in labels]
+    sub = detectors.Loaded([data.files[i] for i in keep], data.grey[keep], data.rgb[keep], {})
+    flags = {keep[i] for i, _, _ in detectors.label_errors(sub, [labels[data.files[i]] for i in keep])}
+    positives = {i for i, p in enumerate(rel) if issue.get(p) == "label_error"}
+    out["label_errors"] = {"flagged": len(flags), "tp": len(flags & positives), "positives": len(positives),
+                           "found": len(flags & positives)}
+    return out
+
+
+def run(envs_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for env_dir in sorted(p for p in envs_dir.iterdir() if (p / "answer_key").is_dir()):
+        key = load_environment_key(env_dir)
+        totals = {d: {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "kept_original": 0} for d in DETECTORS}
+        started = time.perf_counter()
+        for ds in key.datasets:
+            if not ds.relevant_to:
+                continue
+            for det, counts in bench_dataset(env_dir / "clients" / ds.hospital, ds).items():
+                for k, v in counts.items():
+                    totals[det][k] += v
+        for det in DETECTORS:
+            totals[det]["seconds"] = round(time.perf_counter() - started, 1)
+        results[env_dir.name] = totals
+    return results
+
+
+def metrics(c: dict[str, float]) -> tuple[float, float]:
+    precision = c["tp"] / c["flagged"] if c["flagged"] else 1.0
+    recall = c["found"] / c["positives"] if c["positives"] else 1.0
+    return precision, recall
+
+
+def print_table(results: dict[str, dict[str, dict[str, float]]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("detector", "environment", "injected", "flagged", "correct", "precision", "recall"):
+        table.add_column(col, justify="left" if col in ("detector", "environment") else "right")
+    for det in DETECTORS:
+        total = {"flagged": 0, "tp": 0, "positives": 0, "found": 0}
+        for env, by_det in results.items():
+            c = by_det[det]
+            for k in total:
+                total[k] += c[k]
+            p, r = metrics(c)
+            table.add_row(det, env, str(c["positives"]), str(c["flagged"]), str(c["tp"]), f"{p:.2f}", f"{r:.2f}")
+        p, r = metrics(total)
+        table.add_row(f"[bold]{det}[/]", "[bold]all[/]", str(total["positives"]), str(total["flagged"]), str(total["tp"]),
+                      f"[bold]{p:.2f}[/]", f"[bold]{r:.2f}[/]", end_section=True)
+    Console(width=110).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--envs", type=Path, help="folder of built environments (default: build them)")
+    parser.add_argument("--scale", default="small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=os.environ.get("FEDAGENTBENCH_DATA"))
+    parser.add_argument("--json", type=Path, help="also write the counts here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        envs = args.envs
+        if envs is None:
+            from environments.builder import build_environment
+            from environments.concepts import ENVIRONMENTS
+
+            envs = Path(tmp)
+            for env in ENVIRONMENTS:
+                build_environment(env, args.scale, args.seed, envs, args.data_dir)
+        started = time.perf_counter()
+        results = run(envs)
+        seconds = time.perf_counter() - started
+    print_table(results, f"detectors vs answer keys ({envs.name if args.envs else args.scale}, seed {args.seed}), "
+                         f"{seconds:.0f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The detectors, measured on generated environments and on controlled synthetic cases."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from environments import formats
+from environments.answer_key import load_environment_key
+from tools import detectors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_detectors", REPO / "scripts" / "bench_detectors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def small_two(tmp_path_factory: pytest.TempPathFactory, data_dir: Path | None) -> Path:
+    """xray and mri at small scale (a few seconds; the full benchmark covers all six)."""
+    from environments.builder import build_environment
+
+    out = tmp_path_factory.mktemp("small_two")
+    for env in ("xray", "mri"):
+        build_environment(env, "small", 0, out, data_dir)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(small_two: Path) -> dict:
+    return _bench().run(small_two)
+
+
+def test_benchmark_meets_targets_on_xray_and_mri(results: dict) -> None:
+    for env, by_det in results.items():
+        for det, (p_min, r_min) in {"duplicates": (0.85, 0.8), "off_topic": (0.9, 0.8)}.items():
+            c = by_det[det]
+            precision, recall = _bench().metrics(c)
+            assert precision >= p_min and recall >= r_min, (env, det, c)
+        assert by_det["label_errors"]["positives"] > 0  # measured, reported, no target
+
+
+def _grey_image(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), 3)
+    return np.clip(128 + 60 * field / field.std(), 0, 255).astype(np.uint8)
+
+
+def test_near_duplicates_survive_format_and_intensity_changes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    images = [_grey_image(rng) for _ in range(12)]
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"img_{i:02d}.png")
+        formats.write_png(paths[-1], img)
+    copy = np.clip(images[3].astype(float) * 1.03 + rng.normal(0, 2, images[3].shape), 0, 255).astype(np.uint8)
+    formats.write_jpeg(tmp_path / "z_copy.jpg", copy, 80)
+    style = formats.DicomStyle("MONOCHROME1", "rle", 16, -1024.0, False)
+    patient = formats.Patient("Doe^Jane", "X1234567", "19700101", "F")
+    formats.write_dicom(tmp_path / "z_copy2.dcm", images[7], patient=patient, style=style, modality="CR",
+                        institution="Test", body_part="chest", uid_seed="t", study_date="20200101",
+                        series_description="t")
+    files = sorted(tmp_path.iterdir())
+    data = detectors.load_images(files)
+    found = {(data.files[k].name, data.files[d].name) for k, d, _ in detectors.near_duplicates(data)}
+    assert found == {("img_03.png", "z_copy.jpg"), ("img_07.png", "z_copy2.dcm")}
+
+
+def test_off_topic_flags_grey_images_in_a_colour_dataset(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for i in range(20):
+        rgb = np.stack([_grey_image(rng)] * 3, -1).astype(float) * np.array([1.0, 0.7, 0.5])
+        formats.write_png(tmp_path / f"c{i:02d}.png", rgb.astype(np.uint8))
+    formats.write_png(tmp_path / "grey.png", np.stack([_grey_image(rng)] * 3, -1))
+    data = detectors.load_images(sorted(tmp_path.iterdir()))
+    assert [data.files[i].name for i, _, _ in detectors.off_topic(data)] == ["grey.png"]
+
+
+def test_label_errors_found_where_classes_are_separable(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    labels = []
+    for i in range(40):
+        img = _grey_image(rng, 32)
+        if i % 2:  # class "b": a bright square in the centre
+            img[10:22, 10:22] = 250
+        formats.write_png(tmp_path / f"i{i:02d}.png", img)
+        labels.append("b" if i % 2 else "a")
+    labels[4], labels[9] = "b", "a"  # two wrong labels
+    data = detectors.load_images(sorted(tmp_path.iterdir()))
+    flagged = {i for i, _, _ in detectors.label_errors(data, labels)}
+    assert {4, 9} <= flagged and len(flagged) <= 4
+
+
+def test_detectors_handle_tiny_and_unreadable_inputs(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "bad.dcm").write_bytes(b"not a dicom")
+    formats.write_png(tmp_path / "one.png", _grey_image(np.random.default_rng(0)))
+    data = detectors.load_images(sorted(tmp_path.iterdir()))
+    assert len(data.files) == 1 and len(data.failed) == 2
+    assert detectors.near_duplicates(data) == [] and detectors.off_topic(data) == []
+    assert detectors.label_errors(data, ["a"]) == []
+
+
+def test_environment_keys_match_benchmark_counts(small_two: Path, results: dict) -> None:
+    """The benchmark counts injected issues exactly as the key records them."""
+    for env, by_det in results.items():
+        key = load_environment_key(small_two / env)
+        for kind, det in (("duplicate", "duplicates"), ("off_topic", "off_topic"), ("label_error", "label_errors")):
+            n = sum(1 for d in key.datasets if d.relevant_to for f in d.files if f.issue == kind)
+            assert by_det[det]["positives"] == n

@@ -1,0 +1,217 @@
+"""The LangGraph workflow end to end: phases, both modes, checkpoints and resume, privacy, Studio."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage
+
+from environments.concepts import ENVIRONMENTS
+from environments.tasks import tasks_for
+from graphs import runtime
+from graphs.run import run_task
+from graphs.state import RunConfig
+
+from .conftest import REPO
+
+
+@pytest.fixture(autouse=True)
+def _training_cache(tmp_path_factory, monkeypatch):
+    """Identical trainings (same harmonised bytes and settings) run once per test session."""
+    cache = tmp_path_factory.getbasetemp() / "training_cache"
+    monkeypatch.setenv("FEDAGENTBENCH_TRAINING_CACHE", str(cache))
+
+
+def _config(env_dir: Path, task: str, **kw: Any) -> RunConfig:
+    return RunConfig(env_dir=str(env_dir), task_id=task, **kw)
+
+
+def _passed(state: dict) -> dict[str, bool]:
+    return {k: v["passed"] for k, v in state["scores"]["subtasks"].items()}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_oracle_completes_every_environment_end_to_end(env, tiny_envs, tmp_path):
+    task = tasks_for(env)[0].task_id
+    state = run_task(_config(tiny_envs / env, task, model="oracle", guidance="fine", run_id=f"t-{env}"),
+                     tmp_path / "cp.sqlite")
+    assert _passed(state) == dict.fromkeys(("S1", "C1", "S2", "C2", "C3", "S3", "S4"), True), \
+        json.dumps(state["scores"]["subtasks"], indent=1, default=str)[:3000]
+    assert state["training"].completed and state["training"].final_metrics
+    assert state["privacy"] == []
+
+
+@pytest.mark.parametrize("guidance", ["fine", "goal"])
+@pytest.mark.parametrize("mode", ["e2e", "phase"])
+def test_both_guidance_styles_and_modes(guidance, mode, tiny_envs, tmp_path):
+    task = tasks_for("mri")[1].task_id
+    state = run_task(_config(tiny_envs / "mri", task, model="oracle", guidance=guidance, mode=mode,
+                             run_id=f"gm-{guidance}-{mode}"), tmp_path / "cp.sqlite")
+    assert all(_passed(state).values())
+    roles = {a["role"] for a in state["agents"]}
+    assert roles == {"S1", "C1", "S2", "C2", "C3", "S3", "S4"}
+
+
+def test_per_phase_mode_isolates_an_early_mistake(tiny_envs, tmp_path):
+    """The random model fails selection; in per-phase mode training still gets the key's data."""
+    config = _config(tiny_envs / "xray", "xray-pneumonia", model="random", mode="phase", run_id="iso")
+    state = run_task(config, tmp_path / "cp.sqlite")
+    key = runtime.task_key(config)
+    trained = {n for n, c in state["clients"].items() if c.harmonised_path}
+    assert trained == set(key.approved_hospitals)
+
+
+class _Scripted(FakeMessagesListChatModel):
+    def bind_tools(self, tools: Any, **kwargs: Any) -> "_Scripted":
+        return self
+
+
+def test_auditor_catches_a_planted_leak_and_none_in_normal_runs(tiny_envs, tmp_path, monkeypatch):
+    from langchain_core.tools import StructuredTool
+
+    import tools as toolkit
+    from environments.answer_key import load_environment_key
+
+    patient = load_environment_key(tiny_envs / "xray").patients[0]
+    real_builder = toolkit.build_client_tools
+
+    def leaky_builder(workspace):
+        leak = StructuredTool.from_function(func=lambda: f"first DICOM header: PatientName={patient.name}",
+                                            name="read_data_cards", description="reads the data cards (leaky)")
+        return [leak] + [t for t in real_builder(workspace) if t.name != "read_data_cards"]
+
+    monkeypatch.setattr(toolkit, "build_client_tools", leaky_builder)
+    script = [AIMessage(content="Modality: xray\nTarget classes: normal, pneumonia\nRequirement: baseline")]
+    for _ in range(3):
+        script += [AIMessage(content="", tool_calls=[{"name": "read_data_cards", "args": {}, "id": "c",
+                                                       "type": "tool_call"}]),
+                   AIMessage(content="no dataset")]
+    script.append(AIMessage(content="Approved: none"))
+    monkeypatch.setitem(runtime.MODEL_OVERRIDES, "leaky-test", lambda config: _Scripted(responses=script))
+    from graphs.workflow import PHASE_BUILDERS
+
+    graph = PHASE_BUILDERS["selection"]().compile()
+    out = graph.invoke({"config": _config(tiny_envs / "xray", "xray-pneumonia", model="leaky-test").model_dump()})
+    kinds = {v["kind"] for v in out["privacy"]}
+    assert kinds == {"patient_identifier"} and all(v["where"].startswith("model input of C1@") for v in out["privacy"])
+    assert patient.name not in json.dumps(out["privacy"])  # the report masks the identifier
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_cli(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fedagentbench_cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _snapshot(db: Path, thread: str) -> dict:
+    from graphs.checkpoint import sqlite_checkpointer
+    from graphs.workflow import compile_workflow
+
+    with sqlite_checkpointer(db) as saver:
+        return dict(compile_workflow(saver).get_state({"configurable": {"thread_id": thread}}).values)
+
+
+def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tiny_envs, tmp_path):
+    env_dir = tiny_envs / "ultrasound"
+    task = tasks_for("ultrasound")[0].task_id
+    base = ["run", "--env", str(env_dir), "--task", task, "--model", "oracle", "--guidance", "fine"]
+    env = {**os.environ, "FEDAGENTBENCH_BASELINE_DELAY_S": "0.3"}
+    db = tmp_path / "cp.sqlite"
+    proc = _run_cli([*base, "--run-id", "killed", "--thread-id", "killed", "--db", str(db)], env)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until preprocessing is under way, then kill the whole group
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                clients = _snapshot(db, "killed").get("clients", {})
+            except Exception:
+                continue
+            if any(c.status == "approved" for c in clients.values()):
+                break
+    assert proc.poll() is None, proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = _run_cli([*base, "--run-id", "killed", "--thread-id", "killed", "--db", str(db)],
+                       {**os.environ})
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    clean = _run_cli([*base, "--run-id", "clean", "--thread-id", "clean", "--db", str(db)], {**os.environ})
+    out2, _ = clean.communicate(timeout=600)
+    assert clean.returncode == 0, out2
+    a, b = _snapshot(db, "killed"), _snapshot(db, "clean")
+    assert _passed(a) == _passed(b) and all(_passed(a).values())
+    assert a["algorithm"] == b["algorithm"]
+    for name in a["clients"]:
+        ca, cb = a["clients"][name], b["clients"][name]
+        assert (ca.status, ca.selected_datasets, ca.label_mappings, ca.stats) == \
+               (cb.status, cb.selected_datasets, cb.label_mappings, cb.stats)
+        if ca.harmonised_path:  # same files, nothing half-written or duplicated
+            ws = env_dir / "clients" / name
+            files_a = sorted(p.relative_to(ws / ca.harmonised_path).as_posix()
+                             for p in (ws / ca.harmonised_path).rglob("*") if p.is_file())
+            files_b = sorted(p.relative_to(ws / cb.harmonised_path).as_posix()
+                             for p in (ws / cb.harmonised_path).rglob("*") if p.is_file())
+            assert files_a == files_b
+            assert not list((ws / "work").rglob("*.tmp"))
+    assert len([x for x in a["agents"] if x["role"] == "C2"]) == len(
+        [x for x in b["agents"] if x["role"] == "C2"])
+
+
+def test_langgraph_dev_serves_the_graphs(tiny_envs, tmp_path):
+    """`langgraph dev` loads langgraph.json; a tiny selection run goes through its REST API."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "true",
+           "LANGSMITH_TRACING": "false"}
+    cli = Path(sys.executable).with_name("langgraph")
+    proc = subprocess.Popen([str(cli), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port",
+                             str(port)], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    (tmp_path / "langgraph.json").write_text((REPO / "langgraph.json").read_text().replace('"./graphs/',
+                                                                                          f'"{REPO}/graphs/')
+                                             .replace('["."]', f'["{REPO}"]'))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("langgraph dev did not start: " + (proc.stdout.read() if proc.poll() is not None else ""))
+        graphs = {a["graph_id"] for a in httpx.post(f"{url}/assistants/search", json={}, timeout=10).json()}
+        assert {"workflow", "selection", "preprocessing", "harmonisation", "training"} <= graphs
+        thread = httpx.post(f"{url}/threads", json={}, timeout=10).json()["thread_id"]
+        config = _config(tiny_envs / "xray", "xray-pneumonia", model="oracle").model_dump()
+        final = httpx.post(f"{url}/threads/{thread}/runs/wait", json={"assistant_id": "selection",
+                                                                       "input": {"config": config}}, timeout=120).json()
+        assert final["requirements"]["target_classes"] == ["normal", "pneumonia"]
+        state = httpx.get(f"{url}/threads/{thread}/state", timeout=10).json()
+        assert state["next"] == [] and set(state["values"]["clients"]) == {"hospital_01", "hospital_02", "hospital_03"}
+        history = httpx.post(f"{url}/threads/{thread}/history", json={"limit": 50}, timeout=10).json()
+        assert len(history) >= 3
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.poll() is not None

@@ -1,0 +1,288 @@
+"""Data-quality detectors: near-duplicates, off-topic images, label errors.
+
+Pure functions on decoded images, shared by the agent tool (:mod:`tools.quality`) and the
+benchmark (``scripts/bench_detectors.py``), which measures them against the answer keys.
+
+* Near-duplicates: a 64-bit DCT perceptual hash proposes pairs; a pair is kept when the two
+  standardised 32x32 grey thumbnails also correlate strongly. Both steps ignore brightness/contrast
+  changes, re-encoding and resizing, so a copy exported by another device or format is still found.
+* Off-topic images: an image of another modality differs from its dataset in colour (a grey image
+  among colour photographs) or in content: each image gets colour, intensity, texture and layout
+  statistics plus an 8x8 thumbnail, robust z-scored per dataset; an image whose nearest neighbour
+  among the dataset's typical half is far away (relative to the other images) is flagged.
+  Thresholds favour precision: a wrongly flagged image is lost data.
+* Label errors: confident learning (Northcutt et al. 2021) on out-of-fold class probabilities from
+  a logistic regression on image features (standardised thumbnails + statistics, PCA-reduced);
+  an image is flagged when another class is confidently predicted and its given label is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from environments.readers import ImageReadError, read_image
+
+THUMB = 32
+
+
+@dataclass
+class Loaded:
+    """Decoded images of one dataset at a standard size; files that failed listed separately."""
+
+    files: list[Path]
+    grey: np.ndarray  # (N, 64, 64) float32 in [0, 1], per-image min-max stretched
+    rgb: np.ndarray  # (N, 64, 64, 3) float32 in [0, 1], not stretched (colour cast kept)
+    failed: dict[Path, str]
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BOX if img.shape[0] >= size
+                                                  else Image.Resampling.BILINEAR))
+
+
+def load_images(files: Sequence[Path], size: int = 64) -> Loaded:
+    """Decode every file (via the shared reader); unreadable ones are reported, not raised."""
+    ok: list[Path] = []
+    greys, rgbs, failed = [], [], {}
+    for f in files:
+        try:
+            img = read_image(f)
+        except ImageReadError as exc:
+            failed[f] = str(exc)
+            continue
+        if img.ndim == 3 and img.shape[2] == 4:
+            img = img[..., :3]
+        rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
+        rgb = _resize(np.ascontiguousarray(rgb), size).astype(np.float32) / 255.0
+        grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+        lo, hi = grey.min(), grey.max()
+        greys.append((grey - lo) / (hi - lo) if hi > lo else grey * 0)
+        rgbs.append(rgb)
+        ok.append(f)
+    shape = (0, size, size)
+    return Loaded(ok, np.stack(greys) if greys else np.zeros(shape, np.float32),
+                  np.stack(rgbs) if rgbs else np.zeros((*shape, 3), np.float32), failed)
+
+
+# ---------------------------------------------------------------- near-duplicates
+
+def _thumbs(grey: np.ndarray, size: int = THUMB) -> np.ndarray:
+    n, s = grey.shape[:2]
+    k = s // size
+    t = grey[:, : k * size, : k * size].reshape(n, size, k, size, k).mean(axis=(2, 4))
+    t = t.reshape(n, -1)
+    t = t - t.mean(axis=1, keepdims=True)
+    return t / (np.linalg.norm(t, axis=1, keepdims=True) + 1e-8)
+
+
+def phash(grey: np.ndarray) -> np.ndarray:
+    """64-bit DCT hash per image (as a (N, 64) bool array)."""
+    from scipy.fft import dctn
+
+    n = grey.shape[0]
+    k = grey.shape[1] // 32
+    small = grey[:, : 32 * k, : 32 * k].reshape(n, 32, k, 32, k).mean(axis=(2, 4))
+    coeffs = dctn(small, axes=(1, 2), norm="ortho")[:, :8, :8].reshape(n, 64)
+    low = coeffs[:, 1:]
+    return np.concatenate([low > np.median(low, axis=1, keepdims=True), np.zeros((n, 1), bool)], axis=1)
+
+
+def near_duplicates(data: Loaded, max_hamming: int = 6, min_corr: float = 0.99) -> list[tuple[int, int, float]]:
+    """(kept index, duplicate index, correlation) per duplicate; in a group the first name is kept."""
+    n = len(data.files)
+    if n < 2:
+        return []
+    bits = phash(data.grey).astype(np.int16)
+    hamming = bits @ (1 - bits).T + (1 - bits) @ bits.T
+    thumbs = _thumbs(data.grey)
+    corr = thumbs @ thumbs.T
+    rank = {i: r for r, i in enumerate(sorted(range(n), key=lambda i: str(data.files[i])))}
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    pairs = np.argwhere(np.triu((hamming <= max_hamming) & (corr >= min_corr), k=1))
+    for i, j in pairs:
+        a, b = root(int(i)), root(int(j))
+        if a != b:
+            keep, drop = (a, b) if rank[a] < rank[b] else (b, a)
+            parent[drop] = keep
+    out = [(root(i), i, float(corr[root(i), i])) for i in range(n) if root(i) != i]
+    return sorted(out, key=lambda t: str(data.files[t[1]]))
+
+
+# ---------------------------------------------------------------- off-topic images
+
+def image_statistics(data: Loaded) -> np.ndarray:
+    """Per-image colour, intensity and texture statistics, (N, F)."""
+    from scipy import ndimage
+
+    g, rgb = data.grey, data.rgb
+    n = g.shape[0]
+    feats: list[np.ndarray] = []
+    # colour: how grey the image is, and its mean chromaticity
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    sat = (mx - mn) / (mx + 1e-3)
+    feats += [sat.mean(axis=(1, 2)), sat.std(axis=(1, 2))]
+    total = rgb.sum(axis=-1) + 1e-3
+    feats += [(rgb[..., c] / total).mean(axis=(1, 2)) for c in range(3)]
+    # intensity distribution of the stretched grey image
+    flat = g.reshape(n, -1)
+    qs = np.quantile(flat, [0.05, 0.25, 0.5, 0.75, 0.95], axis=1)
+    feats += list(qs) + [flat.mean(1), flat.std(1)]
+    z = (flat - flat.mean(1, keepdims=True)) / (flat.std(1, keepdims=True) + 1e-6)
+    feats += [(z ** 3).mean(1), np.log1p((z ** 4).mean(1))]
+    hist = np.stack([np.histogram(row, bins=16, range=(0, 1))[0] for row in flat]).astype(np.float32) / flat.shape[1]
+    feats += [-(hist * np.log(hist + 1e-9)).sum(1), (flat < 0.05).mean(1), (flat > 0.95).mean(1)]
+    # texture: gradients, Laplacian energy, neighbour correlation at several lags
+    gy, gx = np.gradient(g, axis=(1, 2))
+    grad = np.hypot(gx, gy).reshape(n, -1)
+    feats += [grad.mean(1), grad.std(1)]
+    lap = np.stack([ndimage.laplace(im) for im in g]).reshape(n, -1)
+    feats += [np.log1p(np.abs(lap).mean(1) * 10)]
+    for lag in (1, 2, 4, 8):
+        a, b = g[:, :, :-lag].reshape(n, -1), g[:, :, lag:].reshape(n, -1)
+        a = a - a.mean(1, keepdims=True)
+        b = b - b.mean(1, keepdims=True)
+        feats.append((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-6))
+    # layout: centre vs border brightness, radial symmetry
+    s = g.shape[1]
+    c = slice(s // 4, 3 * s // 4)
+    centre = g[:, c, c].mean(axis=(1, 2))
+    border = (g.sum(axis=(1, 2)) - g[:, c, c].sum(axis=(1, 2))) / (s * s - (s // 2) ** 2)
+    feats += [centre - border, np.abs(g - g[:, :, ::-1]).mean(axis=(1, 2))]
+    # coarse 4x4 layout of the image
+    coarse = g.reshape(n, 4, s // 4, 4, s // 4).mean(axis=(2, 4)).reshape(n, 16)
+    feats += list(coarse.T)
+    return np.stack(feats, axis=1).astype(np.float64)
+
+
+def robust_z(x: np.ndarray) -> np.ndarray:
+    """(x - median) / MAD per column, with a floor so constant columns do not explode."""
+    med = np.median(x, axis=0)
+    mad = np.median(np.abs(x - med), axis=0) * 1.4826
+    spread = np.maximum(mad, 0.1 * x.std(axis=0) + 1e-6)
+    return (x - med) / spread
+
+
+def chroma(data: Loaded) -> np.ndarray:
+    """Mean channel spread per image: 0 for a grey image stored as RGB."""
+    return (data.rgb.max(axis=-1) - data.rgb.min(axis=-1)).mean(axis=(1, 2))
+
+
+def colour_mismatch(data: Loaded) -> np.ndarray:
+    """Grey images in a colour dataset, or colour images in a grey one (a different modality)."""
+    c = chroma(data)
+    if len(c) < 4:
+        return np.zeros(len(c), bool)
+    typical = float(np.median(c))
+    if typical > 0.03:
+        return c < max(0.004, 0.1 * typical)
+    if typical < 0.004:
+        return c > 0.05
+    return np.zeros(len(c), bool)
+
+
+def bulk_distance(x: np.ndarray, bulk_fraction: float = 0.5, cap: float = 6.0) -> np.ndarray:
+    """Distance to the nearest image of the dataset's typical half, relative to the bulk's own.
+
+    Features are robust z-scores clipped at ``cap``; the "bulk" is the half of the images whose
+    features are least extreme. An image of another modality has no close neighbour there, while a
+    cluster of such images cannot shield each other (they are not in the bulk).
+    """
+    z = np.clip(robust_z(x), -cap, cap)
+    extremeness = np.abs(z).mean(axis=1)
+    bulk = np.flatnonzero(extremeness <= np.quantile(extremeness, bulk_fraction))
+    d = np.linalg.norm(z[:, None, :] - z[None, bulk, :], axis=2)
+    d[bulk, np.arange(len(bulk))] = np.inf
+    nearest = d.min(axis=1)
+    return nearest / (np.median(nearest[bulk]) + 1e-9)
+
+
+def off_topic(data: Loaded, ratio: float = 2.0, floor: float = 2.5) -> list[tuple[int, float, str]]:
+    """(index, score, reason) of images that do not belong to the dataset's modality.
+
+    Two rules: a colour mismatch (a grey image among colour photographs, or the reverse), and a
+    structural outlier: its distance to the dataset's typical images is more than ``ratio`` times the
+    75th percentile of those distances and above ``floor``.
+    """
+    n = len(data.files)
+    if n < 8:
+        return []
+    mismatch = colour_mismatch(data)
+    flagged = [(int(i), 99.0, "colour differs from the rest of the dataset") for i in np.flatnonzero(mismatch)]
+    rest = np.flatnonzero(~mismatch)
+    if len(rest) >= 8:
+        sub = Loaded([data.files[i] for i in rest], data.grey[rest], data.rgb[rest], {})
+        x = np.concatenate([image_statistics(sub), _thumbs(sub.grey, 8)], axis=1)
+        score = bulk_distance(x)
+        ref = float(np.quantile(score, 0.75))
+        for j in np.flatnonzero((score > ratio * ref) & (score > floor)):
+            flagged.append((int(rest[j]), round(float(score[j] / ref), 2), "content and texture far from the dataset's typical images"))
+    return sorted(flagged, key=lambda t: -t[1])
+
+
+# ---------------------------------------------------------------- label errors
+
+def label_features(data: Loaded) -> np.ndarray:
+    thumbs = _thumbs(data.grey, 16)
+    colour = data.rgb.reshape(len(data.files), 8, 8, 8, 8, 3).mean(axis=(2, 4)).reshape(len(data.files), -1)
+    stats = robust_z(image_statistics(data)) if len(data.files) > 2 else np.zeros((len(data.files), 1))
+    return np.concatenate([thumbs * 4, colour, np.clip(stats, -10, 10) / 3], axis=1)
+
+
+def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Class probabilities of every image from a model that never saw its label (k-fold)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    n_classes = int(y.max()) + 1
+    probs = np.zeros((len(y), n_classes))
+    k = max(2, min(folds, int(np.bincount(y).min())))
+    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+        model = LogisticRegression(C=0.1, max_iter=500).fit(x[train], y[train])
+        probs[np.ix_(test, model.classes_)] = model.predict_proba(x[test])
+    return probs
+
+
+def label_errors(data: Loaded, labels: Sequence[str], min_per_class: int = 4,
+                 max_given_probability: float = 0.05) -> list[tuple[int, str, float]]:
+    """(index, suggested label, margin) by confident learning on out-of-fold probabilities.
+
+    An image is flagged when (1) its confidently predicted class, using per-class thresholds (the
+    mean self-confidence of each class), differs from its label, and (2) the probability of its
+    given label is below ``max_given_probability`` (conservative: a false flag deletes good data).
+    """
+    from sklearn.decomposition import PCA
+
+    labels_arr = np.asarray([str(v) for v in labels])
+    classes, counts = np.unique(labels_arr, return_counts=True)
+    usable = classes[counts >= min_per_class]
+    idx = np.flatnonzero(np.isin(labels_arr, usable))
+    if len(usable) < 2 or len(idx) < 10:
+        return []
+    y = np.searchsorted(usable, labels_arr[idx])
+    feats = label_features(data)[idx]
+    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
+    x = PCA(min(20, len(idx) - 1), random_state=0).fit_transform(feats)
+    probs = out_of_fold_probabilities(x, y)
+    thresholds = np.array([probs[y == k, k].mean() for k in range(len(usable))])
+    flagged = []
+    for row, (i, given) in enumerate(zip(idx, y)):
+        above = np.flatnonzero(probs[row] >= thresholds)
+        if len(above) == 0 or probs[row, given] >= max_given_probability:
+            continue
+        confident = int(above[np.argmax(probs[row, above])])
+        if confident != given:
+            flagged.append((int(i), str(usable[confident]), round(float(probs[row, confident] - probs[row, given]), 3)))
+    return sorted(flagged, key=lambda t: -t[2])

@@ -1,0 +1,183 @@
+"""Workspace confinement and the common tool envelope.
+
+Every tool receives paths from an LLM, so every path goes through :meth:`Workspace.resolve`: it is
+taken relative to the workspace root, symlinks are resolved, and anything that ends up outside the
+root (``..``, absolute paths elsewhere, links pointing out), contains a NUL byte or names the answer
+key is refused. Writes are allowed only under ``work/``, so the source datasets stay read-only.
+:func:`guarded` turns every exception into an ``error: ...`` string, and :func:`render` caps the
+output size, because the result goes straight into a model's context.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+#: longest text a tool hands back (the agent runner cuts at 6000; we stay below with a note)
+OUTPUT_CAP = 5000
+#: longest list printed in full inside a tool result
+LIST_CAP = 40
+WORK = "work"
+_FORBIDDEN_NAMES = ("answer_key", "answer-key", "answerkey")
+_KEY_REFUSAL = "that path names the answer key, which is not part of any workspace; refused"
+
+
+class ToolError(Exception):
+    """A problem the agent can fix; the message is shown to it as is."""
+
+
+class Workspace:
+    """One agent's root folder; every path a tool touches is checked against it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"workspace {root} is not a folder")
+        self.work = self.root / WORK
+
+    def resolve(self, path: str | Path | None, *, must_exist: bool = True, write: bool = False) -> Path:
+        """The real path inside the workspace that ``path`` names, or :class:`ToolError`."""
+        text = "" if path is None else str(path)
+        if "\x00" in text:
+            raise ToolError("path contains a NUL byte; refused")
+        text = text.strip() or "."
+        if any(part.lower() in _FORBIDDEN_NAMES for part in Path(text).parts):
+            raise ToolError(_KEY_REFUSAL)
+        candidate = Path(text)
+        if not candidate.is_absolute():
+            candidate = self.root / candidate
+        try:
+            real = candidate.resolve()
+        except (OSError, RuntimeError) as exc:  # symlink loops and the like
+            raise ToolError(f"{text!r}: cannot be resolved ({exc})") from None
+        if not real.is_relative_to(self.root):
+            if Path(os.path.normpath(candidate)).is_relative_to(self.root):
+                raise ToolError(f"{text!r} is a link that points outside the workspace; refused")
+            raise ToolError(f"{text!r} is outside the workspace; use paths relative to it, e.g. datasets/<name>")
+        if any(part.lower() in _FORBIDDEN_NAMES for part in real.relative_to(self.root).parts):
+            raise ToolError(_KEY_REFUSAL)
+        if write and not (real == self.work or real.is_relative_to(self.work)):
+            raise ToolError(f"{text!r}: writing is allowed only under {WORK}/ (e.g. {WORK}/cleaned/<name>); "
+                            "the source datasets are read-only")
+        if must_exist and not real.exists():
+            raise ToolError(f"{text!r} does not exist in the workspace")
+        return real
+
+    def rel(self, path: Path) -> str:
+        """``path`` as the agent should see it: relative to the workspace root."""
+        try:
+            return path.relative_to(self.root).as_posix() or "."
+        except ValueError:
+            return path.name
+
+    def new_output(self, path: str, overwrite: bool = False, merge: bool = False) -> Path:
+        """A destination folder under work/: refused if it exists (unless told to replace or merge)."""
+        dest = self.resolve(path, must_exist=False, write=True)
+        if dest == self.work:
+            raise ToolError(f"choose a sub-folder of {WORK}/ as destination, e.g. {WORK}/cleaned/<name>")
+        if dest.exists() and not dest.is_dir():
+            raise ToolError(f"{self.rel(dest)} exists and is a file")
+        if dest.exists() and any(dest.iterdir()) and not merge:
+            if not overwrite:
+                raise ToolError(f"{self.rel(dest)} already exists and is not empty; choose another destination "
+                                "or pass overwrite=true to replace it")
+            shutil.rmtree(dest)
+            sidecar = manifest_path(dest)
+            if sidecar.is_file():
+                sidecar.unlink()
+        dest.mkdir(parents=True, exist_ok=True)
+        return dest
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Regular files under ``root`` in sorted order; symlinks are never followed or returned."""
+    if root.is_file() and not root.is_symlink():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not Path(dirpath, d).is_symlink())
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+
+def manifest_path(folder: Path) -> Path:
+    """Provenance sidecar of an output folder: ``<folder>.manifest.json`` beside it, never inside."""
+    return folder.with_name(folder.name + ".manifest.json")
+
+
+def load_origins(folder: Path) -> dict[str, str]:
+    """Output file (relative to ``folder``) -> original source path (relative to the workspace)."""
+    sidecar = manifest_path(folder)
+    if not sidecar.is_file():
+        return {}
+    try:
+        return dict(json.loads(sidecar.read_text("utf-8")).get("origin", {}))
+    except (ValueError, AttributeError):
+        return {}
+
+
+def origin_of(ws: Workspace, folder: Path, file: Path) -> str:
+    """Where ``file`` (inside ``folder``) came from originally, following earlier manifests."""
+    rel = file.relative_to(folder).as_posix()
+    return load_origins(folder).get(rel) or ws.rel(file)
+
+
+def write_manifest(ws: Workspace, dest: Path, origins: dict[str, str], step: str, merge: bool = False) -> None:
+    """Record for every output file its original source, so results stay traceable."""
+    old = load_origins(dest) if merge else {}
+    payload = {"step": step, "origin": dict(sorted({**old, **origins}.items()))}
+    manifest_path(dest).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", "utf-8")
+
+
+def cap_list(items: list[Any], limit: int = LIST_CAP) -> list[Any]:
+    """The first ``limit`` items, plus a note on how many were left out."""
+    if len(items) <= limit:
+        return list(items)
+    return list(items[:limit]) + [f"... and {len(items) - limit} more (truncated)"]
+
+
+def render(result: Any, cap: int = OUTPUT_CAP) -> str:
+    """Compact JSON (or text) capped at ``cap`` characters with a note when cut."""
+    if isinstance(result, BaseModel):
+        result = result.model_dump(mode="json", exclude_none=True)
+    text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, indent=1, default=str)
+    if len(text) > cap:
+        text = text[:cap] + f"\n[... truncated: output longer than {cap} characters]"
+    return text
+
+
+def guarded(func: Callable[..., Any], name: str) -> Callable[..., str]:
+    """Run a tool body; any exception becomes an ``error: ...`` message instead of escaping."""
+
+    def wrapper(**kwargs: Any) -> str:
+        try:
+            return render(func(**kwargs))
+        except ToolError as exc:
+            return f"error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bug or an odd file must not stop the run
+            return f"error: {name} failed: {type(exc).__name__}: {str(exc)[:300]}"
+
+    return wrapper
+
+
+def make_tool(ws: Workspace, func: Callable[..., Any], name: str, description: str,
+              schema: type[BaseModel]) -> Any:
+    """A LangChain StructuredTool bound to ``ws``; argument errors also come back as messages."""
+    from langchain_core.tools import StructuredTool
+
+    def bad_args(exc: Exception) -> str:
+        return f"error: invalid arguments for {name}: {str(exc)[:400]}"
+
+    body = functools.partial(func, ws)
+    return StructuredTool.from_function(func=guarded(body, name), name=name, description=description,
+                                        args_schema=schema, handle_validation_error=bad_args,
+                                        handle_tool_error=bad_args)
