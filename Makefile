@@ -58,9 +58,13 @@ test: $(TEST_SETUP)
 envs: setup
 	$(VENV)/bin/fedagentbench envs build --modality all --scale $(SCALE) --seed $(SEED) --out $(OUT)/envs
 
-# the main job: the default matrix for one model (tiny environments unless SCALE=small|full)
+# the main job: the default matrix for one model: all six environments (one task each; TASKS=all for
+# every task), both guidance styles, end to end, tiny scale unless SCALE=small|full
+TASKS ?= derm-skin-cancer,us-breast-malignancy,fundus-dr-grading,histo-breast-cancer,mri-tumour-type,xray-pneumonia
+RUNS  ?= 1
 bench: $(if $(filter local,$(MODEL)),setup-local,setup)
-	$(VENV)/bin/fedagentbench bench --model $(MODEL) --scale $(SCALE) --seed $(SEED) --out runs/bench-$(MODEL)
+	$(VENV)/bin/fedagentbench bench --model $(MODEL) --scale $(SCALE) --seed $(SEED) --runs $(RUNS) \
+	  $(if $(filter all,$(TASKS)),,--task $(TASKS)) --out runs/bench-$(MODEL)
 
 # LangGraph Studio / API server on a free port of 127.0.0.1 (port 2024 is often taken)
 studio: setup

@@ -52,6 +52,9 @@ class AgentOutcome(BaseModel):
     error: str | None = None
     steps: int = 0
     seconds: float = 0.0
+    #: time inside the model and inside tools; the rest of ``seconds`` is the harness itself
+    model_seconds: float = 0.0
+    tool_seconds: float = 0.0
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
     usage: UsageRecord
 
@@ -99,11 +102,13 @@ def run_agent(
     messages: list[Any] = [SystemMessage(system), HumanMessage(user)]
     where = f"{role}@{client}" if client else role
     reminded = False
+    timers = {"model": 0.0, "tool": 0.0}
 
     def outcome(ok: bool, text: str = "", result: BaseModel | None = None, error: str | None = None, steps: int = 0):
         return AgentOutcome(role=role, client=client, ok=ok, text=text[:4000],
                             result=result.model_dump() if result is not None else None, error=error, steps=steps,
-                            seconds=round(time.perf_counter() - started, 3), tool_calls=calls, usage=usage)
+                            seconds=round(time.perf_counter() - started, 4), model_seconds=round(timers["model"], 4),
+                            tool_seconds=round(timers["tool"], 4), tool_calls=calls, usage=usage)
 
     for step in range(budget):
         if auditor is not None:
@@ -115,10 +120,13 @@ def run_agent(
             bound = model.bind_tools(list(tools), tool_choice=force) if force else model.bind_tools(list(tools))
         reply, last_error = None, None
         for attempt in range(retries + 1):
+            t0 = time.perf_counter()
             try:
                 reply = bound.invoke(messages)
+                timers["model"] += time.perf_counter() - t0
                 break
             except Exception as exc:  # provider errors, timeouts, rate limits: retried, then recorded
+                timers["model"] += time.perf_counter() - t0
                 last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 if attempt < retries:
                     time.sleep(_retry_base() * (2 ** attempt))
@@ -138,7 +146,9 @@ def run_agent(
                 calls.append(ToolCallRecord(role=role, client=client, tool=str(bad.get("name")), ok=False, output=text))
                 messages.append(ToolMessage(text, tool_call_id=bad.get("id") or "invalid"))
             for call in tool_calls:
+                t0 = time.perf_counter()
                 output, ok = _invoke_tool(by_name, call, output_cap)
+                timers["tool"] += time.perf_counter() - t0
                 calls.append(ToolCallRecord(role=role, client=client, tool=call["name"], ok=ok,
                                             args=call.get("args") or {}, output=output[:500]))
                 messages.append(ToolMessage(output, tool_call_id=call.get("id") or call["name"]))

@@ -116,8 +116,12 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
 
 
 def _usage_by_role(agents: list[dict]) -> dict[str, Any]:
-    out: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0, "by_role": {}}
+    out: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0, "by_role": {},
+                           "agent_steps": 0, "agent_seconds": 0.0, "model_seconds": 0.0, "tool_seconds": 0.0}
     for a in agents:
+        out["agent_steps"] += a.get("steps", 0)
+        for k in ("agent_seconds", "model_seconds", "tool_seconds"):
+            out[k] = round(out[k] + a.get(k if k != "agent_seconds" else "seconds", 0.0), 4)
         role = out["by_role"].setdefault(a["role"], {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0})
         for k in ("input_tokens", "output_tokens", "tool_calls"):
             role[k] += a[k]

@@ -78,7 +78,8 @@ def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None
     summary = {
         "id": _id(config.run_id, where, "agent"),
         "role": role_name, "client": client, "ok": outcome.ok, "error": outcome.error, "steps": outcome.steps,
-        "seconds": outcome.seconds, "tool_calls": len(outcome.tool_calls),
+        "seconds": outcome.seconds, "model_seconds": outcome.model_seconds, "tool_seconds": outcome.tool_seconds,
+        "tool_calls": len(outcome.tool_calls),
         "tool_errors": sum(1 for c in outcome.tool_calls if not c.ok),
         "tools_used": [c.tool for c in outcome.tool_calls],
         "model_calls": outcome.usage.model_calls, "input_tokens": outcome.usage.input_tokens,

@@ -40,9 +40,12 @@ def server_workspace(config: RunConfig) -> Path:
 
 
 def run_folder(config: RunConfig) -> str:
-    """Workspace-relative folder for this run's outputs: work/<task>/<run id>."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.run_id)[:80] or "run"
-    return f"work/{config.task_id}/{safe}"
+    """Workspace-relative folder of this run's outputs: work/<task>/<model>.<guidance>.<mode>.<run id>.
+
+    Distinct for every run that may share an environment, so concurrent runs never touch each
+    other's files."""
+    raw = f"{config.model}.{config.guidance}.{config.mode}.{config.run_id}"
+    return f"work/{config.task_id}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', raw)[:120]}"
 
 
 def chat_model(config: RunConfig) -> Any:

@@ -1,0 +1,156 @@
+"""``fedagentbench algorithms`` and ``fedagentbench train``.
+
+Only the standard library is imported at module level (``fedagentbench --help`` stays fast);
+pydantic, rich, torch, MONAI and Flower are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+CATEGORIES = ("traditional", "personalised", "domain_generalisation")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    alg = subparsers.add_parser("algorithms", help="list the 40 federated-learning algorithms (registry)")
+    alg.add_argument("--category", choices=CATEGORIES, help="only this category")
+    alg.add_argument("--cue", help="only algorithms with this selection cue (e.g. label_skew, feature_shift)")
+    alg.add_argument("--executable", action="store_true", help="only algorithms that can be trained here")
+    alg.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    alg.set_defaults(func=cmd_algorithms)
+
+    tr = subparsers.add_parser("train", help="federated training on harmonised client folders (Flower + MONAI)")
+    tr.add_argument("--client", action="append", required=True, metavar="DIR",
+                    help="a hospital's harmonised dataset <DIR>/<class>/*.png (repeat per client); NAME=DIR names it")  # fmt: skip
+    tr.add_argument("--algorithm", required=True, help="registry name, e.g. FedAvg, FedProx, FedBN, FedAdam")
+    tr.add_argument("--rounds", type=int, required=True)
+    tr.add_argument("--local-epochs", type=int, default=1)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=0.01)
+    tr.add_argument("--image-size", type=int, default=None, help="default: the images' size, within 28-64")
+    tr.add_argument("--max-images", type=int, default=None, help="at most this many images per client")
+    tr.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
+    tr.add_argument("--out", default=None, help="result folder (default runs/fl/<algorithm>-<time>)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--runtime", choices=("simulation", "deployment"), default="simulation",
+                    help="simulation (Ray, one process) or local deployment (SuperLink + one SuperNode per client)")  # fmt: skip
+    tr.add_argument("--workers", type=int, default=None, help="parallel client processes in simulation")
+    tr.add_argument("--json", action="store_true", help="print the result JSON instead of tables")
+    tr.set_defaults(func=cmd_train)
+
+
+def cmd_algorithms(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fl.registry import query
+
+    algos = query(category=args.category, cue=args.cue, executable=True if args.executable else None)
+    if args.json:
+        print(json.dumps([a.model_dump(mode="json") for a in algos], indent=1))
+        return 0
+    table = Table(title=f"{len(algos)} federated-learning algorithms", show_lines=False)
+    for col in ("Name", "Category", "Run", "Cues", "Key idea"):
+        table.add_column(col, overflow="fold")
+    for a in algos:
+        name = a.name + (f" ({', '.join(a.variants)})" if a.variants else "")
+        table.add_row(
+            name, a.category.value, "yes" if a.executable else "-", ", ".join(c.value for c in a.cues), a.key_idea
+        )
+    Console().print(table)
+    return 0
+
+
+def _parse_hp(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--hp expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _clients(items: list[str]) -> list[dict[str, str]]:
+    clients = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        clients.append({"name": name, "data_dir": path} if sep and "/" not in name else {"data_dir": item})
+    return clients
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _result_table(result: Any):
+    from rich.table import Table
+
+    variant = result.config.get("hp", {}).get("variant")
+    name = f"{result.algorithm} ({variant})" if variant else result.algorithm
+    table = Table(title=f"{name}: {result.status} in {result.wall_time_s:.1f} s")
+    for col in ("Client", "n val", "loss", "accuracy", "bal. acc.", "AUROC"):
+        table.add_column(col, justify="right" if col != "Client" else "left")
+    if result.final is not None:
+        rows = list(result.final.clients.items()) + [("global (pooled)", result.final.global_)]
+        for name, m in rows:
+            table.add_row(
+                name, str(m.num_examples), _fmt(m.loss), _fmt(m.accuracy), _fmt(m.balanced_accuracy), _fmt(m.auroc)
+            )
+    return table
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fl.runner import ProgressEvent, TrainConfig, resolve, run_training
+
+    config = TrainConfig(
+        clients=_clients(args.client), algorithm=args.algorithm, rounds=args.rounds, local_epochs=args.local_epochs,
+        batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, max_images_per_client=args.max_images,
+        hyperparameters=_parse_hp(args.hp), out_dir=args.out, seed=args.seed,
+    )  # fmt: skip
+    resolve(config)  # bad folders, classes or algorithm: a clear error before Flower starts
+    console = Console(stderr=args.json)
+    if args.runtime == "deployment":
+        from fl.deploy import run_deployed
+
+        with console.status(f"{config.algorithm}: SuperLink + {len(config.clients)} SuperNodes on 127.0.0.1 ..."):
+            result = run_deployed([config])[0]
+    else:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"{config.algorithm} (starting Flower)", total=config.rounds, info="")
+
+            def on_progress(event: ProgressEvent) -> None:
+                if event.kind == "start":
+                    bar.update(task, description=f"{config.algorithm} rounds")
+                elif event.kind == "round" and event.record is not None:
+                    g = event.record.global_
+                    bar.update(
+                        task,
+                        completed=event.round,
+                        info=f"acc {_fmt(g.accuracy)}  AUROC {_fmt(g.auroc)}  loss {_fmt(g.loss)}",
+                    )
+
+            result = run_training(config, progress=on_progress, workers=args.workers)
+    if args.json:
+        print(result.model_dump_json(indent=1, by_alias=True))
+    else:
+        console.print(_result_table(result))
+        console.print(f"result: {result.result_path}")
+        if result.error:
+            console.print(f"[red]error:[/red] {result.error}")
+    return 0 if result.status == "completed" else 1

@@ -1,0 +1,93 @@
+"""The ClientApp: one hospital's side of every round (local training and local validation).
+
+In simulation the app is bound to the list of (name, data_dir) and picks its own by Flower's
+``partition-id``; on the deployment runtime each SuperNode says where its data is with
+``--node-config 'data-dir="/data/harmonised" client-name="hospital_a"'``.
+Only weights (or prototypes / control variates), counts and metrics leave the client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+
+def _identity(context: Context, clients: list[tuple[str, str]] | None) -> tuple[str, str]:
+    node = context.node_config
+    if "data-dir" in node:
+        data_dir = str(node["data-dir"])
+        return str(node.get("client-name", Path(data_dir).name)), data_dir
+    if clients is None:
+        raise ValueError("this SuperNode has no data: start it with --node-config 'data-dir=\"/path\"'")
+    name, data_dir = clients[int(node["partition-id"])]
+    return name, data_dir
+
+
+def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | None, train: bool) -> Message:
+    import torch
+    from torch.nn import functional as F
+
+    from fl.algorithms import client_algorithm
+    from fl.algorithms.base import RunSpec, StateStore
+    from fl.data import load_client_data
+    from fl.metrics import client_metrics
+
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    name, data_dir = _identity(context, clients)
+    config = msg.content["config"]
+    spec = RunSpec(**json.loads(str(config["spec"])))
+    data = load_client_data(
+        data_dir, spec.classes, spec.image_size, spec.channels, spec.val_fraction, spec.seed, spec.max_images
+    )
+    server_round = int(config.get("server-round", 0))
+    round_seed = spec.seed * 100_003 + server_round * 1_009 + zlib.crc32(name.encode()) % 10_007
+    torch.manual_seed(round_seed)
+    algorithm = client_algorithm(spec.algorithm)(spec, data, StateStore(context.state, spec.run_tag), round_seed)
+    received = msg.content["arrays"].to_torch_state_dict()
+    info = ConfigRecord({"name": name})
+    if train:
+        fit_start = time.perf_counter()
+        arrays, metrics = algorithm.train(received, dict(config))
+        metrics["local_train_s"] = time.perf_counter() - fit_start
+        metrics["client_s"] = time.perf_counter() - start  # local training plus the client's own overhead
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                "metrics": MetricRecord({"num-examples": len(data.train_y), **metrics}),
+                "client": info,
+            }
+        )
+    else:
+        predict = algorithm.predictor(received)
+        with torch.no_grad():
+            logits = torch.cat([predict(x) for x in data.val_x.split(256)])
+            loss = float(F.cross_entropy(logits, data.val_y))
+            probs = torch.softmax(logits, dim=1).numpy()
+        report = client_metrics(data.val_y.numpy(), probs, loss)
+        content = RecordDict({"metrics": MetricRecord(report), "client": info})
+    return Message(content=content, reply_to=msg)
+
+
+def make_client_app(clients: list[tuple[str, str]] | None = None) -> ClientApp:
+    """A ClientApp; ``clients`` maps simulation partition ids to (name, data_dir)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return _handle(msg, context, clients, train=True)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return _handle(msg, context, clients, train=False)
+
+    return app
+
+
+#: the deployment ClientApp (data location from the SuperNode's node config)
+client_app = make_client_app()

@@ -1,0 +1,222 @@
+"""The same ServerApp and ClientApp on Flower's deployment runtime: a SuperLink, one SuperNode per
+hospital, and ``flwr run``.
+
+``LocalDeployment`` starts every component as a separate process on 127.0.0.1 (free ports picked at
+run time) — what the tests use and a rehearsal for a real multi-machine federation, which
+docs/federated-training.md describes. Every process it starts, and every process those start
+(SuperExec, flwr-serverapp, flwr-clientapp), carries a marker in its environment, so ``stop()``
+finds and ends them all by PID even after Flower has detached them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Self
+
+MARKER = "FEDAGENTBENCH_FL_DEPLOYMENT"
+FLWR_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "OMP_NUM_THREADS": "1",
+}
+APP_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedagentbench-fl"
+version = "1.0.0"
+description = "FedAgentBench federated training (the code is the installed fl package)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedagentbench"
+
+[tool.flwr.app.components]
+serverapp = "fl.server:server_app"
+clientapp = "fl.client:client_app"
+
+[tool.flwr.app.config]
+plans-file = ""
+"""
+
+
+def write_app(app_dir: str | Path) -> Path:
+    """A Flower app project whose components are ``fl.server:server_app`` / ``fl.client:client_app``.
+
+    It lists no dependencies, so nothing is installed per run: the apps run in this environment.
+    """
+    path = Path(app_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "pyproject.toml").write_text(APP_PYPROJECT)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (never a hard-coded one)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args[0]} exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def marked_pids(marker_value: str) -> list[int]:
+    """Live processes whose environment carries this deployment's marker."""
+    needle = f"{MARKER}={marker_value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return sorted(found)
+
+
+class LocalDeployment:
+    """SuperLink + one SuperNode per client, as separate processes on one machine."""
+
+    def __init__(self, clients: list[tuple[str, str]], workdir: str | Path | None = None, host: str = "127.0.0.1"):
+        self.clients, self.host = clients, host
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fl-deploy-"))
+        self.marker = uuid.uuid4().hex
+        self.procs: list[subprocess.Popen] = []
+        self.started_pids: set[int] = set()
+        self.port: int | None = None
+        bin_dir = Path(sys.executable).parent
+        repo = Path(__file__).resolve().parents[1]
+        self.env = {
+            **os.environ,
+            **FLWR_ENV,
+            MARKER: self.marker,
+            "FLWR_HOME": str(self.workdir / "flwr_home"),
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+        }
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        self.started_pids.add(proc.pid)
+        return proc
+
+    def start(self, timeout: float = 120) -> LocalDeployment:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port(self.host)
+        link = self._spawn(
+            "superlink", ["flower-superlink", "--insecure", "--host", self.host, "--port", str(self.port)]
+        )
+        _wait_for_port(self.host, self.port, timeout, link)
+        for i, (name, data_dir) in enumerate(self.clients):
+            node_config = f'data-dir="{Path(data_dir).resolve()}" client-name="{name}"'
+            self._spawn(
+                f"supernode_{i}",
+                ["flower-supernode", "--insecure", "--superlink", f"{self.host}:{self.port}",
+                 "--host", self.host, "--port", str(free_port(self.host)), "--node-config", node_config],
+            )  # fmt: skip
+        home = Path(self.env["FLWR_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "fedagentbench"\n\n[superlink.fedagentbench]\n'
+            f'address = "{self.host}:{self.port}"\ninsecure = true\n'
+        )
+        return self
+
+    def run(self, plans: list[dict[str, Any]], timeout: float = 1200) -> list[dict[str, Any]]:
+        """Submit the plans as one Flower run with ``flwr run`` and wait for their results."""
+        plans_file = self.workdir / "plans.json"
+        plans_file.write_text(json.dumps(plans, indent=1))
+        app = write_app(self.workdir / "app")
+        for plan in plans:
+            Path(plan["out_dir"], "result.json").unlink(missing_ok=True)
+        cli = self._spawn(
+            "flwr_run",
+            ["flwr", "run", str(app), "fedagentbench", "--stream", "--run-config", f'plans-file="{plans_file}"'],
+        )
+        deadline = time.monotonic() + timeout
+        paths = [Path(p["out_dir"]) / "result.json" for p in plans]
+        exited_at: float | None = None
+        while time.monotonic() < deadline:
+            done = [json.loads(p.read_text()) for p in paths if p.exists()]
+            if len(done) == len(plans) and all(r["status"] != "running" for r in done):
+                return done
+            if exited_at is None and cli.poll() is not None:
+                exited_at = time.monotonic()
+            if exited_at is not None and (cli.returncode != 0 or time.monotonic() - exited_at > 15):
+                log = (self.workdir / "flwr_run.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"flwr run ended (code {cli.returncode}) without results:\n{log}")
+            time.sleep(1)
+        raise TimeoutError(f"the deployed run did not finish within {timeout:.0f} s (logs in {self.workdir})")
+
+    def stop(self, grace: float = 10) -> list[int]:
+        """End every process of this deployment by PID; returns those still alive (should be [])."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            pids = set(marked_pids(self.marker)) | {p.pid for p in self.procs if p.poll() is None}
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                for p in self.procs:
+                    p.poll()  # reap our own children
+                if not marked_pids(self.marker):
+                    break
+                time.sleep(0.2)
+        for p in self.procs:
+            p.poll()
+        return marked_pids(self.marker)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_deployed(configs: list[Any], workdir: str | Path | None = None, timeout: float = 1200) -> list[Any]:
+    """Run TrainConfigs (same clients) on a local SuperLink + SuperNodes; returns TrainResults."""
+    from fl.runner import TrainResult, resolve
+
+    plans = [resolve(cfg, run_tag=str(i)) for i, cfg in enumerate(configs)]
+    clients = [(c["name"], c["data_dir"]) for c in plans[0]["clients"]]
+    scratch = None if workdir else tempfile.mkdtemp(prefix="fl-deploy-")
+    with LocalDeployment(clients, workdir or scratch) as deployment:
+        results = deployment.run(plans, timeout)
+    if scratch:  # logs are kept only when something went wrong
+        shutil.rmtree(scratch, ignore_errors=True)
+    return [TrainResult.model_validate(r) for r in results]

@@ -1,0 +1,238 @@
+"""The training API S4's tools call: validate a config, run it on Flower, return the result.
+
+``run_training(config)`` checks everything that a user (or an agent) can get wrong before Flower
+starts — data folders, class names, algorithm, hyperparameters — so mistakes surface as a clear
+ValueError / FileNotFoundError, not as a traceback from inside a Ray actor. Importing this module
+is cheap (pydantic only); torch, MONAI and Flower are imported when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fl.registry import get_algorithm
+
+
+class ClientSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    data_dir: Path
+
+    @model_validator(mode="after")
+    def _default_name(self) -> ClientSpec:
+        if not self.name:
+            self.name = self.data_dir.name or str(self.data_dir)
+        return self
+
+
+class TrainConfig(BaseModel):
+    """One federated training run. Paths are each hospital's harmonised class-folder dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clients: list[ClientSpec] = Field(min_length=1)
+    algorithm: str = "FedAvg"
+    rounds: int = Field(3, ge=1, le=1000)
+    local_epochs: int = Field(1, ge=1, le=100)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    image_size: int | None = Field(None, ge=8, le=256, description="None: the images' own size, within 28-64")
+    hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    seed: int = 0
+    out_dir: Path | None = None
+    max_images_per_client: int | None = Field(None, ge=4)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    timeout_s: float = Field(3600, gt=0)
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_names(cls, clients: list[ClientSpec]) -> list[ClientSpec]:
+        names = [c.name for c in clients]
+        if len(set(names)) != len(names):
+            raise ValueError(f"client names must be unique, got {names}")
+        return clients
+
+
+class ClientMetrics(BaseModel):
+    num_examples: int
+    loss: float | None
+    accuracy: float | None
+    balanced_accuracy: float | None
+    auroc: float | None
+    train_loss: float | None = None
+    local_train_s: float | None = None  # seconds of local training in this round (None: not sampled)
+    client_s: float | None = None  # seconds the client spent on its training message
+
+
+class GlobalMetrics(BaseModel):
+    num_examples: int
+    loss: float | None
+    accuracy: float | None
+    balanced_accuracy: float | None
+    auroc: float | None
+
+
+class RoundRecord(BaseModel):
+    round: int
+    train_loss: float | None
+    clients: dict[str, ClientMetrics]
+    global_: GlobalMetrics = Field(alias="global")
+    wall_time_s: float
+    train_time_s: float | None = None  # sending the training messages until the last reply
+    eval_time_s: float | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class FinalMetrics(BaseModel):
+    global_: GlobalMetrics = Field(alias="global")
+    clients: dict[str, ClientMetrics]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class TrainResult(BaseModel):
+    status: Literal["running", "completed", "failed"]
+    algorithm: str
+    config: dict[str, Any]
+    classes: list[str]
+    rounds: list[RoundRecord]
+    final: FinalMetrics | None
+    wall_time_s: float
+    result_path: str
+    error: str | None = None
+
+
+class ProgressEvent(BaseModel):
+    kind: Literal["start", "round", "failed"]
+    algorithm: str
+    round: int
+    rounds: int
+    record: RoundRecord | None = None
+    error: str | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def _hyperparameters(requested: str, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Registry name and defaults + overrides; variant names such as FedAdam select FedOpt's variant."""
+    algo = get_algorithm(requested)
+    if not algo.executable:
+        raise ValueError(
+            f"{algo.name} is in the registry but not executable here; executable: " + ", ".join(executable_names())
+        )
+    hp = dict(algo.hyperparameters)
+    if requested.strip().lower() != algo.name.lower():
+        hp["variant"] = requested.strip().lower().removeprefix("fed")
+    unknown = set(overrides) - set(hp)
+    if unknown:
+        raise ValueError(f"unknown hyperparameters for {algo.name}: {sorted(unknown)}; allowed: {sorted(hp)}")
+    for key, value in overrides.items():
+        default = hp[key]
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if (numeric and (isinstance(value, bool) or not isinstance(value, (int, float)))) or (
+            not numeric and type(value) is not type(default)
+        ):
+            raise ValueError(f"hyperparameter {key} of {algo.name} must be like {default!r}, got {value!r}")
+    hp.update(overrides)
+    if algo.name == "FedOpt" and str(hp["variant"]).lower().removeprefix("fed") not in ("adam", "yogi", "adagrad"):
+        raise ValueError(f"FedOpt variant must be adam, yogi or adagrad, not {hp['variant']!r}")
+    return algo.name, hp
+
+
+def executable_names() -> list[str]:
+    from fl.registry import query
+
+    return [a.name for a in query(executable=True)]
+
+
+def _image_size(first_image: Path) -> int:
+    from PIL import Image
+
+    with Image.open(first_image) as im:
+        return int(min(64, max(28, max(im.size))))
+
+
+def resolve(config: TrainConfig, run_tag: str = "0") -> dict[str, Any]:
+    """Validate a config against the data and the registry; return the plan the ServerApp runs."""
+    from fl.data import check_federation, detect_channels, scan_client_dir
+
+    algorithm, hp = _hyperparameters(config.algorithm, config.hyperparameters)
+    dirs = [c.data_dir for c in config.clients]
+    classes = check_federation(dirs)
+    for client in config.clients:
+        counts = {c: len(f) for c, f in scan_client_dir(client.data_dir).items()}
+        if sum(counts.values()) < 4:
+            raise ValueError(f"client {client.name} has only {sum(counts.values())} images ({client.data_dir})")
+    first = next(f for files in scan_client_dir(dirs[0]).values() for f in files)
+    out_dir = config.out_dir or Path("runs") / "fl" / f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return {
+        "run_tag": run_tag,
+        "algorithm": algorithm,
+        "hp": hp,
+        "clients": [{"name": c.name, "data_dir": str(Path(c.data_dir).resolve())} for c in config.clients],
+        "classes": classes,
+        "channels": detect_channels(dirs),
+        "image_size": config.image_size or _image_size(first),
+        "rounds": config.rounds,
+        "local_epochs": config.local_epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "momentum": config.momentum,
+        "seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "max_images": config.max_images_per_client,
+        "fraction_train": config.fraction_train,
+        "timeout_s": config.timeout_s,
+        "out_dir": str(Path(out_dir).resolve()),
+    }
+
+
+def run_many(
+    configs: list[TrainConfig],
+    progress: ProgressCallback | None = None,
+    verbose: bool = False,
+    workers: int | None = None,
+) -> list[TrainResult]:
+    """Several runs on the same clients inside one Flower simulation (Ray and imports stay warm).
+
+    ``workers``: client processes running in parallel (default: one per core, at most one per client).
+    """
+    if not configs:
+        return []
+    clients = [(c.name, str(Path(c.data_dir).resolve())) for c in configs[0].clients]
+    for cfg in configs[1:]:
+        if [(c.name, str(Path(c.data_dir).resolve())) for c in cfg.clients] != clients:
+            raise ValueError("run_many needs the same clients (names and folders) in every config")
+    plans = [resolve(cfg, run_tag=str(i)) for i, cfg in enumerate(configs)]
+    if len({p["out_dir"] for p in plans}) != len(plans):
+        raise ValueError("every config needs its own out_dir")
+    from fl.simulation import simulate
+
+    def relay(event: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(ProgressEvent.model_validate(event))
+
+    results = simulate(plans, clients, relay, verbose=verbose, workers=workers)
+    return [TrainResult.model_validate(r) for r in results]
+
+
+def run_training(
+    config: TrainConfig, progress: ProgressCallback | None = None, verbose: bool = False, workers: int | None = None
+) -> TrainResult:
+    """Run one federated training in Flower's simulation runtime and return its result."""
+    return run_many([config], progress, verbose, workers)[0]
+
+
+def load_result(path: str | Path) -> TrainResult:
+    return TrainResult.model_validate(json.loads(Path(path).read_text()))

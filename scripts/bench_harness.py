@@ -1,0 +1,95 @@
+"""Benchmark (not a test) of the benchmark harness itself.
+
+1. Wall time of the full tiny matrix with the oracle: 6 environments x all tasks x 2 guidance styles
+   x 1 run, end to end, 1 training round (target: under 15 minutes on a 2-core machine).
+2. Harness overhead per agent step, excluding model time (and tool time): from the same runs.
+3. Speed-up of --concurrency 4 over 1 with a scripted model that waits one second per call
+   (target >= 3.5x). Trainings are served from the cache that step 1 filled (same bytes, same
+   settings), so the measurement is of the harness under model latency, not of Flower.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_harness.py [--out runs/harness] [--skip-matrix]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedagentbench_cli import quiet_environment  # noqa: E402
+
+
+def run(spec) -> tuple[float, list]:
+    from eval.bench import run_matrix
+
+    t0 = time.perf_counter()
+    results = asyncio.run(run_matrix(spec))
+    return time.perf_counter() - t0, results
+
+
+def main() -> int:
+    quiet_environment()
+    from rich.console import Console
+    from rich.table import Table
+
+    from eval.bench import BenchSpec
+    from eval.report import overall_score
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/harness"))
+    parser.add_argument("--skip-matrix", action="store_true", help="reuse step 1's results and cache")
+    parser.add_argument("--concurrency-runs", type=int, default=8)
+    args = parser.parse_args()
+    console = Console()
+    cache = (args.out / "training_cache").resolve()
+    os.environ["FEDAGENTBENCH_TRAINING_CACHE"] = str(cache)
+    envs_dir = args.out / "oracle"
+
+    matrix_spec = BenchSpec(model="oracle", out=envs_dir, rounds=1, concurrency=1)
+    if not args.skip_matrix:
+        shutil.rmtree(envs_dir, ignore_errors=True)
+    seconds, results = run(matrix_spec)
+    passes = sum(sum(r.subtasks.values()) for r in results)
+    steps = sum(r.usage.get("agent_steps", 0) for r in results)
+    loop = sum(r.usage.get("agent_seconds", 0) - r.usage.get("model_seconds", 0) - r.usage.get("tool_seconds", 0)
+               for r in results)
+    total = sum(r.wall_seconds - r.usage.get("model_seconds", 0) - r.usage.get("tool_seconds", 0) for r in results)
+    table = Table(title="harness benchmark")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("oracle tiny matrix: runs", str(len(results)))
+    table.add_row("oracle tiny matrix: wall time (s)" + (" [reused]" if args.skip_matrix else ""), f"{seconds:.1f}")
+    table.add_row("oracle tiny matrix: overall score (%)", f"{overall_score(passes, len(results)):.2f}")
+    table.add_row("agent steps", str(steps))
+    table.add_row("agent-loop overhead per step, excl. model and tools (ms)", f"{1000 * loop / max(1, steps):.2f}")
+    table.add_row("whole-harness overhead per step (graph, checkpoints, scoring; ms)",
+                  f"{1000 * total / max(1, steps):.1f}")
+
+    # concurrency: same environments and trainings (cache), a model that waits 1 s per call
+    os.environ["FEDAGENTBENCH_BASELINE_DELAY_S"] = "1"
+    timings = {}
+    for concurrency in (1, 4):
+        out = args.out / f"concurrency{concurrency}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / "envs").symlink_to((envs_dir / "envs").resolve())
+        spec = BenchSpec(model="oracle", out=out, rounds=1, concurrency=concurrency, environments=["xray", "mri"],
+                         guidance=["fine", "goal"], runs=max(1, args.concurrency_runs // 12 + 1))
+        t, rs = run(spec)
+        timings[concurrency] = (t, len(rs))
+    os.environ.pop("FEDAGENTBENCH_BASELINE_DELAY_S")
+    for c, (t, n) in timings.items():
+        table.add_row(f"--concurrency {c}: {n} runs, 1 s per model call (s)", f"{t:.1f}")
+    table.add_row("speed-up of --concurrency 4 over 1", f"{timings[1][0] / timings[4][0]:.2f}x")
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

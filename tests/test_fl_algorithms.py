@@ -1,0 +1,183 @@
+"""Every executable algorithm: two rounds of Flower simulation on a tiny federation.
+
+All runs share one simulation (``run_many``): Ray start-up and the clients' torch/MONAI imports
+cost far more than two rounds of training 4 tiny clients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from fl.registry import query
+from fl.runner import TrainConfig, TrainResult, load_result, resolve
+from fl.simulation import simulate
+from fl.testing import make_federation
+
+ALGORITHMS = [a.name for a in query(executable=True)] + ["FedYogi", "FedAdagrad"]
+METRICS = ("loss", "accuracy", "balanced_accuracy", "auroc")
+
+
+@pytest.fixture(scope="module")
+def flower_env(tmp_path_factory):
+    """Flower's home in a temporary folder; telemetry and update checks off."""
+    values = {
+        "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home")),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield values
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, flower_env):
+    """All algorithms in one simulation, with a plan whose clients fail in the middle."""
+    root = tmp_path_factory.mktemp("algorithms")
+    dirs, source = make_federation(root / "data", n_clients=4, per_class=20)
+    print(f"federation source: {source}")
+    clients = [{"name": f"hospital_{i}", "data_dir": d} for i, d in enumerate(dirs)]
+    plans = [
+        resolve(
+            TrainConfig(clients=clients, algorithm=name, rounds=2, batch_size=16, out_dir=root / "runs" / name),
+            run_tag=name,
+        )
+        for name in ALGORITHMS
+    ]
+    broken = {
+        **plans[0],
+        "run_tag": "broken",
+        "classes": ["class_0", "no_such_class"],
+        "out_dir": str(root / "runs" / "broken"),
+    }
+    plans.insert(len(plans) // 2, broken)
+    raw = simulate(plans, [(c["name"], c["data_dir"]) for c in plans[0]["clients"]], workers=1)
+    by_tag = {plan["run_tag"]: TrainResult.model_validate(r) for plan, r in zip(plans, raw)}
+    return by_tag
+
+
+def test_a_failing_client_fails_its_run_only(results):
+    broken = results["broken"]
+    assert broken.status == "failed" and broken.final is None
+    assert "client(s) failed during training" in broken.error and "no_such_class" in broken.error
+    assert load_result(broken.result_path).status == "failed"
+    assert len(results) == len(ALGORITHMS) + 1  # the runs after it completed too (checked below)
+
+
+def _finite(metrics) -> bool:
+    return all(getattr(metrics, k) is not None and math.isfinite(getattr(metrics, k)) for k in METRICS)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_two_rounds_with_finite_metrics(results, algorithm):
+    result = results[algorithm]
+    assert result.status == "completed", result.error
+    assert [r.round for r in result.rounds] == [1, 2]
+    for record in result.rounds:
+        assert sorted(record.clients) == [f"hospital_{i}" for i in range(4)]
+        assert _finite(record.global_), record.global_
+        assert all(_finite(m) for m in record.clients.values()), record.clients
+        assert record.global_.num_examples == sum(m.num_examples for m in record.clients.values())
+        assert record.wall_time_s > 0
+    assert 0.0 <= result.final.global_.accuracy <= 1.0
+    saved = load_result(result.result_path)
+    assert saved.status == "completed" and len(saved.rounds) == 2
+    assert "data_dir" not in Path(result.result_path).read_text()  # where hospitals keep data stays local
+    assert (Path(result.result_path).parent / "global_model.pt").exists() == (
+        algorithm not in ("Local-Only", "FedProto")
+    )  # no global weights
+
+
+def test_payloads_keep_personal_parts_local():
+    """What each client sends: FedBN no BatchNorm, FedPer no head, LG-FedAvg only the head, ..."""
+    import torch
+    from flwr.app import RecordDict
+
+    from fl.algorithms import client_algorithm
+    from fl.algorithms.base import RunSpec, StateStore
+    from fl.data import LocalData
+    from fl.models import batchnorm_keys, build_model, shareable_keys
+
+    data = LocalData(
+        torch.rand(8, 1, 28, 28),
+        torch.tensor([0, 1] * 4),
+        torch.rand(4, 1, 28, 28),
+        torch.tensor([0, 1] * 2),
+        ["a", "b"],
+    )
+    model = build_model("FedAvg", 1, 2, 28, 0)
+    every, bn = set(shareable_keys(model)), batchnorm_keys(model)
+    head = {k for k in every if k.startswith("head.")}
+    received = {k: v for k, v in model.state_dict().items() if k in every}
+
+    def sent(name: str) -> set[str]:
+        spec = RunSpec(run_tag="t", algorithm=name, classes=["a", "b"], channels=1, image_size=28, batch_size=4)
+        algo = client_algorithm(name)(spec, data, StateStore(RecordDict(), "t"), round_seed=0)
+        payload, metrics = algo.train(received if name != "FedProto" else {}, {})
+        assert math.isfinite(metrics["train_loss"])
+        return set(payload)
+
+    assert sent("FedAvg") == every
+    assert sent("FedBN") == every - bn
+    assert sent("FedPer") == every - head
+    assert sent("FedRep") == every - head
+    assert sent("FedBABU") == every - head
+    assert sent("LG-FedAvg") == head
+    assert sent("FedProto") == {"protos", "counts"}
+    assert sent("Local-Only") == set()
+
+
+def test_client_rules_use_their_state_and_hyperparameters():
+    """FedProx's mu (sent by Flower's strategy) pulls weights towards the global model; SCAFFOLD,
+    FedDyn, MOON, Ditto, APFL and FedRoD keep their per-client state between rounds."""
+    import torch
+    from flwr.app import RecordDict
+
+    from fl.algorithms import client_algorithm
+    from fl.algorithms.base import RunSpec, StateStore
+    from fl.algorithms.traditional import C_DELTA, C_GLOBAL
+    from fl.data import LocalData
+    from fl.models import build_model, shareable_keys
+
+    torch.manual_seed(0)
+    data = LocalData(torch.rand(16, 1, 28, 28), torch.tensor([0, 1] * 8), torch.rand(4, 1, 28, 28), torch.tensor([0, 1] * 2), ["a", "b"])  # fmt: skip
+    model = build_model("FedAvg", 1, 2, 28, 0)
+    received = {k: v for k, v in model.state_dict().items() if k in shareable_keys(model)}
+
+    def client(name: str, state: RecordDict, lr: float = 0.1):
+        spec = RunSpec(run_tag="t", algorithm=name, classes=["a", "b"], channels=1, image_size=28, batch_size=4, lr=lr)
+        return client_algorithm(name)(spec, data, StateStore(state, "t"), round_seed=1)
+
+    def drift(payload) -> float:  # over trainable parameters (BatchNorm statistics move regardless)
+        return sum(float(((torch.as_tensor(payload[n]) - received[n]) ** 2).sum()) for n, _ in model.named_parameters())
+
+    loose = client("FedProx", RecordDict()).train(received, {"proximal-mu": 0.0})[0]
+    tight = client("FedProx", RecordDict()).train(received, {"proximal-mu": 5.0})[0]
+    assert drift(tight) < 0.5 * drift(loose)
+
+    state = RecordDict()
+    c_zero = {C_GLOBAL + n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    payload, _ = client("SCAFFOLD", state).train({**received, **c_zero}, {})
+    assert any(k.startswith(C_DELTA) for k in payload) and "t/c_i" in state
+
+    for name, keys in (("FedDyn", ["t/grad_l"]), ("MOON", ["t/prev"]), ("Ditto", ["t/personal"]),
+                       ("APFL", ["t/personal", "t/scalars"]), ("FedRoD", ["t/p_head"])):  # fmt: skip
+        state = RecordDict()
+        client(name, state).train(received, {})
+        assert all(k in state for k in keys), (name, list(state))
+        predict = client(name, state).predictor(received)
+        assert predict(data.val_x).shape == (4, 2)
+    apfl_state = RecordDict()
+    client("APFL", apfl_state).train(received, {})
+    assert 0.0 <= StateStore(apfl_state, "t").scalar("alpha", -1.0) <= 1.0
