@@ -157,7 +157,8 @@ def s2_node(state: WorkflowState) -> dict[str, Any]:
     names = list(state.clients)
     outcome, update = _run("S2", config, {"replies": replies}, parse=partial(ROLES["S2"].parse, clients=names))
     approved = set((outcome.result or {}).get("approved", []))
-    clients = {n: ClientRecord(name=n, approved=n in approved, status="approved" if n in approved else "released")
+    clients = {n: ClientRecord(name=n, approved=n in approved, status="approved" if n in approved else "released",
+                               work_datasets=state.clients[n].selected_datasets if n in approved else [])
                for n in names}
     return _merge(update, {"clients": clients})
 
@@ -169,19 +170,15 @@ def preprocessing_start(state: WorkflowState) -> dict[str, Any]:
     if state.config.mode != "phase":
         return {}
     key = runtime.task_key(state.config)
-    clients = {}
-    for name in runtime.client_names(state.config):
-        relevant = key.relevant_datasets.get(name, [])
-        clients[name] = ClientRecord(name=name, approved=bool(relevant), selected_datasets=relevant,
-                                     status="approved" if relevant else "released")
-    return {"clients": clients}
+    return {"clients": {name: ClientRecord(name=name, work_datasets=key.relevant_datasets.get(name, []))
+                        for name in runtime.client_names(state.config)}}
 
 
 def fan_out_c2(state: WorkflowState) -> list:
     from langgraph.types import Send
 
-    return [Send("C2", ClientTask(config=state.config, client=n, datasets=r.selected_datasets))
-            for n, r in state.clients.items() if r.approved and r.selected_datasets]
+    return [Send("C2", ClientTask(config=state.config, client=n, datasets=r.work_datasets))
+            for n, r in state.clients.items() if r.work_datasets]
 
 
 def c2_node(task: ClientTask) -> dict[str, Any]:
@@ -196,6 +193,7 @@ def c2_node(task: ClientTask) -> dict[str, Any]:
     outcome, update = _run("C2", config, ctx, client=task.client)
     record = ClientRecord(name=task.client, status="cleaned" if outcome.ok else "failed",
                           cleaned_path=out_rel if outcome.ok else None,
+                          harmonisation_input=out_rel if outcome.ok else None,
                           cleaning_summary=((outcome.result or {}).get("summary") or outcome.error or "")[:500])
     return _merge(update, {"clients": {task.client: record}})
 
@@ -214,17 +212,16 @@ def harmonisation_start(state: WorkflowState) -> dict[str, Any]:
     for name in runtime.client_names(config):
         relevant = key.relevant_datasets.get(name, [])
         path = gold_cleaned(runtime.client_workspace(config, name), key, name, out_rel) if relevant else None
-        clients[name] = ClientRecord(name=name, approved=bool(relevant), selected_datasets=relevant,
-                                     cleaned_path=path, status="cleaned" if relevant else "released")
+        clients[name] = ClientRecord(name=name, work_datasets=relevant, harmonisation_input=path)
     return {"clients": clients}
 
 
 def fan_out_c3(state: WorkflowState) -> list:
     from langgraph.types import Send
 
-    return [Send("C3", ClientTask(config=state.config, client=n, input_path=r.cleaned_path,
-                                  datasets=r.selected_datasets))
-            for n, r in state.clients.items() if r.approved and r.cleaned_path]
+    return [Send("C3", ClientTask(config=state.config, client=n, input_path=r.harmonisation_input,
+                                  datasets=r.work_datasets))
+            for n, r in state.clients.items() if r.harmonisation_input]
 
 
 def c3_node(task: ClientTask) -> dict[str, Any]:
@@ -239,6 +236,7 @@ def c3_node(task: ClientTask) -> dict[str, Any]:
     mappings = _mappings_from_calls(outcome, task.datasets)
     record = ClientRecord(name=task.client, status="harmonised" if outcome.ok else "failed",
                           label_mappings=mappings, harmonised_path=out_rel if outcome.ok else None,
+                          training_input=out_rel if outcome.ok else None,
                           stats=class_counts(workspace / out_rel) if outcome.ok else {})
     return _merge(update, {"clients": {task.client: record}})
 
@@ -281,14 +279,12 @@ def training_start(state: WorkflowState) -> dict[str, Any]:
         relevant = key.relevant_datasets.get(name, [])
         ws = runtime.client_workspace(config, name)
         path = gold_harmonised(ws, key, name, out_rel) if relevant else None
-        clients[name] = ClientRecord(name=name, approved=bool(relevant), harmonised_path=path,
-                                     stats=class_counts(ws / path) if path else {},
-                                     status="harmonised" if relevant else "released")
+        clients[name] = ClientRecord(name=name, training_input=path, stats=class_counts(ws / path) if path else {})
     return {"clients": clients, "requirements": key.requirements.model_dump()}
 
 
 def _participants(state: WorkflowState) -> dict[str, ClientRecord]:
-    return {n: r for n, r in state.clients.items() if r.approved and r.harmonised_path}
+    return {n: r for n, r in state.clients.items() if r.training_input}
 
 
 def s3_node(state: WorkflowState) -> dict[str, Any]:
@@ -311,7 +307,7 @@ def s4_node(state: WorkflowState) -> dict[str, Any]:
         why = "no algorithm chosen" if not state.algorithm else "no client with harmonised data"
         return {"training": TrainingStatus(status=f"not started: {why}"),
                 "errors": [RunError(id=_id(config.run_id, "S4", "skip"), where="S4", message=why)]}
-    data_dirs = {n: runtime.client_workspace(config, n) / r.harmonised_path for n, r in participants.items()}
+    data_dirs = {n: runtime.client_workspace(config, n) / r.training_input for n, r in participants.items()}
     out_rel = f"{runtime.run_folder(config)}/training"
     server_ws = runtime.server_workspace(config)
     shutil.rmtree(server_ws / out_rel, ignore_errors=True)

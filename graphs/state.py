@@ -38,10 +38,14 @@ class ClientRecord(BaseModel):
     selected_datasets: list[str] = Field(default_factory=list)
     selection_reason: str = ""
     approved: bool | None = None
+    #: what each phase works on: the previous phase's output (e2e) or the answer key's (per-phase mode)
+    work_datasets: list[str] = Field(default_factory=list)
     cleaned_path: str | None = None
     cleaning_summary: str = ""
+    harmonisation_input: str | None = None
     label_mappings: dict[str, dict[str, str | None]] = Field(default_factory=dict)
     harmonised_path: str | None = None
+    training_input: str | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
 
 

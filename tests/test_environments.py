@@ -300,3 +300,13 @@ def test_cli_help_imports_no_heavy_library():
             "print([m for m in ('torch', 'monai', 'flwr', 'ray', 'langgraph', 'numpy', 'pandas') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_acceptable_algorithms_match_the_registry_and_each_can_train():
+    from environments.tasks import REQUIREMENT_ALGORITHMS
+    from fl.registry import query
+
+    executable = {a.name for a in query(executable=True)}
+    for cue, names in REQUIREMENT_ALGORITHMS.items():
+        assert sorted(a.name for a in query(cue=cue)) == sorted(names), cue
+        assert executable & set(names), f"no executable algorithm for requirement {cue}"
