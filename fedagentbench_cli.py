@@ -41,6 +41,13 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def console():
+    """A rich console; wide when the output is a file or a pipe, so that tables are not cut."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedagentbench",

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from fedagentbench_cli import console as wide_console
+
 ISSUE_ABBREV = {"duplicate": "dup", "off_topic": "offtopic", "label_error": "badlabel", "corrupt": "corrupt",
                 "truncated": "trunc", "zero_byte": "empty", "non_image": "junk"}
 ENV_CHOICES = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray", "all")
@@ -44,7 +46,7 @@ def _build(args: argparse.Namespace) -> int:
     from environments.concepts import ENVIRONMENTS
 
     names = ENVIRONMENTS if args.modality == "all" else (args.modality,)
-    console = _console()
+    console = wide_console()
     summaries = []
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -83,7 +85,7 @@ def _show(args: argparse.Namespace) -> int:
         env_dirs = sorted(p.parent for p in root.glob("*/environment.json"))
     if not env_dirs:
         raise FileNotFoundError(f"no environment under {root} (expected environment.json)")
-    console = _console()
+    console = wide_console()
     for env_dir in env_dirs:
         manifest = json.loads((env_dir / "environment.json").read_text("utf-8"))
         key = load_environment_key(env_dir)
@@ -121,14 +123,6 @@ def _catalogue(args: argparse.Namespace) -> int:
         modality = c.modality if c.species == "human" else f"{c.modality} ({c.species})"
         table.add_row(c.environment, c.name, modality, ", ".join(c.task_types), classes or "-", c.layout,
                       c.file_format, str(c.image_count))
-    _console().print(table)
+    wide_console().print(table)
     return 0
 
-
-def _console():
-    """A rich console; wide when the output is a file or pipe, so tables are not cut."""
-    import sys
-
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 200)

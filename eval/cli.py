@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedagentbench_cli import console as wide_console
+
 ENVS = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray")
 
 
@@ -37,7 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     import asyncio
 
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from eval.bench import BenchSpec, run_matrix
@@ -56,7 +57,7 @@ def _bench(args: argparse.Namespace) -> int:
     from agents.models import resolve_spec
 
     resolve_spec(spec.model)  # a wrong spec fails here, before anything is built
-    console = Console()
+    console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         bar = progress.add_task(f"bench {spec.model}", total=None)
@@ -78,9 +79,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
-    console = Console()
+    console = wide_console()
     for folder in args.dirs:
         _print_tables(console, folder)
     return 0

@@ -8,6 +8,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+#: the state's own types, allowed to be restored from a checkpoint (nothing else is)
+STATE_TYPES = [("graphs.state", name) for name in ("ClientRecord", "TrainingStatus", "PhaseTiming", "RunError",
+                                                  "RunConfig", "WorkflowState")] + [("graphs.phases", "ClientTask")]
+
+
+def serializer():
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    return JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES)
+
+
 @contextmanager
 def sqlite_checkpointer(path: str | Path) -> Iterator:
     """A ``SqliteSaver`` on the file at ``path`` (created with its folder if missing)."""
@@ -19,7 +30,7 @@ def sqlite_checkpointer(path: str | Path) -> Iterator:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=60000")
     try:
-        saver = SqliteSaver(conn)
+        saver = SqliteSaver(conn, serde=serializer())
         saver.setup()
         yield saver
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedagentbench_cli import console as wide_console
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="run one task through the agent workflow (resumable)")
@@ -22,7 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from graphs.run import default_thread_id, run_task
     from graphs.state import RunConfig
@@ -35,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     config = RunConfig(env_dir=str(args.env.resolve()), task_id=args.task, guidance=args.guidance, model=args.model,
                        mode=args.mode, run_id=args.run_id, rounds=args.rounds, budget=args.budget)
     thread = args.thread_id or default_thread_id(config)
-    console = Console()
+    console = wide_console()
     with console.status(f"running {args.task} with {args.model} (thread {thread})"):
         state = run_task(config, args.db, thread)
     print_state(console, state, thread)
