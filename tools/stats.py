@@ -1,7 +1,7 @@
 """Dataset statistics a client shares with the server: aggregate numbers only.
 
 Exchange location (the one channel from client to server): the client tool writes
-``<client workspace>/work/stats.json``; the server tool ``read_client_statistics`` reads exactly
+``work/stats.json`` in its workspace; the server tool ``read_client_statistics`` reads exactly
 that file from each client workspace it was built with, validates it against
 :class:`ClientStatistics` (unknown fields dropped, so nothing else can travel) and never opens
 anything else there. Each report replaces the previous one.
