@@ -211,6 +211,22 @@ def _c2_context(text: str) -> dict[str, Any]:
             "size": int(size.group(1)) if size else 64, "mode": "RGB" if size and size.group(2) == "RGB" else "L"}
 
 
+def _c3_context(text: str) -> dict[str, Any]:
+    """Input folder, target classes and output folder from C3's prompt (agents.roles._c3)."""
+    source = re.search(r"cleaned datasets in (\S+) \(one folder per dataset\)", text)
+    targets = re.search(r"onto the target classes \[([^\]]+)\]", text)
+    dest = re.search(r"write the result to (\S+)/<target class>", text)
+    return {"source": source.group(1) if source else "work/cleaned",
+            "targets": [t.strip() for t in targets.group(1).split(",")] if targets else [],
+            "dest": dest.group(1) if dest else "work/harmonised"}
+
+
+def _mapping_lines(turn: Turn) -> list[str]:
+    """The mappings this agent applied, as the protocol lines C3 answers with."""
+    return [f"{k} -> {v or 'drop'}" for name, args in turn.calls if name == "apply_label_mapping"
+            for k, v in (args.get("mapping") or {}).items()]
+
+
 def _card_for(cards: list[dict], name: str) -> dict:
     return next((c for c in cards if c.get("dataset name") == name), {"dataset_path": f"datasets/{name}"})
 
@@ -260,11 +276,8 @@ class _PipelinePolicy:
         cards = self._cards(turn)
         if isinstance(cards, AIMessage):
             return cards
-        source = re.search(r"cleaned datasets in (\S+) \(one folder per dataset\)", turn.user)
-        targets = re.search(r"onto the target classes \[([^\]]+)\]", turn.user)
-        dest = re.search(r"write the result to (\S+)/<target class>", turn.user)
-        src_root = source.group(1) if source else "work/cleaned"
-        target_list = [t.strip() for t in targets.group(1).split(",")] if targets else []
+        ctx = _c3_context(turn.user)
+        src_root, target_list = ctx["source"], ctx["targets"]
         names = self.c3_datasets(turn, cards, src_root)
         step = len(turn.tool_results) - 1
         index, sub = divmod(step, 2)
@@ -276,11 +289,8 @@ class _PipelinePolicy:
             local = list((listing.get("class_folders") or {}).keys())
             mapping = self.mapping(turn, cards, name, local, target_list)
             return _call("apply_label_mapping", source=f"{src_root}/{name}", mapping=mapping,
-                         destination=dest.group(1) if dest else "work/harmonised", merge=index > 0)
-        out = dest.group(1) if dest else "work/harmonised"
-        lines = [f"{k} -> {v or 'drop'}" for name, args in turn.calls if name == "apply_label_mapping"
-                 for k, v in (args.get("mapping") or {}).items()]
-        return _answer("\n".join(lines + [f"Output path: {out}"]))
+                         destination=ctx["dest"], merge=index > 0)
+        return _answer("\n".join(_mapping_lines(turn) + [f"Output path: {ctx['dest']}"]))
 
     def c3_datasets(self, turn: Turn, cards: list[dict], src_root: str) -> list[str]:
         return [c["dataset name"] for c in cards if _in_cleaned(self.context, turn.client, src_root, c["dataset name"])]
@@ -339,10 +349,8 @@ class RandomPipeline:
 
     def act_C3(self, turn: Turn) -> AIMessage:
         rng = rng_for(self.context, turn)
-        source = re.search(r"cleaned datasets in (\S+) \(one folder per dataset\)", turn.user)
-        targets = re.search(r"onto the target classes \[([^\]]+)\]", turn.user)
-        dest = re.search(r"write the result to (\S+)/<target class>", turn.user)
-        src_root = source.group(1) if source else "work/cleaned"
+        ctx = _c3_context(turn.user)
+        src_root = ctx["source"]
         workspace = env_workspace(self.context, turn.client)
         names = sorted(p.name for p in (workspace / src_root).iterdir() if p.is_dir()) \
             if (workspace / src_root).is_dir() else []
@@ -352,13 +360,11 @@ class RandomPipeline:
             if sub == 0:
                 return _call("list_class_folders", path=f"{src_root}/{names[index]}")
             listing = _json_from_tool(turn.tool_results[-1][1]) or {}
-            choices = [t.strip() for t in targets.group(1).split(",")] + [None] if targets else [None]
+            choices = ctx["targets"] + [None]
             mapping = {c: rng.choice(choices) for c in (listing.get("class_folders") or {})}
             return _call("apply_label_mapping", source=f"{src_root}/{names[index]}", mapping=mapping,
-                         destination=dest.group(1) if dest else "work/harmonised", merge=index > 0)
-        lines = [f"{k} -> {v or 'drop'}" for name, args in turn.calls if name == "apply_label_mapping"
-                 for k, v in (args.get("mapping") or {}).items()]
-        return _answer("\n".join(lines + [f"Output path: {dest.group(1) if dest else 'work/harmonised'}"]))
+                         destination=ctx["dest"], merge=index > 0)
+        return _answer("\n".join(_mapping_lines(turn) + [f"Output path: {ctx['dest']}"]))
 
 
 class HeuristicPolicy(HeuristicPipeline, _HeuristicRoles):
