@@ -56,8 +56,12 @@ class ResultStore:
         self._lock = threading.Lock()
 
     def append(self, result: RunResult) -> None:
-        line = result.model_dump_json() + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+        line = (result.model_dump_json() + "\n").encode("utf-8")
+        with self._lock, self.path.open("ab+") as fh:
+            if fh.tell() > 0:  # a line cut short by a killed process must not swallow this one
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())

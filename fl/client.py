@@ -17,11 +17,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 
-def _identity(context: Context, clients: list[tuple[str, str]] | None) -> tuple[str, str]:
+def _identity(context: Context, clients: list[tuple[str, str]] | None, config: ConfigRecord) -> tuple[str, str]:
+    """Which hospital this node is: its node config (deployment), the plan's roster (warm simulation,
+    see fl.service) or its partition id (one simulation per training)."""
     node = context.node_config
     if "data-dir" in node:
         data_dir = str(node["data-dir"])
         return str(node.get("client-name", Path(data_dir).name)), data_dir
+    if "roster" in config:
+        name, data_dir = json.loads(str(config["roster"]))[str(context.node_id)]
+        return str(name), str(data_dir)
     if clients is None:
         raise ValueError("this SuperNode has no data: start it with --node-config 'data-dir=\"/path\"'")
     name, data_dir = clients[int(node["partition-id"])]
@@ -39,8 +44,8 @@ def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | Non
 
     start = time.perf_counter()
     torch.set_num_threads(1)
-    name, data_dir = _identity(context, clients)
     config = msg.content["config"]
+    name, data_dir = _identity(context, clients, config)
     spec = RunSpec(**json.loads(str(config["spec"])))
     data = load_client_data(
         data_dir, spec.classes, spec.image_size, spec.channels, spec.val_fraction, spec.seed, spec.max_images

@@ -234,5 +234,17 @@ def run_training(
     return run_many([config], progress, verbose, workers)[0]
 
 
+def run_training_warm(config: TrainConfig) -> TrainResult:
+    """Run one training on this process's warm Flower simulation (see fl.service): the first call
+    pays Ray's start-up, later ones only their rounds. Plans run in turn; the result is the same
+    kind as run_training's."""
+    import uuid
+
+    from fl.service import run_plan_warm
+
+    plan = resolve(config, run_tag=uuid.uuid4().hex[:12])
+    return TrainResult.model_validate(run_plan_warm(plan))
+
+
 def load_result(path: str | Path) -> TrainResult:
     return TrainResult.model_validate(json.loads(Path(path).read_text()))

@@ -75,6 +75,9 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     )  # fmt: skip
     arrays = initial_arrays(plan["algorithm"], model, len(plan["classes"]))
     spec = client_spec(plan)
+    round_config = {"spec": spec}
+    if getattr(grid, "roster", None):  # a warm simulation's view: tell each node which hospital it is
+        round_config["roster"] = json.dumps(grid.roster)
     path = Path(plan["out_dir"]) / "result.json"
     result: dict[str, Any] = {
         "status": "running", "algorithm": plan["algorithm"], "config": _public(plan), "classes": plan["classes"],
@@ -86,13 +89,13 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
         progress({"kind": "start", "algorithm": plan["algorithm"], "round": 0, "rounds": plan["rounds"]})
     for rnd in range(1, plan["rounds"] + 1):
         t0 = time.perf_counter()
-        messages = strategy.configure_train(rnd, arrays, ConfigRecord({"spec": spec}), grid)
+        messages = strategy.configure_train(rnd, arrays, ConfigRecord(round_config), grid)
         train_replies = _replies(list(grid.send_and_receive(messages, timeout=plan["timeout_s"])), "training")
         t_train = time.perf_counter() - t0
         new_arrays, train_metrics = strategy.aggregate_train(rnd, train_replies)
         if new_arrays is not None:
             arrays = new_arrays
-        messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord({"spec": spec}), grid)
+        messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(round_config), grid)
         t1 = time.perf_counter()
         eval_replies = _replies(list(grid.send_and_receive(messages, timeout=plan["timeout_s"])), "evaluation")
         t_eval = time.perf_counter() - t1

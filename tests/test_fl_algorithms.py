@@ -181,3 +181,35 @@ def test_client_rules_use_their_state_and_hyperparameters():
     apfl_state = RecordDict()
     client("APFL", apfl_state).train(received, {})
     assert 0.0 <= StateStore(apfl_state, "t").scalar("alpha", -1.0) <= 1.0
+
+
+def test_warm_simulation_matches_a_fresh_one_and_serves_any_clients(results, tmp_path):
+    """fl.service: one simulation serves trainings with different algorithms and client subsets,
+    each node told its hospital by the round's roster; a run equals the same run in a fresh one."""
+    from fl.runner import run_training_warm
+    from fl.service import close_shared, shared_simulation
+
+    fresh = results["FedAvg"]
+    data = Path(results["FedAvg"].result_path).parents[2] / "data"
+    names = [f"hospital_{i}" for i in range(4)]
+    specs = [{"name": n, "data_dir": data / f"client_{i}"} for i, n in enumerate(names)]
+    try:
+        warm = run_training_warm(
+            TrainConfig(clients=specs, algorithm="FedAvg", rounds=2, batch_size=16, out_dir=tmp_path / "fedavg")
+        )
+        simulation = shared_simulation()
+        subset = run_training_warm(
+            TrainConfig(clients=specs[2:], algorithm="SCAFFOLD", rounds=2, batch_size=16, out_dir=tmp_path / "sc")
+        )
+        assert shared_simulation() is simulation  # the same simulation served both
+    finally:
+        close_shared()
+    assert warm.status == "completed", warm.error
+    for ours, theirs in zip(warm.rounds, fresh.rounds):
+        assert sorted(ours.clients) == names
+        assert math.isclose(ours.global_.loss, theirs.global_.loss, rel_tol=1e-4), (ours.global_, theirs.global_)
+        for name in names:
+            assert ours.clients[name].num_examples == theirs.clients[name].num_examples
+    assert subset.status == "completed", subset.error
+    assert sorted(subset.rounds[-1].clients) == names[2:]
+    assert subset.config["clients"] == [{"name": "hospital_2"}, {"name": "hospital_3"}]  # no folders recorded

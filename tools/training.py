@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field
 _TRAINING_LOCK = threading.Lock()
 #: a folder for results of identical trainings (same data bytes, algorithm and settings); unset: none
 CACHE_ENV = "FEDAGENTBENCH_TRAINING_CACHE"
+#: "0": a fresh Flower simulation per training instead of the process's warm one (fl.service)
+WARM_ENV = "FEDAGENTBENCH_WARM_TRAINING"
 
 
 class LaunchArgs(BaseModel):
@@ -57,8 +59,9 @@ def _fingerprint(algorithm: str, client_dirs: dict[str, Path], settings: dict) -
 
 def _train(config, fingerprint: str) -> dict:
     """Run (or, with a cache folder set, reuse the result of an identical earlier) training."""
-    from fl.runner import run_training
+    from fl.runner import run_training, run_training_warm
 
+    train = run_training if os.environ.get(WARM_ENV, "1") == "0" else run_training_warm
     cache_dir = os.environ.get(CACHE_ENV)
     cached = Path(cache_dir) / f"{fingerprint}.json" if cache_dir else None
     if cached is not None and cached.is_file():
@@ -66,10 +69,10 @@ def _train(config, fingerprint: str) -> dict:
         result["cached"] = True
         return result
     with _TRAINING_LOCK:
-        result = run_training(config).model_dump(mode="json", by_alias=True)
+        result = train(config).model_dump(mode="json", by_alias=True)
         if result.get("status") == "failed" and "Ending simulation" in str(result.get("error")):
             # Ray can fail to start its workers when the machine is busy: one more try, then report
-            result = run_training(config).model_dump(mode="json", by_alias=True)
+            result = train(config).model_dump(mode="json", by_alias=True)
     if cached is not None and result.get("status") == "completed":
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
