@@ -478,8 +478,12 @@ def fix_chat_request(body: dict) -> dict:
       it and silently ignored: generation would run to the end of the context. It becomes ``max_tokens``.
     - assistant ``content: null`` next to ``tool_calls`` fails its request schema (HTTP 500).
     - ``tool`` messages are dropped by its chatml-function-calling template (see _normalise_messages).
+    - tools without ``tool_choice`` are ignored by that template (OpenAI's default is ``auto``, which
+      it does implement: a grammar lets the model answer with a message or with tool calls).
     """
     body = dict(body)
+    if body.get("tools") and body.get("tool_choice") is None:
+        body["tool_choice"] = "auto"
     if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
         body["max_tokens"] = body["max_completion_tokens"]
     body.pop("max_completion_tokens", None)

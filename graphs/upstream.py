@@ -21,6 +21,16 @@ def flat_name(path: str) -> str:
     return re.sub(r"[\\/]+", "__", stem) + ".png"
 
 
+def claim(rel: str, taken: set[str]) -> str:
+    """``rel``, or ``stem~2.png``, ``stem~3.png``… when a file of that name (any case) is already
+    written: ``IM0003.dcm`` and ``IM0003.tif`` of one folder both flatten to ``IM0003.png``."""
+    stem, k, name = rel.removesuffix(".png"), 2, rel
+    while name.lower() in taken:
+        name, k = f"{stem}~{k}.png", k + 1
+    taken.add(name.lower())
+    return name
+
+
 def standardise(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
     from PIL import Image
 
@@ -55,10 +65,11 @@ def gold_cleaned(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
     schema = task_key.target_schema
     for dataset, files in task_key.clean_files.get(hospital, {}).items():
         prefix = f"datasets/{dataset}/"
-        origins = {}
+        origins: dict[str, str] = {}
+        taken: set[str] = set()
         for f in files:
             pixels = standardise(read_image(workspace / f.path), schema.image_size, schema.mode)
-            rel = f"{f.local_class}/{flat_name(f.path.removeprefix(prefix))}"
+            rel = claim(f"{f.local_class}/{flat_name(f.path.removeprefix(prefix))}", taken)
             _write_png(out / dataset / rel, pixels)
             origins[rel] = f.path
         (out / dataset).mkdir(parents=True, exist_ok=True)
@@ -75,13 +86,14 @@ def gold_harmonised(workspace: Path, task_key, hospital: str, out_rel: str) -> s
     schema = task_key.target_schema
     for target in schema.classes:
         (out / target).mkdir(parents=True, exist_ok=True)
-    origins = {}
+    origins: dict[str, str] = {}
+    taken: set[str] = set()
     for dataset, files in task_key.clean_files.get(hospital, {}).items():
         for f in files:
             if f.target_class is None:
                 continue
             pixels = standardise(read_image(workspace / f.path), schema.image_size, schema.mode)
-            rel = f"{f.target_class}/{dataset}__{flat_name(f.path.removeprefix(f'datasets/{dataset}/'))}"
+            rel = claim(f"{f.target_class}/{dataset}__{flat_name(f.path.removeprefix(f'datasets/{dataset}/'))}", taken)
             _write_png(out / rel, pixels)
             origins[rel] = f.path
     _write_origins(out, origins)

@@ -64,6 +64,11 @@ def test_requests_are_fixed_for_llama_cpp_python():
     assert "functions.read_data_cards returned" in tool_turn["content"] and '"dataset name": "X"' in tool_turn["content"]
     assert body["messages"][3]["role"] == "tool"  # the caller's body is not modified
     assert local_llm.fix_chat_request({"max_tokens": 5, "max_completion_tokens": 9})["max_tokens"] == 5
+    tools = [{"type": "function", "function": {"name": "read_data_cards", "parameters": {}}}]
+    assert local_llm.fix_chat_request({"tools": tools})["tool_choice"] == "auto"  # the OpenAI default
+    forced = {"type": "function", "function": {"name": "read_data_cards"}}
+    assert local_llm.fix_chat_request({"tools": tools, "tool_choice": forced})["tool_choice"] == forced
+    assert "tool_choice" not in local_llm.fix_chat_request({"messages": []})
 
 
 def test_cached_model_is_reused_without_hashing(tmp_path, monkeypatch):

@@ -215,3 +215,36 @@ def test_langgraph_dev_serves_the_graphs(tiny_envs, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.poll() is not None
+
+
+def test_per_phase_inputs_hold_every_clean_file_of_the_key(tiny_envs):
+    """The gold upstream of per-phase mode loses no file, also where two sources flatten to one name
+    (``IM0003.dcm`` and ``IM0003.tif`` in one folder: dermatoscopy at tiny scale, seed 0)."""
+    import shutil
+
+    from environments.answer_key import load_task_key
+    from graphs.upstream import claim, gold_cleaned, gold_harmonised
+    from tools.sandbox import load_origins
+
+    taken: set[str] = set()
+    assert [claim("a/IM3.png", taken), claim("a/im3.png", taken), claim("a/IM3.png", taken)] == \
+           ["a/IM3.png", "a/im3~2.png", "a/IM3~3.png"]
+    for env in ENVIRONMENTS:
+        for task in tasks_for(env):
+            key = load_task_key(tiny_envs / env, task.task_id)
+            for hospital in key.approved_hospitals:
+                ws = tiny_envs / env / "clients" / hospital
+                out = f"work/_gold_test/{task.task_id}"
+                try:
+                    gold_cleaned(ws, key, hospital, f"{out}/cleaned")
+                    gold_harmonised(ws, key, hospital, f"{out}/harmonised")
+                    clean = key.clean_files.get(hospital, {})
+                    got = [src for d in clean for src in load_origins(ws / out / "cleaned" / d).values()]
+                    assert sorted(got) == sorted(f.path for fs in clean.values() for f in fs)
+                    assert len(got) == sum(1 for _ in (ws / out / "cleaned").rglob("*.png"))
+                    placed = load_origins(ws / out / "harmonised")
+                    assert sorted(placed.values()) == sorted(f.path for fs in clean.values() for f in fs
+                                                             if f.target_class is not None)
+                    assert len(placed) == sum(1 for _ in (ws / out / "harmonised").rglob("*.png"))
+                finally:
+                    shutil.rmtree(ws / "work" / "_gold_test", ignore_errors=True)
