@@ -58,7 +58,11 @@ def simulate(
     workers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run the plans in one Flower simulation with one virtual SuperNode per client."""
+    import sys
+
     quiet_environment()
+    if "fl.service" in sys.modules:  # one Ray per process: this run's shutdown would kill the warm one
+        sys.modules["fl.service"].close_shared()
     import torch
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
