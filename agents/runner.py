@@ -66,6 +66,12 @@ class Auditor:
         return None
 
 
+#: model calls left when the agent is told to stop calling tools and answer (one notice per agent)
+LAST_CALLS = 2
+LAST_CALLS_NOTE = ("You have {n} model calls left. Stop calling tools and give your final answer now, "
+                   "in the format the instructions ask for.")
+
+
 def _retry_base() -> float:
     return float(os.environ.get("FEDAGENTBENCH_RETRY_BASE_S", "1.0"))
 
@@ -111,6 +117,8 @@ def run_agent(
                             tool_seconds=round(timers["tool"], 4), tool_calls=calls, usage=usage)
 
     for step in range(budget):
+        if tools and step == budget - LAST_CALLS and budget > LAST_CALLS and isinstance(messages[-1], ToolMessage):
+            messages.append(HumanMessage(LAST_CALLS_NOTE.format(n=LAST_CALLS)))
         if auditor is not None:
             for m in messages:
                 auditor.check(_content_text(m), f"model input of {where}")

@@ -48,7 +48,8 @@ def ensure_environments(spec: BenchSpec, progress: Callable[[str], None] | None 
     from environments.builder import build_environment
 
     root = environments_dir(spec)
-    for env in spec.environments:
+    needed = {key.environment for key in matrix(spec)}  # --task can leave environments out
+    for env in (e for e in spec.environments if e in needed):
         manifest = root / env / "environment.json"
         if manifest.is_file():
             m = json.loads(manifest.read_text("utf-8"))

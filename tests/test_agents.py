@@ -8,6 +8,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.tools import StructuredTool
+from pydantic import Field
 
 from agents import results
 from agents.models import ModelSettings, resolve_spec
@@ -33,6 +34,16 @@ class FlakyModel(ScriptedModel):
         if self.calls <= self.failures:
             raise TimeoutError("provider timed out")
         return super().invoke(*args, **kwargs)
+
+
+class RecordingModel(ScriptedModel):
+    """Remembers the messages of every call."""
+
+    seen: list = Field(default_factory=list)
+
+    def invoke(self, messages: Any, *args: Any, **kwargs: Any):
+        self.seen.append(list(messages))
+        return super().invoke(messages, *args, **kwargs)
 
 
 def _call(name: str, **args: Any) -> AIMessage:
@@ -104,6 +115,11 @@ def test_step_budget_and_unparseable_answers_end_as_failures():
     out = run_agent(role="C2", model=looping, tools=[_echo_tool()], system="s", user="u",
                     parse=results.parse_cleaning, budget=4)
     assert not out.ok and "budget of 4" in out.error and out.steps == 4
+    recording = RecordingModel(responses=[_call("echo", text=str(i)) for i in range(10)])
+    run_agent(role="C2", model=recording, tools=[_echo_tool()], system="s", user="u",
+              parse=results.parse_cleaning, budget=4)
+    notices = [i for i, msgs in enumerate(recording.seen) if "model calls left" in str(msgs[-1].content)]
+    assert notices == [2]  # told once, before its last two calls
     chatty = ScriptedModel(responses=[AIMessage(content="hmm"), AIMessage(content="still no format")])
     out = run_agent(role="S3", model=chatty, tools=[], system="s", user="u", parse=results.parse_algorithm)
     assert not out.ok and "unparseable" in out.error and out.steps == 2
