@@ -66,7 +66,8 @@ class Auditor:
         return None
 
 
-#: model calls left when the agent is told to stop calling tools and answer (one notice per agent)
+#: model calls left when the agent is told to stop calling tools and answer (one notice per agent);
+#: the very last call is then made with tools switched off
 LAST_CALLS = 2
 LAST_CALLS_NOTE = ("You have {n} model calls left. Stop calling tools and give your final answer now, "
                    "in the format the instructions ask for.")
@@ -125,6 +126,8 @@ def run_agent(
         bound = model
         if tools and hasattr(model, "bind_tools"):
             force = first_tool if (step == 0 and first_tool in by_name) else None
+            if step == budget - 1 and step > 0:
+                force = "none"  # the last call must answer: OpenAI's tool_choice "none" switches tools off
             bound = model.bind_tools(list(tools), tool_choice=force) if force else model.bind_tools(list(tools))
         reply, last_error = None, None
         for attempt in range(retries + 1):

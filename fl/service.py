@@ -146,16 +146,18 @@ class WarmSimulation:
 
 _shared: WarmSimulation | None = None
 _shared_lock = threading.Lock()
+_exit_hook = False
 
 
 def shared_simulation() -> WarmSimulation:
     """This process's warm simulation, started on first use (and restarted if it died); closed at exit."""
-    global _shared
+    global _shared, _exit_hook
     with _shared_lock:
         if _shared is None or not _shared.alive:
-            if _shared is None:
+            if not _exit_hook:
                 # before Python's own thread-pool shutdown (which would crash the running simulation)
                 getattr(threading, "_register_atexit", atexit.register)(close_shared)
+                _exit_hook = True
             _shared = WarmSimulation()
         return _shared
 

@@ -40,6 +40,11 @@ class RecordingModel(ScriptedModel):
     """Remembers the messages of every call."""
 
     seen: list = Field(default_factory=list)
+    choices: list = Field(default_factory=list)
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> "RecordingModel":
+        self.choices.append(kwargs.get("tool_choice"))
+        return self
 
     def invoke(self, messages: Any, *args: Any, **kwargs: Any):
         self.seen.append(list(messages))
@@ -120,6 +125,7 @@ def test_step_budget_and_unparseable_answers_end_as_failures():
               parse=results.parse_cleaning, budget=4)
     notices = [i for i, msgs in enumerate(recording.seen) if "model calls left" in str(msgs[-1].content)]
     assert notices == [2]  # told once, before its last two calls
+    assert recording.choices == [None, None, None, "none"]  # and the last call has its tools switched off
     chatty = ScriptedModel(responses=[AIMessage(content="hmm"), AIMessage(content="still no format")])
     out = run_agent(role="S3", model=chatty, tools=[], system="s", user="u", parse=results.parse_algorithm)
     assert not out.ok and "unparseable" in out.error and out.steps == 2
