@@ -20,7 +20,7 @@ message with ``content: null`` is rejected (HTTP 500), and the chat template dro
 so the model never sees a tool's result.
 
 Environment knobs: ``FEDAGENTBENCH_LOCAL_GGUF`` (use this GGUF as is, no assembly or hash check),
-``FEDAGENTBENCH_LOCAL_N_CTX`` (4096), ``FEDAGENTBENCH_LOCAL_THREADS`` (2),
+``FEDAGENTBENCH_LOCAL_N_CTX`` (8192), ``FEDAGENTBENCH_LOCAL_THREADS`` (2),
 ``FEDAGENTBENCH_LOCAL_START_TIMEOUT`` (seconds, 180). The server gets ``OMP_WAIT_POLICY=PASSIVE`` unless
 set: measured on a loaded 2-core machine, spinning OpenMP threads cut generation from ~3.6 to ~0.8 tokens/s.
 """
@@ -376,7 +376,7 @@ class _PortTaken(LocalModelError):
 def _start(gguf: Path) -> _Server:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    n_ctx = int(os.environ.get("FEDAGENTBENCH_LOCAL_N_CTX", "4096"))
+    n_ctx = int(os.environ.get("FEDAGENTBENCH_LOCAL_N_CTX", "8192"))  # 4096 overflowed after ~7 tool calls
     threads = int(os.environ.get("FEDAGENTBENCH_LOCAL_THREADS", "2"))
     timeout = float(os.environ.get("FEDAGENTBENCH_LOCAL_START_TIMEOUT", "180"))
     # ``python -m agents.local_llm`` is ``python -m llama_cpp.server`` behind _RequestFixer (see there)

@@ -169,7 +169,7 @@ def run_agent(
         try:
             return outcome(True, text=text, result=parse(text), steps=step + 1)
         except ParseError as exc:
-            if reminded:
+            if reminded or step == budget - 1:
                 return outcome(False, text=text, error=f"unparseable answer: {exc}", steps=step + 1)
             reminded = True
             messages.append(HumanMessage(f"Your answer could not be read: {exc}. Answer again in that format."))
