@@ -127,8 +127,8 @@ def test_step_budget_and_unparseable_answers_end_as_failures():
     assert notices == [2]  # told once, before its last two calls
     assert recording.choices == [None, None, None, "none"]  # and the last call has its tools switched off
     late = ScriptedModel(responses=[_call("echo", text="a"), _call("echo", text="b"), AIMessage(content="no format")])
-    out = run_agent(role="C2", model=late, tools=[_echo_tool()], system="s", user="u",
-                    parse=results.parse_cleaning, budget=3)
+    out = run_agent(role="S3", model=late, tools=[_echo_tool()], system="s", user="u",
+                    parse=results.parse_algorithm, budget=3)
     assert not out.ok and out.error.startswith("unparseable answer") and out.steps == 3  # its answer, not the budget
     chatty = ScriptedModel(responses=[AIMessage(content="hmm"), AIMessage(content="still no format")])
     out = run_agent(role="S3", model=chatty, tools=[], system="s", user="u", parse=results.parse_algorithm)
