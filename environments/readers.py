@@ -50,12 +50,29 @@ def read_image(path: str | Path) -> np.ndarray:
             elif fmt == "nifti":
                 pixels = _read_nifti(path)
             else:
+                if fmt == "tiff":
+                    _check_tiff_strips(path, size)
                 pixels = _read_pil(path)
     except ImageReadError:
         raise
     except Exception as exc:  # every decoder raises its own types; the agent needs one message
         raise ImageReadError(f"{path.name}: corrupt or unreadable {fmt} ({type(exc).__name__}: {str(exc)[:120]})") from None
     return _to_uint8(pixels)
+
+
+def _check_tiff_strips(path: Path, size: int) -> None:
+    """A TIFF whose strips end past the end of the file is truncated. Found from the header alone,
+    before libtiff decodes it (libtiff would print "TIFFFillStrip: Read error" to stderr)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    except Exception:  # noqa: BLE001 - a header tifffile cannot parse is left to Pillow to judge
+        return
+    if end > size:
+        raise ImageReadError(f"{path.name}: truncated tiff (its image data ends at byte {end}, the file has {size})")
 
 
 def _read_pil(path: Path) -> np.ndarray:
