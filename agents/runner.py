@@ -8,6 +8,7 @@ count tokens per role and client. A run never raises out of here.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -73,6 +74,11 @@ LAST_CALLS_NOTE = ("You have {n} model calls left. Stop calling tools and give y
                    "in the format the instructions ask for.")
 
 
+#: said when a call repeats an earlier one with the same arguments and gets the same output
+REPEAT_NOTE = ("You called {tools} again with the same arguments and got the same result as before. "
+               "Use that result: call a different tool, or give your final answer.")
+
+
 def _retry_base() -> float:
     return float(os.environ.get("FEDAGENTBENCH_RETRY_BASE_S", "1.0"))
 
@@ -109,6 +115,7 @@ def run_agent(
     messages: list[Any] = [SystemMessage(system), HumanMessage(user)]
     where = f"{role}@{client}" if client else role
     reminded = False
+    earlier: dict[str, str] = {}  # (tool, arguments) -> its last output, to notice calls that learn nothing new
     timers = {"model": 0.0, "tool": 0.0}
 
     def outcome(ok: bool, text: str = "", result: BaseModel | None = None, error: str | None = None, steps: int = 0):
@@ -118,7 +125,7 @@ def run_agent(
                             tool_seconds=round(timers["tool"], 4), tool_calls=calls, usage=usage)
 
     for step in range(budget):
-        if tools and step == budget - LAST_CALLS and budget > LAST_CALLS and isinstance(messages[-1], ToolMessage):
+        if tools and step == budget - LAST_CALLS and step > 0:
             messages.append(HumanMessage(LAST_CALLS_NOTE.format(n=LAST_CALLS)))
         if auditor is not None:
             for m in messages:
@@ -156,6 +163,7 @@ def run_agent(
                 text = f"error: malformed tool call {bad.get('name')!r}: {bad.get('error') or 'arguments are not valid JSON'}"
                 calls.append(ToolCallRecord(role=role, client=client, tool=str(bad.get("name")), ok=False, output=text))
                 messages.append(ToolMessage(text, tool_call_id=bad.get("id") or "invalid"))
+            repeated = []
             for call in tool_calls:
                 t0 = time.perf_counter()
                 output, ok = _invoke_tool(by_name, call, output_cap)
@@ -163,6 +171,12 @@ def run_agent(
                 calls.append(ToolCallRecord(role=role, client=client, tool=call["name"], ok=ok,
                                             args=call.get("args") or {}, output=output[:500]))
                 messages.append(ToolMessage(output, tool_call_id=call.get("id") or call["name"]))
+                key = json.dumps([call.get("name"), call.get("args") or {}], sort_keys=True, default=str)
+                if earlier.get(key) == output:
+                    repeated.append(str(call.get("name")))
+                earlier[key] = output
+            if repeated:  # a separate turn: the tool's own output stays exactly what the tool said
+                messages.append(HumanMessage(REPEAT_NOTE.format(tools=", ".join(sorted(set(repeated))))))
             continue
 
         text = _content_text(reply)

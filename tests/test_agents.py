@@ -126,6 +126,14 @@ def test_step_budget_and_unparseable_answers_end_as_failures():
     notices = [i for i, msgs in enumerate(recording.seen) if "model calls left" in str(msgs[-1].content)]
     assert notices == [2]  # told once, before its last two calls
     assert recording.choices == [None, None, None, "none"]  # and the last call has its tools switched off
+    repeating = RecordingModel(responses=[_call("echo", text="a"), _call("echo", text="b"), _call("echo", text="a"),
+                                          AIMessage(content="Algorithm Name: FedAvg")])
+    out = run_agent(role="S3", model=repeating, tools=[_echo_tool()], system="s", user="u",
+                    parse=results.parse_algorithm, budget=8)
+    assert out.ok and len(out.tool_calls) == 3
+    last = [str(msgs[-1].content) for msgs in repeating.seen]
+    assert ["same arguments" in text for text in last] == [False, False, False, True]  # after a's second call
+    assert last[2] == "echo: b" and repeating.seen[3][-2].content == "echo: a"  # the tool's own output unchanged
     late = ScriptedModel(responses=[_call("echo", text="a"), _call("echo", text="b"), AIMessage(content="no format")])
     out = run_agent(role="S3", model=late, tools=[_echo_tool()], system="s", user="u",
                     parse=results.parse_algorithm, budget=3)
