@@ -240,8 +240,10 @@ def run_training_warm(config: TrainConfig) -> TrainResult:
     kind as run_training's."""
     import uuid
 
-    from fl.service import run_plan_warm
+    from fl.service import DEFAULT_SLOTS, run_plan_warm
 
+    if len(config.clients) > DEFAULT_SLOTS:  # more hospitals than the warm simulation has nodes
+        return run_training(config)
     plan = resolve(config, run_tag=uuid.uuid4().hex[:12])
     return TrainResult.model_validate(run_plan_warm(plan))
 
