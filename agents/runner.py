@@ -68,7 +68,7 @@ class Auditor:
 
 
 #: model calls left when the agent is told to stop calling tools and answer (one notice per agent);
-#: the very last call is then made with tools switched off
+#: the very last call is then made without tools
 LAST_CALLS = 2
 LAST_CALLS_NOTE = ("You have {n} model calls left. Stop calling tools and give your final answer now, "
                    "in the format the instructions ask for.")
@@ -131,10 +131,9 @@ def run_agent(
             for m in messages:
                 auditor.check(_content_text(m), f"model input of {where}")
         bound = model
-        if tools and hasattr(model, "bind_tools"):
+        last_call = step == budget - 1 and step > 0  # must answer: no tools offered (some providers ignore "none")
+        if tools and hasattr(model, "bind_tools") and not last_call:
             force = first_tool if (step == 0 and first_tool in by_name) else None
-            if step == budget - 1 and step > 0:
-                force = "none"  # the last call must answer: OpenAI's tool_choice "none" switches tools off
             bound = model.bind_tools(list(tools), tool_choice=force) if force else model.bind_tools(list(tools))
         reply, last_error = None, None
         for attempt in range(retries + 1):

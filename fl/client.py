@@ -53,7 +53,10 @@ def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | Non
     server_round = int(config.get("server-round", 0))
     round_seed = spec.seed * 100_003 + server_round * 1_009 + zlib.crc32(name.encode()) % 10_007
     torch.manual_seed(round_seed)
-    algorithm = client_algorithm(spec.algorithm)(spec, data, StateStore(context.state, spec.run_tag), round_seed)
+    store = StateStore(context.state, spec.run_tag)
+    if "roster" in config:  # a warm simulation: runs follow one another on the same nodes
+        store.forget_other_runs()
+    algorithm = client_algorithm(spec.algorithm)(spec, data, store, round_seed)
     received = msg.content["arrays"].to_torch_state_dict()
     info = ConfigRecord({"name": name})
     if train:

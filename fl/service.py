@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from flwr.serverapp import Grid
@@ -60,6 +60,17 @@ class RosterGrid(Grid):
         return self._grid.send_and_receive(messages, timeout=timeout)
 
 
+def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete a future once; whoever comes second (the plan or the dying simulation) is ignored."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
 class WarmSimulation:
     """One long-lived Flower simulation in a background thread; ``submit`` runs a plan on it."""
 
@@ -68,6 +79,7 @@ class WarmSimulation:
         self.workers = workers
         self._jobs: queue.Queue[tuple[dict[str, Any], list[tuple[str, str]], Future] | None] = queue.Queue()
         self._error: BaseException | None = None
+        self._current: Future | None = None  # the plan the ServerApp is running
         self._thread = threading.Thread(target=self._serve, name="flower-warm-simulation", daemon=True)
         self._thread.start()
 
@@ -98,10 +110,13 @@ class WarmSimulation:
                 plan, clients, future = job
                 if not future.set_running_or_notify_cancel():
                     continue
+                self._current = future
                 try:
-                    future.set_result(run_plans(RosterGrid(grid, clients), [plan])[0])
+                    _settle(future, result=run_plans(RosterGrid(grid, clients), [plan])[0])
                 except BaseException as exc:  # noqa: BLE001 - handed to the submitter
-                    future.set_exception(exc)
+                    _settle(future, error=exc)
+                finally:
+                    self._current = None
 
         logging.getLogger("flwr").setLevel(logging.ERROR)
         try:
@@ -112,7 +127,11 @@ class WarmSimulation:
         except BaseException as exc:  # noqa: BLE001 - reported to every waiting submitter
             self._error = exc
         finally:
-            self._fail_pending(self._error or RuntimeError("the warm Flower simulation stopped"))
+            stopped = self._error or RuntimeError("the warm Flower simulation stopped")
+            if self._current is not None:
+                _settle(self._current, error=stopped)
+            self._fail_pending(stopped)
+            self._jobs.put(None)  # a ServerApp thread that outlived the runtime returns instead of waiting
 
     def _fail_pending(self, exc: BaseException) -> None:
         while True:
@@ -120,8 +139,8 @@ class WarmSimulation:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 return
-            if job is not None and job[2].set_running_or_notify_cancel():
-                job[2].set_exception(exc)
+            if job is not None:
+                _settle(job[2], error=exc)
 
     def submit(self, plan: dict[str, Any]) -> dict[str, Any]:
         """Run one plan (blocking); returns its result dictionary, as ``fl.server.run_plan`` writes it."""
@@ -134,14 +153,15 @@ class WarmSimulation:
             try:
                 return future.result(timeout=1.0)
             except TimeoutError:
-                if not self.alive and not future.done():
-                    self._fail_pending(self._error or RuntimeError("the warm Flower simulation stopped"))
+                if not self.alive:
+                    _settle(future, error=self._error or RuntimeError("the warm Flower simulation stopped"))
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Let the ServerApp return, so Flower stops its actors and shuts Ray down."""
+    def close(self, timeout: float = 60.0) -> bool:
+        """Let the ServerApp return, so Flower stops its actors and shuts Ray down; True once stopped."""
         if self.alive:
             self._jobs.put(None)
             self._thread.join(timeout)
+        return not self.alive
 
 
 _shared: WarmSimulation | None = None
@@ -163,19 +183,21 @@ def shared_simulation() -> WarmSimulation:
 
 
 def close_shared() -> None:
+    """Stop this process's warm simulation (waits for a running plan to finish)."""
     global _shared
     with _shared_lock:
         if _shared is not None:
-            _shared.close()
+            while not _shared.close():  # never let a second Ray start beside one still running
+                pass
             _shared = None
 
 
 def run_plan_warm(plan: dict[str, Any]) -> dict[str, Any]:
     """Run a plan on the shared warm simulation; one restart if the simulation died under it."""
+    simulation = shared_simulation()
     try:
-        return shared_simulation().submit(plan)
+        return simulation.submit(plan)
     except RuntimeError:
-        if _shared is not None and _shared.alive:
+        if simulation.alive:
             raise
         return shared_simulation().submit(plan)
-

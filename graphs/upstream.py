@@ -21,16 +21,6 @@ def flat_name(path: str) -> str:
     return re.sub(r"[\\/]+", "__", stem) + ".png"
 
 
-def claim(rel: str, taken: set[str]) -> str:
-    """``rel``, or ``stem~2.png``, ``stem~3.png``… when a file of that name (any case) is already
-    written: ``IM0003.dcm`` and ``IM0003.tif`` of one folder both flatten to ``IM0003.png``."""
-    stem, k, name = rel.removesuffix(".png"), 2, rel
-    while name.lower() in taken:
-        name, k = f"{stem}~{k}.png", k + 1
-    taken.add(name.lower())
-    return name
-
-
 def standardise(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
     from PIL import Image
 
@@ -57,8 +47,10 @@ def _write_origins(folder: Path, origins: dict[str, str]) -> None:
 
 
 def gold_cleaned(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
-    """The key's clean files of ``hospital`` as ``<out>/<dataset>/<local class>/*.png``."""
+    """The key's clean files of ``hospital`` as ``<out>/<dataset>/<local class>/*.png`` (two sources
+    that flatten to one name, ``IM3.dcm`` and ``IM3.tif``, get ``IM3.png`` and ``IM3~2.png``)."""
     from environments.readers import read_image
+    from tools.labels import claim_name
 
     out = workspace / out_rel
     shutil.rmtree(out, ignore_errors=True)
@@ -69,7 +61,7 @@ def gold_cleaned(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
         taken: set[str] = set()
         for f in files:
             pixels = standardise(read_image(workspace / f.path), schema.image_size, schema.mode)
-            rel = claim(f"{f.local_class}/{flat_name(f.path.removeprefix(prefix))}", taken)
+            rel = claim_name(f"{f.local_class}/{flat_name(f.path.removeprefix(prefix))}", taken)
             _write_png(out / dataset / rel, pixels)
             origins[rel] = f.path
         (out / dataset).mkdir(parents=True, exist_ok=True)
@@ -80,6 +72,7 @@ def gold_cleaned(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
 def gold_harmonised(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
     """The key's clean files of ``hospital`` in target-class folders ``<out>/<target>/*.png``."""
     from environments.readers import read_image
+    from tools.labels import claim_name
 
     out = workspace / out_rel
     shutil.rmtree(out, ignore_errors=True)
@@ -93,7 +86,7 @@ def gold_harmonised(workspace: Path, task_key, hospital: str, out_rel: str) -> s
             if f.target_class is None:
                 continue
             pixels = standardise(read_image(workspace / f.path), schema.image_size, schema.mode)
-            rel = claim(f"{f.target_class}/{dataset}__{flat_name(f.path.removeprefix(f'datasets/{dataset}/'))}", taken)
+            rel = claim_name(f"{f.target_class}/{dataset}__{flat_name(f.path.removeprefix(f'datasets/{dataset}/'))}", taken)
             _write_png(out / rel, pixels)
             origins[rel] = f.path
     _write_origins(out, origins)

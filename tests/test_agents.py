@@ -125,7 +125,7 @@ def test_step_budget_and_unparseable_answers_end_as_failures():
               parse=results.parse_cleaning, budget=4)
     notices = [i for i, msgs in enumerate(recording.seen) if "model calls left" in str(msgs[-1].content)]
     assert notices == [2]  # told once, before its last two calls
-    assert recording.choices == [None, None, None, "none"]  # and the last call has its tools switched off
+    assert recording.choices == [None, None, None]  # and the last call is made without tools
     repeating = RecordingModel(responses=[_call("echo", text="a"), _call("echo", text="b"), _call("echo", text="a"),
                                           AIMessage(content="Algorithm Name: FedAvg")])
     out = run_agent(role="S3", model=repeating, tools=[_echo_tool()], system="s", user="u",

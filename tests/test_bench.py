@@ -63,3 +63,14 @@ def test_sigkill_mid_bench_then_rerun_gives_the_same_table_without_duplicates(ti
     assert len(lines) == 2  # one result per run: nothing recorded twice
     assert _table(killed) == _table(clean)
     assert len(_table(clean)) == 2 and all(r["runs"] == 1 for r in _table(clean))
+
+
+def test_a_line_cut_short_by_a_killed_writer_does_not_swallow_the_next(tmp_path):
+    from eval.store import RunKey, RunResult
+
+    store = ResultStore(tmp_path)
+    (tmp_path / RESULTS).write_text('{"key": {"model": "x", "envir')  # a writer killed mid-line
+    key = RunKey(model="oracle", environment="xray", task=TASK, guidance="fine", mode="e2e", run=1)
+    store.append(RunResult(key=key, grader_version=GRADER_VERSION, thread_id="t", subtasks={"S1": True}))
+    assert [r.key for r in store.load(GRADER_VERSION)] == [key]
+    assert (tmp_path / RESULTS).read_text().count("\n") == 2  # the cut line ended, the new one whole

@@ -223,11 +223,12 @@ def test_per_phase_inputs_hold_every_clean_file_of_the_key(tiny_envs):
     import shutil
 
     from environments.answer_key import load_task_key
-    from graphs.upstream import claim, gold_cleaned, gold_harmonised
+    from graphs.upstream import gold_cleaned, gold_harmonised
+    from tools.labels import claim_name
     from tools.sandbox import load_origins
 
     taken: set[str] = set()
-    assert [claim("a/IM3.png", taken), claim("a/im3.png", taken), claim("a/IM3.png", taken)] == \
+    assert [claim_name("a/IM3.png", taken), claim_name("a/im3.png", taken), claim_name("a/IM3.png", taken)] == \
            ["a/IM3.png", "a/im3~2.png", "a/IM3~3.png"]
     for env in ENVIRONMENTS:
         for task in tasks_for(env):

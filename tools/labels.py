@@ -178,14 +178,18 @@ def unique_names(files: list[Path], root: Path, prefix: dict[Path, str] | None =
         name = p.name if counts[p.name] == 1 else "__".join(p.relative_to(root).parts)
         if prefix and counts[p.name] > 1 and p in prefix:
             name = f"{prefix[p]}__{name}"
-        base, k = name, 2
-        while name.lower() in taken:
-            stem, dot, ext = base.partition(".")
-            name = f"{stem}~{k}{dot}{ext}"
-            k += 1
-        taken.add(name.lower())
-        out[p] = name
+        out[p] = claim_name(name, taken)
     return out
+
+
+def claim_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``stem~2.ext``, ``stem~3.ext``… when that name (in any case) is already in ``taken``."""
+    base, k = name, 2
+    while name.lower() in taken:
+        stem, dot, ext = base.partition(".")
+        name, k = f"{stem}~{k}{dot}{ext}", k + 1
+    taken.add(name.lower())
+    return name
 
 
 def organise_by_labels(ws: Workspace, source: str, destination: str, label_file: str | None = None,

@@ -70,9 +70,6 @@ def _train(config, fingerprint: str) -> dict:
         return result
     with _TRAINING_LOCK:
         result = train(config).model_dump(mode="json", by_alias=True)
-        if result.get("status") == "failed" and "Ending simulation" in str(result.get("error")):
-            # Ray can fail to start its workers when the machine is busy: one more try, then report
-            result = train(config).model_dump(mode="json", by_alias=True)
     if cached is not None and result.get("status") == "completed":
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 
-def client_algorithm(name: str):
-    """The ClientAlgorithm class for a registry name (imports torch)."""
+def _clients() -> dict:
     from fl.algorithms import generalisation, personalised, traditional
 
-    table = {**traditional.CLIENTS, **personalised.CLIENTS, **generalisation.CLIENTS}
+    return {**traditional.CLIENTS, **personalised.CLIENTS, **generalisation.CLIENTS}
+
+
+def implemented() -> set[str]:
+    """Registry names with a client implementation (the registry's ``executable`` flags must agree)."""
+    return set(_clients())
+
+
+def client_algorithm(name: str):
+    """The ClientAlgorithm class for a registry name (imports torch)."""
+    table = _clients()
     if name not in table:
         raise ValueError(f"algorithm {name!r} has no client implementation")
     return table[name]
 
-
-EXECUTABLE = (
-    "FedAvg",
-    "FedAvgM",
-    "FedProx",
-    "FedOpt",
-    "SCAFFOLD",
-    "MOON",
-    "FedDyn",
-    "FedLC",
-    "FedBN",
-    "FedPer",
-    "FedRep",
-    "LG-FedAvg",
-    "Ditto",
-    "APFL",
-    "FedBABU",
-    "FedRoD",
-    "FedProto",
-    "Local-Only",
-    "FedSR",
-)

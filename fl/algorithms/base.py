@@ -50,6 +50,12 @@ class StateStore:
     def __init__(self, state: Any, tag: str):
         self.state, self.tag = state, tag
 
+    def forget_other_runs(self) -> None:
+        """Drop what earlier runs left in this node's state (a warm simulation serves one plan at a time,
+        and Flower ships the whole state with every message)."""
+        for key in [k for k in self.state if not k.startswith(f"{self.tag}/")]:
+            del self.state[key]
+
     def load(self, name: str) -> dict[str, torch.Tensor] | None:
         from flwr.app import ArrayRecord
 

@@ -91,6 +91,17 @@ class FedBABU(ClientAlgorithm):
         return model.eval()
 
 
+def _personal_model(store, global_model: nn.Module) -> nn.Module:
+    """This client's personal model from earlier rounds (first round: a copy of the global one), trainable."""
+    personal = copy.deepcopy(global_model)
+    stored = store.load("personal")
+    if stored is not None:
+        personal.load_state_dict(stored)
+    for p in personal.parameters():
+        p.requires_grad_(True)
+    return personal
+
+
 class Ditto(ClientAlgorithm):
     """Li et al. 2021: train the global model as FedAvg, and a personal model v with
     CE(v) + lambda/2 ||v - w_global||^2; predict with v."""
@@ -98,12 +109,7 @@ class Ditto(ClientAlgorithm):
     def local_train(self, model, global_model):
         loss = super().local_train(model, global_model)
         lam = float(self.hp.get("lamda", 1.0))
-        personal = copy.deepcopy(global_model)
-        stored = self.store.load("personal")
-        if stored is not None:
-            personal.load_state_dict(stored)
-        for p in personal.parameters():
-            p.requires_grad_(True)
+        personal = _personal_model(self.store, global_model)
 
         def loss_fn(x, y):
             return F.cross_entropy(personal(x), y) + lam / 2 * squared_distance(personal, global_model)
@@ -136,12 +142,7 @@ class APFL(ClientAlgorithm):
         return forward
 
     def local_train(self, model, global_model):
-        v = copy.deepcopy(global_model)
-        stored = self.store.load("personal")
-        if stored is not None:
-            v.load_state_dict(stored)
-        for p in v.parameters():
-            p.requires_grad_(True)
+        v = _personal_model(self.store, global_model)
         alpha = torch.tensor(self.store.scalar("alpha", float(self.hp.get("alpha", 0.5))), requires_grad=True)
         opt_w, opt_v = self.sgd(model.parameters()), self.sgd(list(v.parameters()) + [alpha], momentum=0.0)
         w_params = param_dict(model)
