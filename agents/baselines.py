@@ -142,6 +142,15 @@ def env_workspace(context: dict[str, Any], client: str | None) -> Path:
     return root / "clients" / client if client else root / "server"
 
 
+def agent_path(context: dict[str, Any], client: str | None, rel: str) -> Path:
+    """Where a workspace-relative path of this agent lies on disk (``work/``: the run's own area)."""
+    parts = Path(rel).parts
+    if parts[:1] == ("work",) and context.get("run_root"):
+        side = Path(context["run_root"]) / ("clients" if client else "server")
+        return (side / client if client else side).joinpath(*parts[1:])
+    return env_workspace(context, client) / rel
+
+
 def rng_for(context: dict[str, Any], turn: Turn) -> _random.Random:
     return _random.Random(f"{context.get('seed', 0)}|{context.get('task_id')}|{turn.role}|{turn.client}|"
                           f"{len(turn.tool_results)}")

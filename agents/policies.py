@@ -11,7 +11,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from agents.baselines import Turn, _answer, _call, _json_from_tool, env_workspace, request_facts, rng_for
+from agents.baselines import Turn, _answer, _call, _json_from_tool, agent_path, request_facts, rng_for
 
 #: words that tie a local class name to a target class, for rules that see only names
 TARGET_WORDS: dict[str, tuple[str, ...]] = {
@@ -298,7 +298,7 @@ class _PipelinePolicy:
 
 def _in_cleaned(context: dict[str, Any], client: str | None, src_root: str, name: str) -> bool:
     """Whether the C2 output holds this dataset (what list_folder on the input would show)."""
-    return (env_workspace(context, client) / src_root / name).is_dir()
+    return (agent_path(context, client, src_root) / name).is_dir()
 
 
 def _legend(card: dict) -> dict[str, str]:
@@ -320,9 +320,8 @@ class OraclePipeline(_PipelinePolicy):
     def removal(self, turn: Turn, name: str, out: str, sub: int) -> AIMessage:
         from tools.sandbox import load_origins
 
-        workspace = env_workspace(self.context, turn.client)
         keep = {c.path for c in self.key.clean_files.get(turn.client or "", {}).get(name, [])}
-        origins = load_origins(workspace / out)
+        origins = load_origins(agent_path(self.context, turn.client, out))
         files = sorted(f"{out}/{rel}" for rel, source in origins.items() if source not in keep)
         return _call("remove_files", paths=files, reason="answer key: duplicates, off-topic images, wrong labels")
 
@@ -351,9 +350,8 @@ class RandomPipeline:
         rng = rng_for(self.context, turn)
         ctx = _c3_context(turn.user)
         src_root = ctx["source"]
-        workspace = env_workspace(self.context, turn.client)
-        names = sorted(p.name for p in (workspace / src_root).iterdir() if p.is_dir()) \
-            if (workspace / src_root).is_dir() else []
+        source = agent_path(self.context, turn.client, src_root)
+        names = sorted(p.name for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
         step = len(turn.tool_results)
         index, sub = divmod(step, 2)
         if index < len(names):

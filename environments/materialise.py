@@ -169,6 +169,7 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
     images = [images[i] for i in order]
 
     injected = _inject_issues(ctx, plan, images, list(names.values()), colour)
+    images = _shuffle(images, rng)  # injected files take random names, rows and paths, like clean ones
     for im in images:
         im.fmt = plan.formats[0] if len(plan.formats) == 1 or rng.random() < 0.7 else plan.formats[1]
         if im.fmt == "nifti" and im.pixels.ndim == 3:
@@ -237,9 +238,26 @@ def _inject_issues(ctx: BuildContext, plan: DatasetPlan, images: list[_Image], c
         done["off_topic"] = done.get("off_topic", 0) + 1
     for kind in ("corrupt", "truncated", "zero_byte"):
         for _ in range(plan.issues.get(kind, 0)):
-            images.append(_Image(images[0].pixels, str(rng.choice(classes)), None, kind))
+            # a perturbed copy of a random image: a truncated file shares no byte prefix with a kept one
+            base = images[int(rng.integers(0, len(images)))].pixels.astype(np.float32)
+            pixels = np.clip(base * rng.uniform(0.96, 1.04) + rng.normal(0, 2.0, base.shape), 0, 255)
+            images.append(_Image(pixels.round().astype(np.uint8), str(rng.choice(classes)), None, kind))
             done[kind] = done.get(kind, 0) + 1
     return done
+
+
+def _shuffle(images: list[_Image], rng: np.random.Generator) -> list[_Image]:
+    """The image list in random order, ``duplicate_of`` re-pointed to the originals' new positions.
+
+    Injection appends its files at the end; names, label-file rows and nested paths all follow list
+    order, so without this the highest-numbered files would be the injected ones."""
+    order = [int(i) for i in rng.permutation(len(images))]
+    position = {old: new for new, old in enumerate(order)}
+    shuffled = [images[i] for i in order]
+    for im in shuffled:
+        if im.duplicate_of is not None:
+            im.duplicate_of = position[im.duplicate_of]
+    return shuffled
 
 
 def _place_and_write(ctx: BuildContext, plan: DatasetPlan, root: Path, root_rel: str, images: list[_Image],
@@ -339,9 +357,6 @@ def _write_image(ctx: BuildContext, plan: DatasetPlan, path: Path, im: _Image, i
     if im.issue == "zero_byte":
         path.write_bytes(b"")
         return
-    if im.issue == "corrupt":
-        path.write_bytes(ctx.rng.integers(0, 256, int(ctx.rng.integers(200, 2000)), dtype=np.uint8).tobytes())
-        return
     p = ctx.profile
     if im.fmt == "png":
         formats.write_png(path, im.pixels)
@@ -363,9 +378,12 @@ def _write_image(ctx: BuildContext, plan: DatasetPlan, path: Path, im: _Image, i
         )
     else:
         raise ValueError(f"unknown format {im.fmt}")
-    if im.issue == "truncated":
+    if im.issue == "truncated":  # the first 30-60 % of a real encoding
         data = path.read_bytes()
-        path.write_bytes(data[: max(16, len(data) * 2 // 5)])
+        path.write_bytes(data[: max(16, int(len(data) * ctx.rng.uniform(0.3, 0.6)))])
+    elif im.issue == "corrupt":  # garbage about as long as a real encoding, so size alone does not tell
+        n = max(64, int(path.stat().st_size * ctx.rng.uniform(0.85, 1.15)))
+        path.write_bytes(ctx.rng.integers(0, 256, n, dtype=np.uint8).tobytes())
 
 
 _JUNK: tuple[tuple[str, bytes], ...] = (

@@ -3,6 +3,8 @@
 The plan guarantees what the benchmark needs: every task has at least two hospitals with a fitting
 dataset and at least one hospital without; at ``small`` scale and above the relevant datasets
 cycle through every layout, format, label style and issue so each occurs in every environment.
+Cards the answer key could not judge the way the stated criterion does (see
+:func:`environments.tasks.placeable`) are never placed; they stay in the catalogue.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from environments.catalogue import DatasetCard
-from environments.tasks import TaskSpec
+from environments.tasks import TaskSpec, placeable
 
 LAYOUTS = ("class_folders", "flat_csv", "flat_json", "nested")
 LABEL_STYLES = ("as_published", "abbreviation", "synonym", "numeric", "upper")
@@ -61,6 +63,7 @@ def plan_environment(
 ) -> list[HospitalPlan]:
     """Hospitals with their datasets for one environment at ``scale``."""
     spec = SCALES[scale]
+    cards = [c for c in cards if placeable(c, tasks)]
     relevant = [c for c in cards if any(t.is_relevant(c) for t in tasks)]
     distractors = [c for c in cards if c not in relevant]
     if len(relevant) < 2:
@@ -80,6 +83,8 @@ def plan_environment(
 
     def place(card: DatasetCard, hospital: HospitalPlan) -> None:
         fits = [t.task_id for t in tasks if t.is_relevant(card)]
+        if fits and not card.has_real_pixels:  # placeable() rules this out; materialising would fail
+            raise ValueError(f"{card.name} fits {fits} but has no labelled pixels for every class")
         hospital.datasets.append(DatasetPlan(card, fits))
         for task_id in fits:
             coverage[task_id].add(hospital.name)

@@ -1,10 +1,14 @@
 """The user requests T of each environment, in both guidance styles, with what decides the answers.
 
 A task names its target classes and maps every concept of the environment's vocabulary either to
-one target class or to nothing (dropped). A dataset is relevant to a task when its modality is the
-environment's, it is a human classification dataset with pixels for every class, and its classes
-cover every target class. The requirement cue decides the acceptable FL algorithms (names as in
-the algorithm registry, ``fl/registry.json``).
+one target class or to nothing (dropped). A dataset is relevant to a task exactly when it meets the
+criterion the agents are given (:meth:`TaskSpec.meets_criterion`): images of the environment's
+modality from human patients, labelled for classification, with classes that map onto every target
+class. The planner never places a card that meets the criterion but cannot be materialised with
+labelled pixels for every class, nor one whose match depends on reading "labelled for
+classification" loosely (a multi-label card), so the key and the criterion always agree. The
+requirement cue decides the acceptable FL algorithms (names as in the algorithm registry,
+``fl/registry.json``).
 """
 
 from __future__ import annotations
@@ -66,12 +70,26 @@ class TaskSpec(BaseModel):
     def target_of(self, concept: str | None) -> str | None:
         return None if concept is None else self.concept_to_target.get(concept)
 
-    def is_relevant(self, card: DatasetCard) -> bool:
-        """A dataset fits when it has pixels for every class and covers every target class."""
-        if not card.has_real_pixels:
-            return False
+    def covers_targets(self, card: DatasetCard) -> bool:
+        """The card's classes can be mapped onto every target class."""
         covered = {self.target_of(c) for c in card.class_concepts.values()}
         return set(self.target_classes) <= covered
+
+    def meets_criterion(self, card: DatasetCard) -> bool:
+        """The criterion as the agents read it (C1's prompt, step 2 of the fine request): images of this
+        modality from human patients, labelled for classification, classes that cover every target class."""
+        return (card.is_classification and card.modality == self.environment and card.species == "human"
+                and bool(card.classes) and self.covers_targets(card))
+
+    def criterion_is_ambiguous(self, card: DatasetCard) -> bool:
+        """A careful reader could argue either way: a human multi-label card of this modality whose
+        labels cover every target class is "labelled for classification" in the loose sense only."""
+        return (not self.meets_criterion(card) and "multi_label_classification" in card.task_types
+                and card.modality == self.environment and card.species == "human" and self.covers_targets(card))
+
+    def is_relevant(self, card: DatasetCard) -> bool:
+        """The answer key's relevance: the stated criterion, nothing else (see :func:`placeable`)."""
+        return self.meets_criterion(card)
 
     def gold_mapping(self, class_concepts: dict[str, str | None]) -> dict[str, str | None]:
         """Site class name -> target class (None: drop the class)."""
@@ -196,6 +214,15 @@ TASKS: tuple[TaskSpec, ...] = (
           {"normal": ["normal_chest"], "pneumonia": _PNEUMONIA}, "stragglers",
           "Bacterial, viral and COVID-19 pneumonia all count as pneumonia."),
 )
+
+
+def placeable(card: DatasetCard, tasks: list[TaskSpec]) -> bool:
+    """Whether the planner may place ``card`` in an environment with ``tasks`` without the key and the
+    criterion disagreeing: a card that meets the criterion for some task must be materialisable with
+    real labelled pixels for every class, and no card may be ambiguous under the criterion."""
+    if any(t.criterion_is_ambiguous(card) for t in tasks):
+        return False
+    return card.has_real_pixels or not any(t.meets_criterion(card) for t in tasks)
 
 
 def tasks_for(environment: str) -> list[TaskSpec]:

@@ -4,6 +4,11 @@ Every (model, environment, task, guidance, mode, run) is one LangGraph thread in
 ``<out>/checkpoints.sqlite``; its score lands in ``<out>/results.jsonl``. Running the same command
 again skips finished runs and resumes interrupted threads from their last checkpoint. A run that
 fails (provider down, budget exhausted, anything) is recorded as a scored failure; the bench goes on.
+
+Repeat ``r`` of a task samples with seed ``sampling_seed(spec, r)`` (distinct per repeat, the same on
+a rerun) at ``spec.temperature``; both are recorded in every results line. A results folder holds
+one setting of the sampling knobs: resuming it with another temperature, seed, scale, rounds or
+budget is refused (mixing them would make repeats of one task incomparable).
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ class BenchSpec(BaseModel):
     tasks: list[str] | None = None
     guidance: list[str] = Field(default_factory=lambda: ["fine", "goal"])
     modes: list[str] = Field(default_factory=lambda: ["e2e"])
-    runs: int = 1
+    runs: int = Field(default=1, ge=1)
     scale: str = "tiny"
     seed: int = 0
     concurrency: int = 1
     rounds: int = 1
     budget: int = 16
-    temperature: float = 0.0
+    temperature: float = Field(default=0.0, ge=0.0)
     out: Path = Path("runs/bench")
     data_dir: str | None = None
 
@@ -79,30 +84,49 @@ def matrix(spec: BenchSpec) -> list[RunKey]:
     return keys
 
 
+def sampling_seed(spec: BenchSpec, run: int) -> int:
+    """The chat model's seed for repeat ``run`` (1-based): distinct per repeat, fixed across reruns."""
+    return spec.seed + run
+
+
+def run_config(spec: BenchSpec, key: RunKey, env_root: Path):
+    """The workflow settings of one run of the matrix."""
+    from graphs.state import RunConfig
+
+    return RunConfig(env_dir=str((env_root / key.environment).resolve()), task_id=key.task,
+                     guidance=key.guidance, model=key.model, mode=key.mode, run_id=f"r{key.run}",
+                     rounds=spec.rounds, budget=spec.budget, temperature=spec.temperature,
+                     seed=sampling_seed(spec, key.run))
+
+
 def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
     """One run, start or resume, and its scored result (a failure is a result too)."""
     from eval.scoring import GRADER_VERSION
-    from graphs.run import default_thread_id, run_task
-    from graphs.state import RunConfig
+    from graphs import run as graph_run
 
-    config = RunConfig(env_dir=str((env_root / key.environment).resolve()), task_id=key.task,
-                       guidance=key.guidance, model=key.model, mode=key.mode, run_id=f"r{key.run}",
-                       rounds=spec.rounds, budget=spec.budget, temperature=spec.temperature, seed=spec.seed + key.run)
-    thread = default_thread_id(config)
+    config = run_config(spec, key, env_root)
+    thread = graph_run.default_thread_id(config)
     started = time.perf_counter()
     try:
-        state = run_task(config, spec.out / "checkpoints.sqlite", thread)
+        state = graph_run.run_task(config, spec.out / "checkpoints.sqlite", thread)
     except Exception as exc:  # the workflow itself failed: record, never crash the bench
         return RunResult(key=key, grader_version=GRADER_VERSION, thread_id=thread,
                          subtasks={s: False for s in ("S1", "C1", "S2", "C2", "C3", "S3", "S4")},
                          wall_seconds=round(time.perf_counter() - started, 2),
-                         failed=f"{type(exc).__name__}: {str(exc)[:300]}")
-    return result_from_state(key, thread, state, time.perf_counter() - started)
+                         failed=f"{type(exc).__name__}: {str(exc)[:300]}",
+                         sampling_seed=config.seed, temperature=config.temperature)
+    return result_from_state(key, thread, state, time.perf_counter() - started,
+                             sampling_seed=config.seed, temperature=config.temperature)
 
 
-def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: float) -> RunResult:
+def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: float,
+                      sampling_seed: int | None = None, temperature: float | None = None) -> RunResult:
+    """The scored result of a finished thread. The sampling settings recorded are the ones the
+    thread ran with (its checkpointed config), falling back to the ones given."""
     from eval.scoring import GRADER_VERSION
 
+    used = state.get("config")
+    used = used if isinstance(used, dict) else (used.model_dump() if used is not None else {})
     scores = state.get("scores") or {}
     subtasks = scores.get("subtasks", {})
     metrics = {name: sub.get("metrics", {}) for name, sub in subtasks.items()}
@@ -113,6 +137,7 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
         usage=_usage_by_role(state.get("agents", [])), phase_seconds=scores.get("phase_seconds", {}),
         wall_seconds=round(seconds, 2), privacy_violations=int(scores.get("privacy_violations", 0)),
         errors=[e[:200] for e in errors][:20],
+        sampling_seed=used.get("seed", sampling_seed), temperature=used.get("temperature", temperature),
     )
 
 
@@ -140,6 +165,7 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
     from tools.training import CACHE_ENV
 
     store = ResultStore(spec.out)
+    check_same_settings(store, spec)
     store.write_manifest(_settings(spec))
     # identical trainings (same harmonised bytes, algorithm, settings) run once per results folder
     os.environ.setdefault(CACHE_ENV, str((spec.out / "training_cache").resolve()))
@@ -167,9 +193,28 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
     return [r for r in store.load(GRADER_VERSION) if r.key.text in wanted]
 
 
+#: settings outside the run key that change what a run does: one value per results folder
+SAMPLING_SETTINGS = ("temperature", "seed", "scale", "rounds", "budget")
+
+
+def check_same_settings(store: ResultStore, spec: BenchSpec) -> None:
+    """Refuse to add runs to a results folder whose earlier runs used other sampling settings."""
+    manifest = store.read_manifest() or {}
+    before = manifest.get("settings") or {}
+    if not store.path.is_file() or not before:
+        return
+    now = spec.model_dump(mode="json")
+    changed = [f"--{name} {before[name]} (now {now[name]})" for name in SAMPLING_SETTINGS
+               if name in before and before[name] != now[name]]
+    if changed:
+        raise ValueError(f"{spec.out} holds runs made with {', '.join(changed)}; repeats with other settings "
+                         "are not comparable: use the same settings or another --out")
+
+
 def _settings(spec: BenchSpec) -> dict[str, Any]:
     from agents.models import ModelSettings, resolve_spec
     from eval.scoring import GRADER_VERSION
 
-    info = resolve_spec(spec.model, ModelSettings(temperature=spec.temperature, seed=spec.seed))
-    return {**spec.model_dump(mode="json"), "model_info": info.model_dump(), "grader_version": GRADER_VERSION}
+    info = resolve_spec(spec.model, ModelSettings(temperature=spec.temperature, seed=None))
+    return {**spec.model_dump(mode="json"), "model_info": info.model_dump(), "grader_version": GRADER_VERSION,
+            "sampling_seeds": {str(run): sampling_seed(spec, run) for run in range(1, spec.runs + 1)}}

@@ -20,9 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--env", type=_csv, default=list(ENVS), help="comma-separated environments (default: all six)")
     bench.add_argument("--task", type=_csv, default=None, help="comma-separated task ids (default: all)")
     bench.add_argument("--guidance", type=_csv, default=["fine", "goal"])
-    bench.add_argument("--runs", type=int, default=1)
+    bench.add_argument("--runs", type=int, default=1,
+                       help="repeats of every task (each with its own sampling seed); SE and pass^k need >= 2")
     bench.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny")
-    bench.add_argument("--seed", type=int, default=0, help="environment seed (a new seed: unseen environments)")
+    bench.add_argument("--seed", type=int, default=0,
+                       help="environment seed (a new seed: unseen environments); repeat r samples with seed + r")
+    bench.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
     bench.add_argument("--mode", type=_csv, default=["e2e"], help="e2e, phase or e2e,phase")
     bench.add_argument("--concurrency", type=int, default=1)
     bench.add_argument("--rounds", type=int, default=1, help="federated training rounds per run")
@@ -43,6 +46,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     from eval.bench import BenchSpec, run_matrix
 
+    if args.runs < 1:
+        raise ValueError("--runs must be at least 1")
+    if args.temperature < 0:
+        raise ValueError("--temperature must be >= 0")
     unknown = [e for e in args.env if e not in ENVS]
     if unknown:
         raise ValueError(f"unknown environments {unknown}; choose from {', '.join(ENVS)}")
@@ -51,7 +58,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--mode takes e2e and/or phase; --guidance takes fine and/or goal")
     safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.model)
     spec = BenchSpec(model=args.model, environments=args.env, tasks=args.task, guidance=args.guidance,
-                     modes=args.mode, runs=args.runs, scale=args.scale, seed=args.seed,
+                     modes=args.mode, runs=args.runs, scale=args.scale, seed=args.seed, temperature=args.temperature,
                      concurrency=args.concurrency, rounds=args.rounds, budget=args.budget,
                      out=args.out or Path("runs") / f"bench-{safe_model}", data_dir=args.data_dir)
     from agents.models import resolve_spec
@@ -70,7 +77,7 @@ def _bench(args: argparse.Namespace) -> int:
             passed = sum(result.subtasks.values())
             tag = f" FAILED: {result.failed}" if result.failed else ""
             progress.console.print(f"{k.environment:<15} {k.task:<32} {k.guidance:<5} {k.mode:<5} run {k.run}: "
-                                   f"{passed}/7 in {result.wall_seconds:.0f} s{tag}")
+                                   f"{passed}/7 in {result.wall_seconds:.0f} s (seed {result.sampling_seed}){tag}")
             progress.update(bar, completed=finished, total=total)
 
         results = asyncio.run(run_matrix(spec, on_done=done, on_note=note))
@@ -79,38 +86,53 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    import sys
 
     console = wide_console()
+    code = 0
     for folder in args.dirs:
-        _print_tables(console, folder)
-    return 0
+        try:
+            _print_tables(console, folder)
+        except FileNotFoundError as exc:  # e.g. only runs of an older grader: one line with the fix
+            print(f"error: {exc}", file=sys.stderr)
+            code = 2
+    return code
 
 
 def _print_tables(console, folder: Path) -> None:
+    import sys
+
     from rich.table import Table
 
-    from eval.report import SUBTASKS, leaderboard, summarise, write_reports
+    from eval.report import SUBTASKS, format_ci, format_se, leaderboard, load_current, noise_notes, summarise, write_reports
     from eval.scoring import GRADER_VERSION
-    from eval.store import ResultStore
 
-    results = ResultStore(folder).load(GRADER_VERSION)
-    if not results:
-        raise FileNotFoundError(f"no results of grader version {GRADER_VERSION} in {folder}")
+    results, warning = load_current(folder)
+    if warning:
+        print(warning, file=sys.stderr)
     rows = summarise(results)
     table = Table(title=f"{folder}: per environment (grader {GRADER_VERSION})")
-    for col in ("model", "environment", "guidance", "mode", "runs", *SUBTASKS, "overall", "+-SE", "tokens", "seconds"):
+    for col in ("model", "environment", "guidance", "mode", "tasks", "runs", *SUBTASKS, "overall", "SE (runs)",
+                "pass^k", "tokens", "seconds"):
         table.add_column(col, justify="right" if col not in ("model", "environment", "guidance", "mode") else "left")
     for r in rows:
-        table.add_row(r["model"], r["environment"], r["guidance"], r["mode"], str(r["runs"]),
-                      *[f"{r[s]}/{r['runs']}" for s in SUBTASKS], f"{r['overall']:.2f}", f"{r['overall_se']:.2f}",
-                      str(r["tokens"]), f"{r['wall_seconds']:.0f}")
+        table.add_row(r["model"], r["environment"], r["guidance"], r["mode"], str(r["instances"]), str(r["runs"]),
+                      *[f"{r[s]}/{r['runs']}" for s in SUBTASKS], f"{r['overall']:.2f}", format_se(r),
+                      f"{r['pass^k']:.2f} (k={r['k']})", str(r["tokens"]), f"{r['wall_seconds']:.0f}")
     console.print(table)
-    board = Table(title="overall (paper: their published X-ray score for this model, for comparison)")
-    for col in ("model", "guidance", "mode", "runs", "overall", "paper (X-ray)"):
-        board.add_column(col)
-    for b in leaderboard(rows):
+    board = leaderboard(results)
+    overall = Table(title="overall: mean over task instances; SE from repeated runs of the same task; 95 % CI by "
+                          "bootstrap over instances (paper: their published X-ray score, for comparison)")
+    for col in ("model", "guidance", "mode", "temp.", "instances", "runs/inst.", "overall", "SE (run-to-run)",
+                "95 % CI", "pass^k (all 7)", "paper (X-ray)"):
+        overall.add_column(col)
+    for b in board:
         paper = f"{b['paper_xray_overall']:.2f}" if b["paper_xray_overall"] is not None else "-"
-        board.add_row(b["model"], b["guidance"], b["mode"], str(b["runs"]), f"{b['overall']:.2f}", paper)
-    console.print(board)
+        overall.add_row(b["model"], b["guidance"], b["mode"], b["temperature"], str(b["instances"]),
+                        b["runs_per_instance"], f"{b['overall']:.2f}", format_se(b), format_ci(b),
+                        f"{b['pass^k']:.2f} (k={b['k']})", paper)
+    console.print(overall)
+    for note in noise_notes(board):
+        console.print(f"noise: {note}", highlight=False)
     paths = write_reports(folder)
     console.print("reports: " + ", ".join(str(p) for p in paths.values()))

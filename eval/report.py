@@ -1,8 +1,20 @@
 """Reports from a results store: terminal table, Markdown leaderboard, CSV, JSON and HTML with plots.
 
-Overall score as the paper computes it: sub-task passes over (7 sub-tasks x runs), in per cent
-(32 of 35 is 91.43). Also mean +- standard error across runs, and pass^k (every one of k runs
-passes). The paper's published X-ray numbers are shown beside ours, marked as theirs.
+The statistics, and what each one measures:
+
+* **overall**: the mean over task instances (environment x task x guidance x mode) of each
+  instance's mean run score, a run scoring sub-tasks passed / 7 x 100. With the same number of runs
+  everywhere this is the paper's passes / (7 x runs) x 100 (32 of 35 is 91.43).
+* **SE (run-to-run)**: the standard error of that mean from repeated runs of the same task: the
+  within-instance variance of the run scores, pooled over instances. Variation between different
+  tasks is not run-to-run noise and never enters it; with one run per instance it is "n/a (1 run)".
+* **95 % CI**: a percentile bootstrap over task instances (resampled with replacement, a fixed RNG
+  seed), i.e. how much the score depends on which tasks were drawn. Its half-width is the noise
+  floor: smaller differences between two rows are noise.
+* **pass^k**: with k = the runs per instance, the share of instances whose k runs all pass (per
+  sub-task, and "all 7 passed"), by the unbiased estimator C(s, k) / C(n, k).
+
+The paper's published X-ray numbers are shown beside ours, marked as theirs.
 """
 
 from __future__ import annotations
@@ -17,6 +29,9 @@ from typing import Any
 from eval.store import ResultStore, RunResult
 
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
 
 #: FedAgentBench paper, Table 15 (X-ray, overall %, fine-grained / goal-oriented): THEIR numbers
 PAPER_XRAY: dict[str, tuple[float, float]] = {
@@ -25,6 +40,13 @@ PAPER_XRAY: dict[str, tuple[float, float]] = {
     "gpt-4o": (71.43, 68.57), "o3-mini": (71.42, 74.29), "claude-3.7-sonnet": (57.14, 57.14),
     "gpt-3.5-turbo": (25.71, 34.29),
 }
+
+STATISTICS_NOTE = (
+    "Overall = mean over task instances (environment x task x guidance x mode) of each instance's mean run "
+    "score (sub-tasks passed / 7 x 100). SE = standard error of that mean from run-to-run variation (the "
+    "within-instance variance of repeated runs of the same task, pooled); n/a with 1 run per instance. "
+    f"95 % CI = percentile bootstrap over task instances ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). "
+    "pass^k = share of instances whose k runs all pass, k = runs per instance (C(s,k)/C(n,k)).")
 
 
 def overall_score(passes: int, runs: int, subtasks: int = len(SUBTASKS)) -> float:
@@ -41,62 +63,192 @@ def pass_hat_k(successes: int, n: int, k: int) -> float:
     return math.comb(successes, k) / math.comb(n, k)
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
+def run_score(result: RunResult) -> float:
+    """One run's score: sub-tasks passed / 7 x 100."""
+    return 100.0 * sum(result.subtasks.get(s, False) for s in SUBTASKS) / len(SUBTASKS)
+
+
+def instance_key(result: RunResult) -> tuple[str, str, str, str, str]:
+    k = result.key
+    return (k.model, k.environment, k.task, k.guidance, k.mode)
+
+
+def group_instances(results: list[RunResult]) -> dict[tuple, list[RunResult]]:
+    """Task instances (model, environment, task, guidance, mode) and their repeated runs, by run number."""
+    out: dict[tuple, list[RunResult]] = {}
+    for r in results:
+        out.setdefault(instance_key(r), []).append(r)
+    return {key: sorted(rs, key=lambda r: r.key.run) for key, rs in sorted(out.items())}
+
+
+def run_to_run_se(instances: list[list[float]]) -> tuple[float | None, float | None]:
+    """(SE of the mean of instance means, pooled run-to-run SD) from repeated runs of each instance.
+
+    The pooled within-instance variance s^2 = sum((x - instance mean)^2) / sum(n_i - 1); the mean of
+    instance means has variance s^2 * sum(1 / n_i) / I^2. (None, None) when no instance has 2 runs."""
+    dof = sum(len(v) - 1 for v in instances)
+    if not instances or dof <= 0:
+        return None, None
+    squares = sum(sum((x - sum(v) / len(v)) ** 2 for x in v) for v in instances)
+    pooled = squares / dof
+    se = math.sqrt(pooled * sum(1.0 / len(v) for v in instances)) / len(instances)
+    return se, math.sqrt(pooled)
+
+
+def bootstrap_ci(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = CI_LEVEL) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the mean of ``values`` (instances resampled with replacement, fixed
+    seed: the same input gives the same interval). None with fewer than 2 values."""
+    import numpy as np
+
+    if len(values) < 2:
+        return None
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    tail = 100.0 * (1.0 - level) / 2
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def group_statistics(results: list[RunResult]) -> dict[str, Any]:
+    """Score, run-to-run SE, bootstrap CI over instances and pass^k of one group of runs."""
+    instances = list(group_instances(results).values())
+    scores = [[run_score(r) for r in rs] for rs in instances]
+    means = [sum(v) / len(v) for v in scores]
+    overall = sum(means) / len(means)
+    se, sd = run_to_run_se(scores)
+    ci = bootstrap_ci(means)
+    counts = [len(rs) for rs in instances]
+    k = min(counts)
+    stats: dict[str, Any] = {
+        "instances": len(instances), "runs": len(results),
+        "runs_per_instance": str(k) if k == max(counts) else f"{k}-{max(counts)}",
+        **{s: sum(r.subtasks.get(s, False) for r in results) for s in SUBTASKS},
+    }
+    stats["passes"] = sum(stats[s] for s in SUBTASKS)
+    stats.update({
+        "overall": round(overall, 2),
+        "se_runs": None if se is None else round(se, 2),
+        "run_sd": None if sd is None else round(sd, 2),
+        "ci_low": None if ci is None else round(ci[0], 2),
+        "ci_high": None if ci is None else round(ci[1], 2),
+        "ci_halfwidth": None if ci is None else round((ci[1] - ci[0]) / 2, 2),
+        "k": k,
+    })
+
+    def pass_k(passed: list[list[bool]]) -> float:
+        return round(sum(pass_hat_k(sum(v), len(v), k) for v in passed) / len(passed), 4)
+
+    stats["pass^k"] = pass_k([[all(r.subtasks.get(s, False) for s in SUBTASKS) for r in rs] for rs in instances])
+    for s in SUBTASKS:
+        stats[f"pass^k_{s}"] = pass_k([[r.subtasks.get(s, False) for r in rs] for rs in instances])
+    stats["tokens"] = sum(r.usage.get("input_tokens", 0) + r.usage.get("output_tokens", 0) for r in results)
+    stats["wall_seconds"] = round(sum(r.wall_seconds for r in results), 1)
+    stats["privacy_violations"] = sum(r.privacy_violations for r in results)
+    stats["failed_runs"] = sum(1 for r in results if r.failed)
+    temperatures = sorted({r.temperature for r in results if r.temperature is not None})
+    stats["temperature"] = ",".join(f"{t:g}" for t in temperatures) or "unrecorded"
+    return stats
 
 
 def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
-    """One row per (model, environment, guidance, mode): per-sub-task passes, overall, tokens, time."""
+    """One row per (model, environment, guidance, mode): per-sub-task passes, statistics, tokens, time."""
     groups: dict[tuple, list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.key.model, r.key.environment, r.key.guidance, r.key.mode), []).append(r)
     rows = []
     for (model, env, guidance, mode), rs in sorted(groups.items()):
-        per_run_scores = [100.0 * sum(r.subtasks.get(s, False) for s in SUBTASKS) / len(SUBTASKS) for r in rs]
-        mean, se = _mean_se(per_run_scores)
-        row: dict[str, Any] = {"model": model, "environment": env, "guidance": guidance, "mode": mode,
-                               "runs": len(rs), "tasks": len({r.key.task for r in rs})}
-        for s in SUBTASKS:
-            row[s] = sum(r.subtasks.get(s, False) for r in rs)
-        row["passes"] = sum(row[s] for s in SUBTASKS)
-        row["overall"] = overall_score(row["passes"], len(rs))
-        row["overall_se"] = round(se, 2)
-        row["mean_run_score"] = round(mean, 2)
-        row["tokens"] = sum(r.usage.get("input_tokens", 0) + r.usage.get("output_tokens", 0) for r in rs)
-        row["wall_seconds"] = round(sum(r.wall_seconds for r in rs), 1)
-        row["privacy_violations"] = sum(r.privacy_violations for r in rs)
-        row["failed_runs"] = sum(1 for r in rs if r.failed)
-        by_task: dict[str, list[bool]] = {}
-        for r in rs:
-            by_task.setdefault(r.key.task, []).append(all(r.subtasks.get(s, False) for s in SUBTASKS))
-        k = min(len(v) for v in by_task.values())
-        row["pass^k"] = round(sum(pass_hat_k(sum(v), len(v), k) for v in by_task.values()) / len(by_task), 4)
-        row["k"] = k
-        rows.append(row)
+        stats = group_statistics(rs)
+        rows.append({"model": model, "environment": env, "guidance": guidance, "mode": mode,
+                     "tasks": stats["instances"], **stats})
     return rows
 
 
-def leaderboard(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, guidance, mode), over all environments."""
-    agg: dict[tuple, dict[str, Any]] = {}
-    for row in rows:
-        key = (row["model"], row["guidance"], row["mode"])
-        a = agg.setdefault(key, {"model": row["model"], "guidance": row["guidance"], "mode": row["mode"], "runs": 0,
-                                 "passes": 0, "tokens": 0, "wall_seconds": 0.0, **{s: 0 for s in SUBTASKS}})
-        for field in ("runs", "passes", "tokens", "wall_seconds", *SUBTASKS):
-            a[field] += row[field]
+def leaderboard(results: list[RunResult]) -> list[dict[str, Any]]:
+    """One row per (model, guidance, mode), over all environments' task instances."""
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.key.model, r.key.guidance, r.key.mode), []).append(r)
     out = []
-    for a in agg.values():
-        a["overall"] = overall_score(a["passes"], a["runs"])
-        paper = PAPER_XRAY.get(a["model"])
-        a["paper_xray_overall"] = (paper[0] if a["guidance"] == "fine" else paper[1]) if paper else None
+    for (model, guidance, mode), rs in groups.items():
+        a = {"model": model, "guidance": guidance, "mode": mode, **group_statistics(rs)}
+        paper = PAPER_XRAY.get(model)
+        a["paper_xray_overall"] = (paper[0] if guidance == "fine" else paper[1]) if paper else None
         out.append(a)
-    return sorted(out, key=lambda a: -a["overall"])
+    return sorted(out, key=lambda a: (-a["overall"], a["model"], a["guidance"], a["mode"]))
+
+
+def format_se(row: dict[str, Any]) -> str:
+    return "n/a (1 run)" if row["se_runs"] is None else f"{row['se_runs']:.2f}"
+
+
+def format_ci(row: dict[str, Any]) -> str:
+    return "n/a (1 instance)" if row["ci_low"] is None else f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+
+
+def noise_notes(board: list[dict[str, Any]]) -> list[str]:
+    """One line per leaderboard row: the noise floor its score comparisons live above."""
+    lines = []
+    for a in board:
+        name = f"{a['model']} ({a['guidance']}, {a['mode']})"
+        if a["ci_halfwidth"] is None:
+            lines.append(f"{name}: one task instance, no confidence interval: no difference can be told from noise")
+        else:
+            lines.append(f"{name}: {a['instances']} instances x {a['runs_per_instance']} runs: differences smaller "
+                         f"than the 95 % CI half-width (+-{a['ci_halfwidth']:.2f} points) are noise")
+    return lines
+
+
+def rerun_command(folder: Path) -> str:
+    """The ``fedagentbench bench`` command that (re)fills ``folder``, from its manifest when it has one."""
+    settings = (ResultStore(folder).read_manifest() or {}).get("settings") or {}
+    if not settings.get("model"):
+        return f"fedagentbench bench --model <MODEL> <same options as before> --out {folder}"
+    parts = ["fedagentbench bench", f"--model {settings['model']}",
+             f"--env {','.join(settings.get('environments') or [])}"]
+    if settings.get("tasks"):
+        parts.append(f"--task {','.join(settings['tasks'])}")
+    parts += [f"--guidance {','.join(settings.get('guidance') or ['fine', 'goal'])}",
+              f"--mode {','.join(settings.get('modes') or ['e2e'])}"]
+    for name in ("runs", "scale", "seed", "temperature", "rounds", "budget"):
+        if name in settings:
+            parts.append(f"--{name} {settings[name]}")
+    parts.append(f"--out {folder}")
+    return " ".join(parts)
+
+
+def load_current(folder: str | Path) -> tuple[list[RunResult], str | None]:
+    """The results of the current grader version in ``folder`` and, when lines of another grader
+    version were left out, a one-line warning saying so. Raises FileNotFoundError (with the fix) when
+    no result of the current grader version is there."""
+    from eval.scoring import GRADER_VERSION
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a results folder")
+    store = ResultStore(folder)
+    results = store.load(GRADER_VERSION)
+    other = {v: n for v, n in sorted(store.version_counts().items()) if v != GRADER_VERSION}
+    if not results and not other:
+        raise FileNotFoundError(f"no results in {folder} (no {store.path.name}): run `fedagentbench bench --out {folder}`")
+    if not other:
+        return results, None
+    lines = sum(other.values())
+    found = (f"grader version {next(iter(other))}" if len(other) == 1
+             else "grader versions " + ", ".join(f"{v} ({n} lines)" for v, n in other.items()))
+    if not results:
+        raise FileNotFoundError(
+            f"{folder}: no results of the current grader (version {GRADER_VERSION}): all {lines} results lines were "
+            f"scored by {found} and are not comparable. Fix: re-run `{rerun_command(folder)}` (the same --out: "
+            "runs of another grader version are run again)")
+    current = {r.key.text for r in results}
+    older = {r.key.text for r in store.load() if r.grader_version != GRADER_VERSION}
+    rerun, stale = len(older & current), len(older - current)
+    warning = (f"warning: {folder}: ignored {lines} results lines scored by {found} (current grader: version "
+               f"{GRADER_VERSION}); {rerun} of those runs were re-run with grader {GRADER_VERSION}"
+               + (f", {stale} were not: re-run `{rerun_command(folder)}` to score them" if stale else ""))
+    return results, warning
 
 
 def write_reports(folder: str | Path) -> dict[str, Path]:
@@ -106,36 +258,46 @@ def write_reports(folder: str | Path) -> dict[str, Path]:
     from eval.scoring import GRADER_VERSION
 
     folder = Path(folder)
-    results = ResultStore(folder).load(GRADER_VERSION)
-    if not results:
-        raise FileNotFoundError(f"no results of grader version {GRADER_VERSION} in {folder}")
+    results, _ = load_current(folder)
     rows = summarise(results)
-    board = leaderboard(rows)
+    board = leaderboard(results)
     paths = {"csv": folder / "summary.csv", "json": folder / "summary.json", "markdown": folder / "leaderboard.md",
              "html": folder / "report.html"}
     pd.DataFrame(rows).to_csv(paths["csv"], index=False)
-    paths["json"].write_text(json.dumps({"grader_version": GRADER_VERSION, "rows": rows, "leaderboard": board},
-                                        indent=1) + "\n", "utf-8")
+    paths["json"].write_text(json.dumps({
+        "grader_version": GRADER_VERSION, "statistics": STATISTICS_NOTE, "noise": noise_notes(board),
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL},
+        "rows": rows, "leaderboard": board}, indent=1) + "\n", "utf-8")
     paths["markdown"].write_text(_markdown(board, rows), "utf-8")
     paths["html"].write_text(_html(board, rows, results), "utf-8")
     return paths
 
 
 def _markdown(board: list[dict], rows: list[dict]) -> str:
-    lines = ["# FedAgentBench leaderboard", "",
-             "Overall = sub-task passes / (7 x runs) x 100. `paper (X-ray)` is the FedAgentBench paper's published "
-             "X-ray score for the same model and guidance (their numbers, their environments).", "",
-             "| model | guidance | mode | runs | " + " | ".join(SUBTASKS) + " | overall | paper (X-ray) |",
-             "|---|---|---|---|" + "---|" * len(SUBTASKS) + "---|---|"]
+    lines = ["# FedAgentBench leaderboard", "", STATISTICS_NOTE + " `paper (X-ray)` is the FedAgentBench paper's "
+             "published X-ray score for the same model and guidance (their numbers, their environments).", "",
+             *[f"- {note}" for note in noise_notes(board)], "",
+             "| model | guidance | mode | temperature | instances | runs/instance | " + " | ".join(SUBTASKS)
+             + " | overall | SE (run-to-run) | 95 % CI (instances) | pass^k (all 7) | paper (X-ray) |",
+             "|---|---|---|---|---|---|" + "---|" * len(SUBTASKS) + "---|---|---|---|---|"]
     for a in board:
         paper = f"{a['paper_xray_overall']:.2f}" if a["paper_xray_overall"] is not None else "-"
-        lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {a['runs']} | "
-                     + " | ".join(f"{a[s]}/{a['runs']}" for s in SUBTASKS) + f" | {a['overall']:.2f} | {paper} |")
-    lines += ["", "## Per environment", "", "| model | environment | guidance | mode | runs | overall | +- SE | pass^k |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {a['temperature']} | {a['instances']} | "
+                     f"{a['runs_per_instance']} | " + " | ".join(f"{a[s]}/{a['runs']}" for s in SUBTASKS)
+                     + f" | {a['overall']:.2f} | {format_se(a)} | {format_ci(a)} | {a['pass^k']:.2f} (k={a['k']}) "
+                     f"| {paper} |")
+    lines += ["", "## pass^k per sub-task (k = runs per instance)", "",
+              "| model | guidance | mode | k | " + " | ".join(SUBTASKS) + " | all 7 |",
+              "|---|---|---|---|" + "---|" * len(SUBTASKS) + "---|"]
+    for a in board:
+        lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {a['k']} | "
+                     + " | ".join(f"{a[f'pass^k_{s}']:.2f}" for s in SUBTASKS) + f" | {a['pass^k']:.2f} |")
+    lines += ["", "## Per environment", "",
+              "| model | environment | guidance | mode | instances | runs | overall | SE (run-to-run) | pass^k |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['environment']} | {r['guidance']} | {r['mode']} | {r['runs']} | "
-                     f"{r['overall']:.2f} | {r['overall_se']:.2f} | {r['pass^k']:.2f} (k={r['k']}) |")
+        lines.append(f"| {r['model']} | {r['environment']} | {r['guidance']} | {r['mode']} | {r['instances']} | "
+                     f"{r['runs']} | {r['overall']:.2f} | {format_se(r)} | {r['pass^k']:.2f} (k={r['k']}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,10 +331,13 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult]) -> str:
 
     fig, ax = plt.subplots(figsize=(5, 3))
     for model in models:
-        vals = [next((b["overall"] for b in board if b["model"] == model and b["guidance"] == g), np.nan)
-                for g in ("fine", "goal")]
-        ax.plot(["fine-grained", "goal-oriented"], vals, marker="o", label=model)
-    ax.set_ylabel("overall (%)")
+        picked = [next((b for b in board if b["model"] == model and b["guidance"] == g), None)
+                  for g in ("fine", "goal")]
+        vals = [b["overall"] if b else np.nan for b in picked]
+        errs = [[b["overall"] - b["ci_low"] if b and b["ci_low"] is not None else 0 for b in picked],
+                [b["ci_high"] - b["overall"] if b and b["ci_high"] is not None else 0 for b in picked]]
+        ax.errorbar(["fine-grained", "goal-oriented"], vals, yerr=errs, marker="o", capsize=3, label=model)
+    ax.set_ylabel("overall (%), bars: 95 % CI")
     ax.set_title("fine-grained vs goal-oriented")
     ax.legend(fontsize=7)
     figs.append(("Guidance styles", _png(fig)))
@@ -208,17 +373,22 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult]) -> str:
     plt.close(fig)
 
     table = "".join(
-        f"<tr><td>{b['model']}</td><td>{b['guidance']}</td><td>{b['mode']}</td><td>{b['runs']}</td>"
+        f"<tr><td>{b['model']}</td><td>{b['guidance']}</td><td>{b['mode']}</td><td>{b['temperature']}</td>"
+        f"<td>{b['instances']}</td><td>{b['runs_per_instance']}</td>"
         + "".join(f"<td>{b[s]}/{b['runs']}</td>" for s in SUBTASKS)
-        + f"<td><b>{b['overall']:.2f}</b></td><td class=paper>"
+        + f"<td><b>{b['overall']:.2f}</b></td><td>{format_se(b)}</td><td>{format_ci(b)}</td>"
+        f"<td>{b['pass^k']:.2f} (k={b['k']})</td><td class=paper>"
         + (f"{b['paper_xray_overall']:.2f}" if b["paper_xray_overall"] is not None else "-") + "</td></tr>"
         for b in board)
+    notes = "".join(f"<li>{note}</li>" for note in noise_notes(board))
     images = "".join(f"<h2>{title}</h2><img src='data:image/png;base64,{data}'>" for title, data in figs)
     return ("<!doctype html><html><head><meta charset=utf-8><title>FedAgentBench report</title><style>"
             "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 8px}"
             "table{border-collapse:collapse}.paper{color:#a33;font-style:italic}</style></head><body>"
-            "<h1>FedAgentBench report</h1><p>Overall = passes / (7 x runs) x 100. The red italic column is the "
+            f"<h1>FedAgentBench report</h1><p>{STATISTICS_NOTE} The red italic column is the "
             "<b>paper's published X-ray number</b> for the same model and guidance (their runs, not ours).</p>"
-            "<table><tr><th>model</th><th>guidance</th><th>mode</th><th>runs</th>"
-            + "".join(f"<th>{s}</th>" for s in SUBTASKS)
-            + f"<th>overall</th><th class=paper>paper X-ray (theirs)</th></tr>{table}</table>{images}</body></html>")
+            f"<ul>{notes}</ul>"
+            "<table><tr><th>model</th><th>guidance</th><th>mode</th><th>temperature</th><th>instances</th>"
+            "<th>runs/instance</th>" + "".join(f"<th>{s}</th>" for s in SUBTASKS)
+            + "<th>overall</th><th>SE (run-to-run)</th><th>95 % CI (instances)</th><th>pass^k (all 7)</th>"
+            f"<th class=paper>paper X-ray (theirs)</th></tr>{table}</table>{images}</body></html>")

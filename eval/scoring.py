@@ -1,12 +1,22 @@
 """Score one workflow run against its answer key: seven sub-tasks, each pass or fail, plus metrics.
 
-  S1  extracted modality, target classes and requirement all match the key
+Every sub-task is scored on what the model itself produced, never on what the harness or the key
+supplied (per-phase mode hands a phase the key's upstream result; that input is not credited):
+
+  S1  S1's own answer: modality, target classes and requirement all match the key
   C1  dataset selection: precision / recall / F1 per client; pass when every client is exact
-  S2  approval accuracy over clients; pass when every client is right
-  C2  schema compliance and cleaning precision / recall of removed files, per approved client
-  C3  exact label mappings and the right target folder for every kept file
-  S3  chosen algorithm in the key's acceptable set
-  S4  training started and completed, with final metrics
+  S2  against the replies S2 was shown: it approved exactly the clients that reported a dataset
+  C2  per approved client (see :func:`score_c2`): exact gates for the schema, the class folders and
+      broken / non-image files; near-duplicate groups and off-topic images found (recall >= 0.8
+      each); at most 5 % of the clean images lost (at least 1 allowed). Label errors are reported as
+      removal precision / recall beside the pass but do not gate it: the tools cannot find them
+      reliably, and about a quarter of them do not change the target class.
+  C3  against the files C3 was given (C2's output end to end): for every local class folder it
+      received, the key's mapping; every received file in the folder of its class's target (or
+      dropped); no other folders
+  S3  chosen algorithm in the key's acceptable set (trainable algorithms only)
+  S4  the algorithm S4 was handed (S3's, or the key's in per-phase mode) trained on every client it
+      was handed, completed, with finite final metrics
 
 Outputs are matched to their source files through the provenance manifest that every tool (and
 the per-phase upstream) keeps beside its output folder; files it does not list are matched by the
@@ -15,11 +25,13 @@ flattened source name (``P0001/study_1/IM0001.dcm`` -> ``P0001__study_1__IM0001.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GRADER_VERSION = "1"
+GRADER_VERSION = "2"
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 _MODALITY_WORDS = {
@@ -74,18 +86,23 @@ def score_c1(clients: dict[str, Any], key) -> dict[str, Any]:
     per_client, exact = {}, True
     for name, gold in key.relevant_datasets.items():
         rec = clients.get(name)
+        replied = bool(rec) and rec.c1_answered
         chosen = set(rec.selected_datasets) if rec else set()
-        per_client[name] = _prf(chosen, set(gold))
-        exact &= chosen == set(gold)
+        per_client[name] = {**_prf(chosen, set(gold)), "replied": replied}
+        exact &= replied and chosen == set(gold)
     f1 = sum(m["f1"] for m in per_client.values()) / max(1, len(per_client))
     return _sub(exact, f"mean F1 {f1:.2f} over {len(per_client)} clients", mean_f1=round(f1, 4), clients=per_client)
 
 
-def score_s2(clients: dict[str, Any], key) -> dict[str, Any]:
-    names = sorted(key.relevant_datasets)
-    right = sum(bool(clients.get(n) and clients[n].approved) == (n in key.approved_hospitals) for n in names)
-    accuracy = right / max(1, len(names))
-    return _sub(right == len(names), f"approval accuracy {accuracy:.2f}", accuracy=round(accuracy, 4))
+def score_s2(shown: dict[str, bool], answer: list[str] | None) -> dict[str, Any]:
+    """S2 against the replies it was shown: approve exactly the clients that reported a dataset."""
+    if answer is None:
+        return _sub(False, "no answer", accuracy=0.0)
+    approved = set(answer)
+    right = sum((name in approved) == reported for name, reported in shown.items())
+    accuracy = right / max(1, len(shown))
+    ok = bool(shown) and right == len(shown) and approved <= set(shown)
+    return _sub(ok, f"approval accuracy {accuracy:.2f} against the replies shown", accuracy=round(accuracy, 4))
 
 
 def _provenance(folder: Path, candidates: list[str]) -> dict[str, str]:
@@ -114,118 +131,225 @@ def _provenance(folder: Path, candidates: list[str]) -> dict[str, str]:
     return out
 
 
-def score_c2(clients: dict[str, Any], key, env_dir: Path) -> dict[str, Any]:
-    """Schema compliance and removal precision / recall at every approved client."""
+#: C2 thresholds (module docstring): recall of duplicate groups and off-topic images, clean share lost
+C2_MIN_RECALL = 0.8
+C2_MAX_LOST = 0.05
+
+Locate = Callable[[str, str], Path]
+
+
+def _schema_problems(ds_root: Path, root: Path, schema) -> list[str]:
     from environments.readers import ImageReadError, read_image
 
+    problems: list[str] = []
+    for path in ds_root.rglob("*"):
+        if path.is_dir():
+            if path.parent != ds_root:
+                problems.append(f"nested folder {path.relative_to(root)}")
+            continue
+        if path.parent.parent != ds_root:
+            problems.append(f"file outside a class folder: {path.relative_to(root)}")
+        try:
+            pixels = read_image(path)
+        except ImageReadError:
+            problems.append(f"undecodable {path.name}")
+            continue
+        mode_ok = (pixels.ndim == 3) == (schema.mode == "RGB")
+        size_ok = pixels.shape[:2] == (schema.image_size, schema.image_size)
+        if path.suffix.lower() != ".png" or not size_ok or not mode_ok:
+            problems.append(f"not in the standard schema: {path.name}")
+    return problems
+
+
+def score_c2(clients: dict[str, Any], key, env_key, locate: Locate) -> dict[str, Any]:
+    """Per approved client: exact gates, recall thresholds, a bound on clean images lost.
+
+    Units of clean data: every clean image, except that an injected near-duplicate and its original
+    form one group (unordered: keeping either one is right). A unit is lost when none of it is kept;
+    a group is resolved when exactly one of it is kept.
+    """
     schema = key.target_schema
     details, all_ok = {}, True
     for hospital in key.approved_hospitals:
         rec = clients.get(hospital)
         if not rec or not rec.cleaned_path:
-            details[hospital] = {"compliant": False, "reason": "no cleaned dataset"}
+            details[hospital] = {"passed": False, "reason": "no cleaned dataset"}
             all_ok = False
             continue
-        root = env_dir / "clients" / hospital / rec.cleaned_path
+        root = locate(hospital, rec.cleaned_path)
         problems: list[str] = []
-        kept: set[str] = set()
-        removed_gold = {r.path for rs in key.removed_files[hospital].values() for r in rs
-                        if r.reason not in ("label_file",)}
-        clean_gold = {c.path for cs in key.clean_files[hospital].values() for c in cs}
+        units = lost = groups = resolved = off_total = off_found = le_total = le_removed = 0
+        removed_images = removed_right = 0
         for dataset in key.relevant_datasets[hospital]:
+            ds_key = env_key.dataset(hospital, dataset)
             ds_root = root / dataset
             if not ds_root.is_dir():
                 problems.append(f"{dataset}: missing")
                 continue
-            for path in ds_root.rglob("*"):
-                if path.is_dir():
-                    if path.parent != ds_root:
-                        problems.append(f"nested folder {path.relative_to(root)}")
+            problems += _schema_problems(ds_root, root, schema)
+            where = _provenance(ds_root, [f.path for f in ds_key.files])
+            kept: dict[str, str] = {src: rel.split("/", 1)[0] for rel, src in where.items()}
+            records = {f.path: f for f in ds_key.files}
+            for src, folder in kept.items():
+                f = records.get(src)
+                if f is None:
                     continue
-                if path.parent.parent != ds_root:
-                    problems.append(f"file outside a class folder: {path.relative_to(root)}")
-                try:
-                    pixels = read_image(path)
-                except ImageReadError:
-                    problems.append(f"undecodable {path.name}")
-                    continue
-                mode_ok = (pixels.ndim == 3) == (schema.mode == "RGB")
-                size_ok = pixels.shape[:2] == (schema.image_size, schema.image_size)
-                if path.suffix.lower() != ".png" or not size_ok or not mode_ok:
-                    problems.append(f"not in the standard schema: {path.name}")
-            kept |= set(_provenance(ds_root, sorted(removed_gold | clean_gold)).values())
-        removed_found = removed_gold - kept
-        lost = clean_gold - kept
-        wrongly_kept = removed_gold & kept
-        n_removed = len(removed_found) + len(lost)  # everything not kept was removed by the agent
-        precision = len(removed_found) / n_removed if n_removed else 1.0
-        recall = len(removed_found) / len(removed_gold) if removed_gold else 1.0
-        ok = not problems and not lost and not wrongly_kept
+                if f.kind != "image":
+                    problems.append(f"kept a {f.issue.replace('_', ' ')} file: {Path(src).name}")
+                elif f.issue != "off_topic" and folder != f.site_label:
+                    problems.append(f"{Path(src).name} filed under {folder!r}, labelled {f.site_label!r}")
+            group_of = {f.path: f.duplicate_of for f in ds_key.files if f.issue == "duplicate" and f.duplicate_of}
+            members: dict[str, list[str]] = {}
+            for f in ds_key.files:
+                if f.kind == "image" and f.issue in ("none", "duplicate"):
+                    head = group_of.get(f.path, f.path)
+                    members.setdefault(head, []).append(f.path)
+            for head, paths in members.items():
+                n_kept = sum(p in kept for p in paths)
+                units += 1
+                lost += n_kept == 0
+                if len(paths) > 1:
+                    groups += 1
+                    resolved += n_kept == 1
+                removed_images += len(paths) - n_kept
+                removed_right += min(len(paths) - n_kept, len(paths) - 1)
+            for f in ds_key.files:
+                if f.issue == "off_topic":
+                    off_total += 1
+                    off_found += f.path not in kept
+                    removed_images += f.path not in kept
+                    removed_right += f.path not in kept
+                elif f.issue == "label_error":
+                    le_total += 1
+                    le_removed += f.path not in kept
+                    removed_images += f.path not in kept
+                    removed_right += f.path not in kept
+        dup_recall = resolved / groups if groups else 1.0
+        off_recall = off_found / off_total if off_total else 1.0
+        allowance = max(1, int(C2_MAX_LOST * units))
+        ok = (not problems and dup_recall >= C2_MIN_RECALL and off_recall >= C2_MIN_RECALL and lost <= allowance)
         all_ok &= ok
-        details[hospital] = {"compliant": not problems, "problems": problems[:5], "clean_lost": len(lost),
-                             "flagged_kept": len(wrongly_kept), "removal_precision": round(precision, 4),
-                             "removal_recall": round(recall, 4)}
-    compliant = sum(d.get("compliant", False) for d in details.values())
-    return _sub(all_ok, f"{compliant}/{len(details)} clients compliant", clients=details)
+        details[hospital] = {
+            "passed": ok, "compliant": not problems, "problems": problems[:5],
+            "duplicate_groups_resolved": f"{resolved}/{groups}", "off_topic_found": f"{off_found}/{off_total}",
+            "clean_lost": lost, "clean_lost_allowed": allowance,
+            "label_error_recall": round(le_removed / le_total, 4) if le_total else None,
+            "removal_precision": round(removed_right / removed_images, 4) if removed_images else None,
+        }
+    passed = sum(d.get("passed", False) for d in details.values())
+    return _sub(all_ok and bool(details), f"{passed}/{len(details)} clients pass", clients=details)
 
 
-def score_c3(clients: dict[str, Any], key, env_dir: Path) -> dict[str, Any]:
-    """Exact label mappings, and every clean file in its target folder."""
+def _norm_target(value: Any) -> str | None:
+    return None if value in (None, "", "drop", "none", "None") else str(value)
+
+
+def score_c3(clients: dict[str, Any], key, env_key, locate: Locate) -> dict[str, Any]:
+    """Against the files C3 received: the key's mapping of each class folder, and every file placed."""
     mappings_total = mappings_exact = placed = expected = 0
     details, all_ok = {}, True
+    targets = set(key.target_schema.classes)
     for hospital in key.approved_hospitals:
         rec = clients.get(hospital)
+        if not rec or not rec.harmonisation_input:
+            details[hospital] = {"passed": False, "reason": "no input (nothing to harmonise)"}
+            all_ok = False
+            continue
+        in_root = locate(hospital, rec.harmonisation_input)
+        out_root = locate(hospital, rec.harmonised_path) if rec.harmonised_path else None
         gold_maps = key.label_mappings.get(hospital, {})
-        got_maps = rec.label_mappings if rec else {}
-        exact = {d: got_maps.get(d) == m for d, m in gold_maps.items()}
-        mappings_total += len(exact)
-        mappings_exact += sum(exact.values())
-        clean = {c.path: c for cs in key.clean_files.get(hospital, {}).values() for c in cs}
+        got_maps = rec.label_mappings or {}
+        sources = [f.path for d in gold_maps for f in env_key.dataset(hospital, d).files]
         where: dict[str, str] = {}
-        root = env_dir / "clients" / hospital / rec.harmonised_path if rec and rec.harmonised_path else None
         extra: set[str] = set()
-        if root is not None and root.is_dir():
-            for rel, source in _provenance(root, sorted(clean)).items():
-                where[source] = rel.split("/", 1)[0]
-            extra = {d.name for d in root.iterdir() if d.is_dir()} - set(key.target_schema.classes)
-        wanted = {p: c.target_class for p, c in clean.items() if c.target_class is not None}
-        right = sum(where.get(p) == t for p, t in wanted.items())
-        misplaced = sum(1 for p in where if p in clean and clean[p].target_class is None)
-        placed += right
-        expected += len(wanted)
-        ok = all(exact.values()) and right == len(wanted) and not extra and not misplaced
+        if out_root is not None and out_root.is_dir():
+            where = {src: rel.split("/", 1)[0] for rel, src in _provenance(out_root, sources).items()}
+            extra = {d.name for d in out_root.iterdir() if d.is_dir()} - targets
+        n_exact = n_maps = n_placed = n_expected = misplaced = 0
+        for dataset, gold in gold_maps.items():
+            ds_in = in_root / dataset
+            if not ds_in.is_dir():
+                continue  # C2 did not deliver it: not C3's to map
+            got = {str(k): _norm_target(v) for k, v in (got_maps.get(dataset) or {}).items()}
+            received = {rel: src for rel, src in _provenance(ds_in, sources).items()}
+            for folder in sorted(d.name for d in ds_in.iterdir() if d.is_dir()):
+                if folder not in gold:
+                    continue  # a class folder C2 invented: not C3's mistake
+                n_maps += 1
+                n_exact += folder in got and got[folder] == gold[folder]
+            for rel, src in received.items():
+                folder = rel.split("/", 1)[0]
+                if folder not in gold:
+                    continue
+                want = gold[folder]
+                if want is None:
+                    misplaced += src in where
+                else:
+                    n_expected += 1
+                    n_placed += where.get(src) == want
+        ok = n_maps > 0 and n_exact == n_maps and n_placed == n_expected and not extra and not misplaced
         all_ok &= ok
-        details[hospital] = {"mappings_exact": sum(exact.values()), "mappings": len(exact), "placed": right,
-                             "expected": len(wanted), "dropped_but_kept": misplaced, "extra_folders": sorted(extra)}
+        mappings_total += n_maps
+        mappings_exact += n_exact
+        placed += n_placed
+        expected += n_expected
+        details[hospital] = {"passed": ok, "mappings_exact": n_exact, "mappings": n_maps, "placed": n_placed,
+                             "expected": n_expected, "dropped_but_kept": misplaced, "extra_folders": sorted(extra)}
     accuracy = mappings_exact / mappings_total if mappings_total else 0.0
     placement = placed / expected if expected else 0.0
     return _sub(all_ok and mappings_total > 0, f"mapping accuracy {accuracy:.2f}, placement {placement:.2f}",
                 mapping_accuracy=round(accuracy, 4), placement=round(placement, 4), clients=details)
 
 
+def trainable_acceptable(key) -> list[str]:
+    """The key's acceptable algorithms that this benchmark can train (an untrainable one is never right)."""
+    from fl.registry import query
+
+    trainable = {a.name.lower() for a in query(executable=True)}
+    return [a for a in key.acceptable_algorithms if a.lower() in trainable]
+
+
 def score_s3(algorithm: str | None, key) -> dict[str, Any]:
-    ok = bool(algorithm) and algorithm.strip().lower() in {a.lower() for a in key.acceptable_algorithms}
+    acceptable = {a.lower() for a in trainable_acceptable(key)}
+    ok = bool(algorithm) and algorithm.strip().lower() in acceptable
     return _sub(ok, f"chose {algorithm!r}", algorithm=algorithm)
 
 
-def score_s4(training: Any) -> dict[str, Any]:
+def score_s4(training: Any, plan: dict[str, Any] | None) -> dict[str, Any]:
+    """The handed algorithm trained on every handed client, completed, with finite metrics."""
     t = training if isinstance(training, dict) else (training.model_dump() if training is not None else {})
-    ok = bool(t.get("started")) and bool(t.get("completed"))
-    return _sub(ok, f"training {t.get('status')}", started=bool(t.get("started")), completed=bool(t.get("completed")),
-                **{f"final_{k}": v for k, v in (t.get("final_metrics") or {}).items()})
+    plan = plan or {}
+    metrics = t.get("final_metrics") or {}
+    finite = bool(metrics) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
+    algorithm_ok = bool(plan.get("algorithm")) and str(t.get("algorithm") or "").lower() == str(plan["algorithm"]).lower()
+    clients_ok = bool(plan.get("clients")) and sorted(t.get("clients") or []) == sorted(plan["clients"])
+    ok = bool(t.get("started")) and bool(t.get("completed")) and algorithm_ok and clients_ok and finite
+    why = [w for w, bad in (("not completed", not t.get("completed")), ("another algorithm", not algorithm_ok),
+                            ("not every client", not clients_ok), ("no finite metrics", not finite)) if bad]
+    return _sub(ok, f"training {t.get('status')}" + (f" ({', '.join(why)})" if why and t.get("started") else ""),
+                started=bool(t.get("started")), completed=bool(t.get("completed")), algorithm=algorithm_ok,
+                all_clients=clients_ok, **{f"final_{k}": v for k, v in metrics.items()})
 
 
 def score_state(state, key) -> dict[str, Any]:
     """All seven sub-task scores of a finished run (the workflow's evaluation node calls this)."""
-    env_dir = Path(state.config.env_dir)
+    from environments.answer_key import load_environment_key
+    from graphs import runtime
+
+    config = state.config
+    env_key = load_environment_key(Path(config.env_dir))
+
+    def locate(hospital: str, rel: str) -> Path:
+        return runtime.client_path(config, hospital, rel)
+
     subtasks = {
-        "S1": score_s1(state.requirements, key),
+        "S1": score_s1(state.s1_answer, key),
         "C1": score_c1(state.clients, key),
-        "S2": score_s2(state.clients, key),
-        "C2": score_c2(state.clients, key, env_dir),
-        "C3": score_c3(state.clients, key, env_dir),
+        "S2": score_s2(state.s2_shown, state.s2_answer),
+        "C2": score_c2(state.clients, key, env_key, locate),
+        "C3": score_c3(state.clients, key, env_key, locate),
         "S3": score_s3(state.algorithm, key),
-        "S4": score_s4(state.training),
+        "S4": score_s4(state.training, state.training_plan),
     }
     return {"grader_version": GRADER_VERSION, "subtasks": subtasks,
             "passed": sum(s["passed"] for s in subtasks.values())}

@@ -46,6 +46,10 @@ class RunResult(BaseModel):
     privacy_violations: int = 0
     errors: list[str] = Field(default_factory=list)
     failed: str | None = None
+    #: the chat model's sampling settings for this run: a distinct seed per repeat, so that a model
+    #: sampling at temperature > 0 draws differently on each repeat (None: recorded before they were)
+    sampling_seed: int | None = None
+    temperature: float | None = None
 
 
 class ResultStore:
@@ -84,6 +88,30 @@ class ResultStore:
 
     def done_keys(self, grader_version: str) -> set[str]:
         return {r.key.text for r in self.load(grader_version)}
+
+    def version_counts(self) -> dict[str, int]:
+        """How many readable results lines each grader version has (every line, duplicates included)."""
+        counts: dict[str, int] = {}
+        if not self.path.is_file():
+            return counts
+        for line in self.path.read_text("utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                version = str(json.loads(line)["grader_version"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            counts[version] = counts.get(version, 0) + 1
+        return counts
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        path = self.folder / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text("utf-8"))
+        except ValueError:
+            return None
 
     def write_manifest(self, settings: dict[str, Any]) -> None:
         manifest = {"settings": settings, "versions": package_versions(), "git_commit": git_commit()}

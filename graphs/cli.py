@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--model", default="heuristic", help="model spec or alias (see README), e.g. oracle, qwq-32b")
     run.add_argument("--mode", choices=("e2e", "phase"), default="e2e")
     run.add_argument("--thread-id", default=None, help="resume this thread (default: derived from the settings)")
-    run.add_argument("--run-id", default="run1", help="names the run folder under each workspace's work/")
+    run.add_argument("--run-id", default="run1", help="names the run's private work area (<env>/runs/<task>/...)")
     run.add_argument("--db", type=Path, default=Path("runs/checkpoints.sqlite"), help="SQLite checkpoint file")
     run.add_argument("--rounds", type=int, default=1, help="federated training rounds")
     run.add_argument("--budget", type=int, default=16, help="model calls allowed per agent")

@@ -50,9 +50,12 @@ def _tools(role_name: str, config: RunConfig, client: str | None, extra: list | 
     if not role.tools:
         return []
     if role.side == "client":
-        available = toolkit.build_client_tools(runtime.client_workspace(config, client))
+        available = toolkit.build_client_tools(runtime.client_workspace(config, client),
+                                               work_dir=runtime.client_work(config, client))
     else:
-        available = toolkit.build_server_tools(runtime.server_workspace(config), guidance=config.guidance)
+        work = {name: runtime.client_work(config, name) for name in runtime.client_names(config)}
+        available = toolkit.build_server_tools(runtime.server_workspace(config), work, guidance=config.guidance,
+                                               work_dir=runtime.server_work(config))
         available += list(extra or [])
     return [t for t in available if t.name in role.tools]
 
@@ -121,7 +124,8 @@ def s1_node(state: WorkflowState) -> dict[str, Any]:
     request = json.loads(task_file.read_text("utf-8"))["request"][config.guidance]
     outcome, update = _run("S1", config, {"task_id": config.task_id, "request": request})
     clients = {name: ClientRecord(name=name, status="pending") for name in runtime.client_names(config)}
-    return _merge(update, {"request": request, "requirements": outcome.result, "clients": clients})
+    return _merge(update, {"request": request, "requirements": outcome.result, "s1_answer": outcome.result,
+                           "clients": clients})
 
 
 def fan_out_c1(state: WorkflowState) -> list:
@@ -139,7 +143,7 @@ def c1_node(task: ClientTask) -> dict[str, Any]:
            "target_classes": req.get("target_classes", [])}
     outcome, update = _run("C1", task.config, ctx, client=task.client)
     result = outcome.result or {}
-    record = ClientRecord(name=task.client, status="replied" if outcome.ok else "failed",
+    record = ClientRecord(name=task.client, status="replied" if outcome.ok else "failed", c1_answered=outcome.ok,
                           selected_datasets=result.get("datasets", []), selection_reason=result.get("reason", ""))
     return _merge(update, {"clients": {task.client: record}})
 
@@ -160,7 +164,9 @@ def s2_node(state: WorkflowState) -> dict[str, Any]:
     clients = {n: ClientRecord(name=n, approved=n in approved, status="approved" if n in approved else "released",
                                work_datasets=state.clients[n].selected_datasets if n in approved else [])
                for n in names}
-    return _merge(update, {"clients": clients})
+    shown = {n: rec.status != "failed" and bool(rec.selected_datasets) for n, rec in state.clients.items()}
+    answer = sorted(approved) if outcome.ok else None
+    return _merge(update, {"clients": clients, "s2_shown": shown, "s2_answer": answer})
 
 
 # --- phase 2: preprocessing -------------------------------------------------------------------------
@@ -184,10 +190,9 @@ def fan_out_c2(state: WorkflowState) -> list:
 def c2_node(task: ClientTask) -> dict[str, Any]:
     config = task.config
     spec = runtime.task_spec(config)
-    out_rel = f"{runtime.run_folder(config)}/cleaned"
-    shutil.rmtree(runtime.client_workspace(config, task.client) / out_rel, ignore_errors=True)
-    scratch = f"{runtime.run_folder(config)}/raw"
-    shutil.rmtree(runtime.client_workspace(config, task.client) / scratch, ignore_errors=True)
+    out_rel, scratch = "work/cleaned", "work/raw"
+    shutil.rmtree(runtime.client_path(config, task.client, out_rel), ignore_errors=True)
+    shutil.rmtree(runtime.client_path(config, task.client, scratch), ignore_errors=True)
     ctx = {"datasets": task.datasets, "output_path": out_rel, "scratch_path": scratch, "image_size": spec.image_size,
            "mode": "RGB" if spec.colour else "L"}
     outcome, update = _run("C2", config, ctx, client=task.client)
@@ -207,11 +212,14 @@ def harmonisation_start(state: WorkflowState) -> dict[str, Any]:
     from graphs.upstream import gold_cleaned
 
     config, key = state.config, runtime.task_key(state.config)
-    out_rel = f"{runtime.run_folder(config)}/gold_cleaned"
+    out_rel = "work/input_cleaned"
     clients = {}
     for name in runtime.client_names(config):
         relevant = key.relevant_datasets.get(name, [])
-        path = gold_cleaned(runtime.client_workspace(config, name), key, name, out_rel) if relevant else None
+        path = None
+        if relevant:
+            gold_cleaned(runtime.client_workspace(config, name), runtime.client_path(config, name, out_rel), key, name)
+            path = out_rel
         clients[name] = ClientRecord(name=name, work_datasets=relevant, harmonisation_input=path)
     return {"clients": clients}
 
@@ -227,9 +235,9 @@ def fan_out_c3(state: WorkflowState) -> list:
 def c3_node(task: ClientTask) -> dict[str, Any]:
     config = task.config
     spec = runtime.task_spec(config)
-    workspace = runtime.client_workspace(config, task.client)
-    out_rel = f"{runtime.run_folder(config)}/harmonised"
-    shutil.rmtree(workspace / out_rel, ignore_errors=True)
+    out_rel = "work/harmonised"
+    out_dir = runtime.client_path(config, task.client, out_rel)
+    shutil.rmtree(out_dir, ignore_errors=True)
     ctx = {"input_path": task.input_path, "output_path": out_rel, "target_classes": spec.target_classes,
            "class_note": spec.class_note}
     outcome, update = _run("C3", config, ctx, client=task.client)
@@ -237,7 +245,7 @@ def c3_node(task: ClientTask) -> dict[str, Any]:
     record = ClientRecord(name=task.client, status="harmonised" if outcome.ok else "failed",
                           label_mappings=mappings, harmonised_path=out_rel if outcome.ok else None,
                           training_input=out_rel if outcome.ok else None,
-                          stats=class_counts(workspace / out_rel) if outcome.ok else {})
+                          stats=class_counts(out_dir) if outcome.ok else {})
     return _merge(update, {"clients": {task.client: record}})
 
 
@@ -273,14 +281,26 @@ def training_start(state: WorkflowState) -> dict[str, Any]:
     from graphs.upstream import gold_harmonised
 
     config, key = state.config, runtime.task_key(state.config)
-    out_rel = f"{runtime.run_folder(config)}/gold_harmonised"
+    out_rel = "work/input_harmonised"
     clients = {}
     for name in runtime.client_names(config):
         relevant = key.relevant_datasets.get(name, [])
-        ws = runtime.client_workspace(config, name)
-        path = gold_harmonised(ws, key, name, out_rel) if relevant else None
-        clients[name] = ClientRecord(name=name, training_input=path, stats=class_counts(ws / path) if path else {})
+        path, stats = None, {}
+        if relevant:
+            out = runtime.client_path(config, name, out_rel)
+            gold_harmonised(runtime.client_workspace(config, name), out, key, name)
+            path, stats = out_rel, class_counts(out)
+        clients[name] = ClientRecord(name=name, training_input=path, stats=stats)
     return {"clients": clients, "requirements": key.requirements.model_dump()}
+
+
+def upstream_algorithm(config: RunConfig) -> str:
+    """Per-phase mode: the algorithm the key's S3 would hand S4 (the first trainable acceptable one)."""
+    from fl.registry import query
+
+    acceptable = runtime.task_key(config).acceptable_algorithms
+    trainable = {a.name for a in query(executable=True)}
+    return next((a for a in acceptable if a in trainable), acceptable[0])
 
 
 def _participants(state: WorkflowState) -> dict[str, ClientRecord]:
@@ -303,19 +323,21 @@ def s4_node(state: WorkflowState) -> dict[str, Any]:
 
     config = state.config
     participants = _participants(state)
-    if not state.algorithm or not participants:
-        why = "no algorithm chosen" if not state.algorithm else "no client with harmonised data"
-        return {"training": TrainingStatus(status=f"not started: {why}"),
+    # per-phase mode: S4 starts from the key's upstream (its algorithm), not from the model's S3
+    algorithm = upstream_algorithm(config) if config.mode == "phase" else state.algorithm
+    plan = {"algorithm": algorithm, "clients": sorted(participants)}
+    if not algorithm or not participants:
+        why = "no algorithm chosen" if not algorithm else "no client with harmonised data"
+        return {"training": TrainingStatus(status=f"not started: {why}"), "training_plan": plan,
                 "errors": [RunError(id=_id(config.run_id, "S4", "skip"), where="S4", message=why)]}
-    data_dirs = {n: runtime.client_workspace(config, n) / r.training_input for n, r in participants.items()}
-    out_rel = f"{runtime.run_folder(config)}/training"
-    server_ws = runtime.server_workspace(config)
-    shutil.rmtree(server_ws / out_rel, ignore_errors=True)
-    training_tools = build_training_tools(server_ws, out_rel, data_dirs, rounds=config.rounds,
+    data_dirs = {n: runtime.client_path(config, n, r.training_input) for n, r in participants.items()}
+    out_dir = runtime.server_path(config, "work/training")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    training_tools = build_training_tools(out_dir, data_dirs, rounds=config.rounds,
                                           local_epochs=config.local_epochs, seed=config.seed)
-    ctx = {"algorithm": state.algorithm, "clients": list(participants), "rounds": config.rounds}
+    ctx = {"algorithm": algorithm, "clients": list(participants), "rounds": config.rounds}
     outcome, update = _run("S4", config, ctx, extra_tools=training_tools)
-    return _merge(update, {"training": read_training_status(server_ws / out_rel)})
+    return _merge(update, {"training": read_training_status(out_dir), "training_plan": plan})
 
 
 def read_training_status(folder) -> TrainingStatus:
@@ -327,7 +349,8 @@ def read_training_status(folder) -> TrainingStatus:
     final = ((data.get("final") or {}).get("global")) or {}
     metrics = {k: float(v) for k, v in final.items() if isinstance(v, (int, float)) and v is not None}
     return TrainingStatus(started=True, completed=data.get("status") == "completed", algorithm=data.get("algorithm"),
-                          status=data.get("status", "unknown"), result_path=str(path), final_metrics=metrics)
+                          status=data.get("status", "unknown"), result_path=str(path), final_metrics=metrics,
+                          clients=sorted(data.get("clients") or []))
 
 
 # --- evaluation ---------------------------------------------------------------------------------------

@@ -39,13 +39,46 @@ def server_workspace(config: RunConfig) -> Path:
     return env_dir(config) / "server"
 
 
-def run_folder(config: RunConfig) -> str:
-    """Workspace-relative folder of this run's outputs: work/<task>/<model>.<guidance>.<mode>.<run id>.
-
-    Distinct for every run that may share an environment, so concurrent runs never touch each
-    other's files."""
+def run_name(config: RunConfig) -> str:
+    """A file-system-safe name of this run: <model>.<guidance>.<mode>.<run id>."""
     raw = f"{config.model}.{config.guidance}.{config.mode}.{config.run_id}"
-    return f"work/{config.task_id}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', raw)[:120]}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)[:120]
+
+
+def run_root(config: RunConfig) -> Path:
+    """This run's private area, ``<env>/runs/<task>/<run name>/``: outside every workspace.
+
+    Each agent sees its side's part of it (``clients/<hospital>`` or ``server``) as its ``work/``
+    folder, so concurrent and earlier runs never see each other's files, and answer-key material a
+    per-phase run places there is reachable only by that run's own later phases."""
+    return env_dir(config) / "runs" / config.task_id / run_name(config)
+
+
+def client_work(config: RunConfig, client: str) -> Path:
+    return run_root(config) / "clients" / client
+
+
+def server_work(config: RunConfig) -> Path:
+    return run_root(config) / "server"
+
+
+#: the workspace-relative folder every agent writes under (its run's private work/)
+WORK = "work"
+
+
+def client_path(config: RunConfig, client: str, rel: str) -> Path:
+    """Where a workspace-relative path of ``client``'s agents lies on disk (``work/...``: the run's)."""
+    parts = Path(rel).parts
+    if parts[:1] == (WORK,):
+        return client_work(config, client).joinpath(*parts[1:])
+    return client_workspace(config, client) / rel
+
+
+def server_path(config: RunConfig, rel: str) -> Path:
+    parts = Path(rel).parts
+    if parts[:1] == (WORK,):
+        return server_work(config).joinpath(*parts[1:])
+    return server_workspace(config) / rel
 
 
 def chat_model(config: RunConfig) -> Any:
@@ -54,12 +87,12 @@ def chat_model(config: RunConfig) -> Any:
 
     if config.model in MODEL_OVERRIDES:
         return MODEL_OVERRIDES[config.model](config)
-    key = (config.model, config.env_dir, config.task_id, config.seed, config.temperature)
+    key = (config.model, config.env_dir, config.task_id, config.seed, config.temperature, run_name(config))
     with _lock:
         if key not in _models:
             info = resolve_spec(config.model, ModelSettings(temperature=config.temperature, seed=config.seed))
             _models[key] = make_chat_model(info, {"env_dir": config.env_dir, "task_id": config.task_id,
-                                                  "seed": config.seed})
+                                                  "seed": config.seed, "run_root": str(run_root(config))})
         return _models[key]
 
 

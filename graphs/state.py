@@ -37,6 +37,8 @@ class ClientRecord(BaseModel):
     status: str = "pending"
     selected_datasets: list[str] = Field(default_factory=list)
     selection_reason: str = ""
+    #: whether C1 answered at all ("no dataset" is an answer; a failed agent is not)
+    c1_answered: bool = False
     approved: bool | None = None
     #: what each phase works on: the previous phase's output (e2e) or the answer key's (per-phase mode)
     work_datasets: list[str] = Field(default_factory=list)
@@ -56,6 +58,8 @@ class TrainingStatus(BaseModel):
     status: str = "not started"
     result_path: str | None = None
     final_metrics: dict[str, float] = Field(default_factory=dict)
+    #: the clients the training ran on
+    clients: list[str] = Field(default_factory=list)
 
 
 class PhaseTiming(BaseModel):
@@ -105,11 +109,19 @@ class WorkflowState(BaseModel):
 
     config: RunConfig
     request: str = ""
+    #: what the broadcast is made from (per-phase mode: the key's, from the training phase on)
     requirements: dict[str, Any] | None = None
+    #: S1's own answer, kept apart so that scoring never credits the key's requirements to the model
+    s1_answer: dict[str, Any] | None = None
+    #: S2's view: client -> whether its reply named a dataset; S2's own approvals (None: no answer)
+    s2_shown: dict[str, bool] = Field(default_factory=dict)
+    s2_answer: list[str] | None = None
     clients: Annotated[dict[str, ClientRecord], merge_clients] = Field(default_factory=dict)
     algorithm: str | None = None
     algorithm_reason: str = ""
     training: TrainingStatus = Field(default_factory=TrainingStatus)
+    #: what S4 was asked to train: the algorithm (S3's, or the key's in per-phase mode) and the clients
+    training_plan: dict[str, Any] = Field(default_factory=dict)
     #: one outcome summary per agent run (role, client, ok, error, steps, tool calls, tokens)
     agents: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
     timings: Annotated[list[PhaseTiming], merge_by_id] = Field(default_factory=list)

@@ -2,7 +2,8 @@
 
 So that one early mistake does not hide how a model does later, any phase can start from these:
 the key's approved clients and datasets, its clean files in the standard schema, its harmonised
-target-class folders. Written inside the client workspaces' run folders, like an agent's output.
+target-class folders. Written into the run's private work area (see :func:`graphs.runtime.run_root`),
+like an agent's output, where no other run can read them.
 """
 
 from __future__ import annotations
@@ -42,17 +43,16 @@ def _write_origins(folder: Path, origins: dict[str, str]) -> None:
     """The same provenance sidecar the tools keep (``<folder>.manifest.json``)."""
     from tools.sandbox import manifest_path
 
-    manifest_path(folder).write_text(json.dumps({"step": "answer_key_upstream", "origin": dict(sorted(origins.items()))},
+    manifest_path(folder).write_text(json.dumps({"step": "upstream_input", "origin": dict(sorted(origins.items()))},
                                                 indent=1, ensure_ascii=False) + "\n", "utf-8")
 
 
-def gold_cleaned(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
+def gold_cleaned(workspace: Path, out: Path, task_key, hospital: str) -> None:
     """The key's clean files of ``hospital`` as ``<out>/<dataset>/<local class>/*.png`` (two sources
     that flatten to one name, ``IM3.dcm`` and ``IM3.tif``, get ``IM3.png`` and ``IM3~2.png``)."""
     from environments.readers import read_image
     from tools.labels import claim_name
 
-    out = workspace / out_rel
     shutil.rmtree(out, ignore_errors=True)
     schema = task_key.target_schema
     for dataset, files in task_key.clean_files.get(hospital, {}).items():
@@ -66,15 +66,13 @@ def gold_cleaned(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
             origins[rel] = f.path
         (out / dataset).mkdir(parents=True, exist_ok=True)
         _write_origins(out / dataset, origins)
-    return out_rel
 
 
-def gold_harmonised(workspace: Path, task_key, hospital: str, out_rel: str) -> str:
+def gold_harmonised(workspace: Path, out: Path, task_key, hospital: str) -> None:
     """The key's clean files of ``hospital`` in target-class folders ``<out>/<target>/*.png``."""
     from environments.readers import read_image
     from tools.labels import claim_name
 
-    out = workspace / out_rel
     shutil.rmtree(out, ignore_errors=True)
     schema = task_key.target_schema
     for target in schema.classes:
@@ -90,4 +88,3 @@ def gold_harmonised(workspace: Path, task_key, hospital: str, out_rel: str) -> s
             _write_png(out / rel, pixels)
             origins[rel] = f.path
     _write_origins(out, origins)
-    return out_rel

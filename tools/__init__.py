@@ -112,9 +112,10 @@ class StatsArgs(BaseModel):
     hospitals: list[str] | None = Field(None, description="hospital names; omit for all")
 
 
-def build_client_tools(workspace: str | Path) -> list[Any]:
-    """The tools of one hospital's agents, confined to ``workspace``."""
-    ws = Workspace(workspace)
+def build_client_tools(workspace: str | Path, work_dir: str | Path | None = None) -> list[Any]:
+    """The tools of one hospital's agents, confined to ``workspace`` (``work_dir``: this run's own
+    folder, mounted as ``work/``; see :class:`tools.sandbox.Workspace`)."""
+    ws = Workspace(workspace, work_dir)
     spec = [
         (files.read_data_cards, "read_data_cards", NoArgs,
          "Read this hospital's data cards (data_cards.json): for every local dataset its name, description, "
@@ -167,14 +168,15 @@ def build_client_tools(workspace: str | Path) -> list[Any]:
     return [make_tool(ws, func, name, desc, schema) for func, name, schema, desc in spec]
 
 
-def build_server_tools(workspace: str | Path, client_workspaces: dict[str, str | Path] | None = None,
-                       guidance: str | None = None) -> list[Any]:
-    """The server agents' tools; clients default to the ``clients/*`` folders beside the server's."""
-    ws = Workspace(workspace)
-    if client_workspaces is None:
+def build_server_tools(workspace: str | Path, client_work: dict[str, str | Path] | None = None,
+                       guidance: str | None = None, work_dir: str | Path | None = None) -> list[Any]:
+    """The server agents' tools. ``client_work``: each hospital's work folder, where it publishes its
+    statistics (default: ``clients/*/work`` beside the server's workspace)."""
+    ws = Workspace(workspace, work_dir)
+    if client_work is None:
         sibling = ws.root.parent / "clients"
-        client_workspaces = {p.name: p for p in sorted(sibling.iterdir()) if p.is_dir()} if sibling.is_dir() else {}
-    clients = {name: Path(p) for name, p in client_workspaces.items()}
+        client_work = {p.name: p / "work" for p in sorted(sibling.iterdir()) if p.is_dir()} if sibling.is_dir() else {}
+    clients = {name: Path(p) for name, p in client_work.items()}
 
     def task(_: Workspace, task_id: str | None = None) -> dict:
         return server.read_task(ws, task_id, guidance)

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from tools.labels import FILE_HINTS, LABEL_HINTS, is_image_name
-from tools.sandbox import ToolError, Workspace, walk_files
+from tools.sandbox import WORK, ToolError, Workspace, walk_files
 
 READ_LIMIT = 64_000
 TEXT_CAP = 4500
@@ -72,13 +72,18 @@ def list_folder(ws: Workspace, path: str = ".", depth: int = 2) -> str:
 
     def describe(folder: Path, level: int) -> None:
         files = list(walk_files(folder))
+        if ws.mounted and folder == ws.root:  # the run's own work/ is mounted from elsewhere
+            files = [f for f in files if f.relative_to(folder).parts[0] != WORK] + list(walk_files(ws.work))
         counts = Counter(_ext(f) for f in files)
         summary = ", ".join(f"{n} {e}" for e, n in counts.most_common(8)) or "empty"
         pad = "  " * level
-        lines.append(f"{pad}{folder.name if level else ws.rel(folder)}/  ({len(files)} files: {summary})")
+        name = WORK if folder == ws.work else folder.name
+        lines.append(f"{pad}{name if level else ws.rel(folder)}/  ({len(files)} files: {summary})")
         if level + 1 > depth:
             return
         children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+        if ws.mounted and folder == ws.root:
+            children = sorted([p for p in children if p.name != WORK] + [ws.work], key=lambda p: ws.rel(p))
         links = sorted(p.name for p in folder.iterdir() if p.is_symlink())
         direct = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink())
         if direct:

@@ -34,13 +34,29 @@ class ToolError(Exception):
 
 
 class Workspace:
-    """One agent's root folder; every path a tool touches is checked against it."""
+    """One agent's root folder; every path a tool touches is checked against it.
 
-    def __init__(self, root: str | Path) -> None:
+    ``work_dir`` mounts a folder that lies elsewhere as the workspace's ``work/`` (the benchmark gives
+    every run its own, outside every workspace, so that no run can read another run's files); a
+    ``work/`` folder physically inside the root is then unreachable.
+    """
+
+    def __init__(self, root: str | Path, work_dir: str | Path | None = None) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"workspace {root} is not a folder")
-        self.work = self.root / WORK
+        self.mounted = work_dir is not None
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+        self.work = Path(work_dir).resolve() if work_dir is not None else self.root / WORK
+
+    def _inside(self, real: Path) -> bool:
+        if self.mounted and (real == self.work or real.is_relative_to(self.work)):
+            return True
+        if not real.is_relative_to(self.root):
+            return False
+        # with a mounted work/, the root's own work/ folder (other runs, older layouts) is out of reach
+        return not (self.mounted and real.relative_to(self.root).parts[:1] == (WORK,))
 
     def resolve(self, path: str | Path | None, *, must_exist: bool = True, write: bool = False) -> Path:
         """The real path inside the workspace that ``path`` names, or :class:`ToolError`."""
@@ -52,16 +68,24 @@ class Workspace:
             raise ToolError(_KEY_REFUSAL)
         candidate = Path(text)
         if not candidate.is_absolute():
-            candidate = self.root / candidate
+            parts = Path(os.path.normpath(text)).parts
+            if self.mounted and parts[:1] == (WORK,):
+                candidate = self.work.joinpath(*parts[1:])
+            else:
+                candidate = self.root / candidate
         try:
             real = candidate.resolve()
         except (OSError, RuntimeError) as exc:  # symlink loops and the like
             raise ToolError(f"{text!r}: cannot be resolved ({exc})") from None
-        if not real.is_relative_to(self.root):
-            if Path(os.path.normpath(candidate)).is_relative_to(self.root):
+        if not self._inside(real):
+            normal = Path(os.path.normpath(candidate))
+            if self._inside(normal):
                 raise ToolError(f"{text!r} is a link that points outside the workspace; refused")
-            raise ToolError(f"{text!r} is outside the workspace; use paths relative to it, e.g. datasets/<name>")
-        if any(part.lower() in _FORBIDDEN_NAMES for part in real.relative_to(self.root).parts):
+            raise ToolError(f"{text!r} is outside the workspace; use paths relative to it, e.g. datasets/<name> "
+                            f"or {WORK}/<folder>")
+        inner = real.relative_to(self.work) if self.mounted and real.is_relative_to(self.work) \
+            else real.relative_to(self.root)
+        if any(part.lower() in _FORBIDDEN_NAMES for part in inner.parts):
             raise ToolError(_KEY_REFUSAL)
         if write and not (real == self.work or real.is_relative_to(self.work)):
             raise ToolError(f"{text!r}: writing is allowed only under {WORK}/ (e.g. {WORK}/cleaned/<name>); "
@@ -72,6 +96,8 @@ class Workspace:
 
     def rel(self, path: Path) -> str:
         """``path`` as the agent should see it: relative to the workspace root."""
+        if self.mounted and (path == self.work or path.is_relative_to(self.work)):
+            return Path(WORK, path.relative_to(self.work)).as_posix()
         try:
             return path.relative_to(self.root).as_posix() or "."
         except ValueError:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.sandbox import ToolError, Workspace
-from tools.stats import STATS_FILE, ClientStatistics
+from tools.stats import STATS_NAME, ClientStatistics
 
 MAX_STATS_BYTES = 200_000
 
@@ -78,8 +78,8 @@ def _jsd(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def load_client_stats(folder: Path) -> ClientStatistics:
-    """Validate one client's published statistics (a regular file inside its workspace)."""
-    path = folder / STATS_FILE
+    """Validate one client's published statistics (a regular file inside its work folder)."""
+    path = folder / STATS_NAME
     if path.is_symlink() or not path.is_file():
         raise ToolError("no statistics published yet (report_dataset_statistics writes them)")
     if not path.resolve().is_relative_to(folder.resolve()) or path.stat().st_size > MAX_STATS_BYTES:

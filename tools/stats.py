@@ -19,7 +19,9 @@ from environments.readers import ImageReadError, image_format, read_image
 from tools.labels import is_image_name
 from tools.sandbox import ToolError, Workspace, walk_files
 
-STATS_FILE = "work/stats.json"
+STATS_NAME = "stats.json"
+#: as the client agent sees it
+STATS_FILE = f"work/{STATS_NAME}"
 
 
 class ClientStatistics(BaseModel):
@@ -79,7 +81,7 @@ def compute_statistics(ws: Workspace, path: str) -> ClientStatistics:
 def report_statistics(ws: Workspace, path: str) -> dict:
     """Compute the statistics of a prepared dataset and publish them in work/stats.json."""
     stats = compute_statistics(ws, path)
-    target = ws.root / STATS_FILE
+    target = ws.work / STATS_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(stats.model_dump(), indent=1, ensure_ascii=False) + "\n", "utf-8")
     return {"written_to": STATS_FILE, "statistics": stats.model_dump()}

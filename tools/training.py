@@ -78,12 +78,13 @@ def _train(config, fingerprint: str) -> dict:
     return result
 
 
-def build_training_tools(server_workspace: Path, out_rel: str, client_dirs: dict[str, Path], *, rounds: int = 1,
+def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds: int = 1,
                          local_epochs: int = 1, seed: int = 0) -> list:
-    """``launch_training`` and ``training_status`` bound to this run's clients and output folder."""
+    """``launch_training`` and ``training_status`` bound to this run's clients and output folder
+    (``out_dir``, in the server's work area; ``result.json`` there records metrics and the clients)."""
     from langchain_core.tools import StructuredTool
 
-    out = Path(server_workspace) / out_rel
+    out = Path(out_dir)
     result_file = out / "result.json"
 
     def launch_training(algorithm: str, clients: list[str] | None = None) -> str:
@@ -107,6 +108,7 @@ def build_training_tools(server_workspace: Path, out_rel: str, client_dirs: dict
         except Exception as exc:  # a crash inside Flower is a failed run, reported to the agent
             result = {"status": "failed", "algorithm": algorithm, "rounds": [], "final": None,
                       "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        result["clients"] = sorted(chosen)
         out.mkdir(parents=True, exist_ok=True)
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1), "utf-8")
