@@ -1,7 +1,8 @@
 """Baselines that need no LLM, as chat models that emit tool calls through the same graph.
 
-* ``oracle``    reads the answer key. It exists to prove every task solvable with the tools and the
-                scorer right: it must score 100 %.
+* ``oracle``    reads the answer key. It exists to prove the scorer right: it must score 100 %.
+* ``skyline``   key-blind: the tools used as well as they can be (:mod:`agents.skyline`). It proves
+                every sub-task achievable without the key.
 * ``heuristic`` rules over only what an LLM would see (the prompts and the tool outputs).
 * ``random``    random choices among what it sees: the floor.
 
@@ -117,9 +118,13 @@ class PolicyChatModel(BaseChatModel):
 def make_baseline(name: str, context: dict[str, Any]) -> PolicyChatModel:
     from agents.policies import HeuristicPolicy, OraclePolicy, RandomPolicy
 
-    policies = {"oracle": OraclePolicy, "heuristic": HeuristicPolicy, "random": RandomPolicy}
+    policies: dict[str, Any] = {"oracle": OraclePolicy, "heuristic": HeuristicPolicy, "random": RandomPolicy}
+    if name == "skyline":
+        from agents.skyline import SkylinePolicy
+
+        policies["skyline"] = SkylinePolicy
     if name not in policies:
-        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(policies)}")
+        raise ValueError(f"unknown baseline {name!r}; choose from oracle, skyline, heuristic, random")
     return PolicyChatModel(policy=policies[name](context), name_=name)
 
 

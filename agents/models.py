@@ -5,7 +5,7 @@ Spec forms:
   ollama:<model>                        Ollama (OLLAMA_HOST, default http://127.0.0.1:11434)
   openai-compatible:<model>@<base_url>  vLLM, llama.cpp, Groq, DeepInfra, DeepSeek ... (key from
                                         OPENAI_COMPATIBLE_API_KEY, or DEEPSEEK_API_KEY for DeepSeek)
-  oracle | heuristic | random           baselines that need no LLM (agents.baselines)
+  oracle | skyline | heuristic | random baselines that need no LLM (agents.baselines)
   local                                 llama.cpp on this machine (agents.local_llm)
   <alias>                               a name from model_aliases.json or $FEDAGENTBENCH_MODEL_ALIASES
 """
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 ALIASES_FILE = Path(__file__).with_name("model_aliases.json")
-BASELINES = ("oracle", "heuristic", "random")
+BASELINES = ("oracle", "skyline", "heuristic", "random")
 
 
 class ModelSettings(BaseModel):

@@ -91,7 +91,8 @@ def _s1(fine: bool, ctx: dict) -> str:
 def _c1(fine: bool, ctx: dict) -> str:
     text = (f"Broadcast from the server: the federation will train a {ctx['task_type']} model on {ctx['modality']} "
             f"images with target classes {', '.join(ctx['target_classes'])}.\n"
-            "Your data cards are in data_cards.json.\n")
+            + (f"Task note: {ctx['class_note']}\n" if ctx.get("class_note") else "")
+            + "Your data cards are in data_cards.json.\n")
     if fine:
         text += ("Steps: 1. read_data_cards. 2. A dataset matches only if it holds images of this modality from "
                  "human patients, is labelled for classification, and its classes can be mapped onto every target "

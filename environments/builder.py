@@ -39,7 +39,7 @@ from environments.pools import ImagePool
 from environments.site import sample_profile
 from environments.tasks import TaskSpec, tasks_for
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: shuffled injected files, criterion-consistent placement
 CITIES = ("Aarhus", "Bologna", "Coimbra", "Dresden", "Eindhoven", "Freiburg", "Graz", "Haarlem", "Innsbruck",
           "Jena", "Krakow", "Leuven", "Malmo", "Nantes", "Oulu", "Porto", "Quimper", "Rennes", "Salzburg", "Tartu")
 

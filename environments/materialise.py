@@ -3,7 +3,10 @@
 Layouts: class folders; flat ``images/`` with ``labels.csv``; flat with ``labels.json``; nested
 ``<patient>/<study>/`` folders with ``metadata.csv``. Issues injected into relevant datasets:
 non-image files, corrupt / truncated / zero-byte images, near-duplicates, off-topic images of
-another modality and wrong labels. Class names follow the dataset's label style.
+another modality and wrong labels. Class names follow the dataset's label style. After injection the
+image list is shuffled, so an injected file's name, label-file row and nested path are random with
+respect to its issue; broken files take the same formats as clean ones, corrupt files about the
+size of a real encoding.
 """
 
 from __future__ import annotations

@@ -65,7 +65,12 @@ class TaskSpec(BaseModel):
 
     @property
     def acceptable_algorithms(self) -> list[str]:
-        return list(REQUIREMENT_ALGORITHMS[self.requirement])
+        """The algorithms that fit the requirement and this benchmark can train (an untrainable
+        choice could never be run by S4, so it is never an acceptable S3 answer)."""
+        from fl.registry import query
+
+        trainable = {a.name for a in query(executable=True)}
+        return [a for a in REQUIREMENT_ALGORITHMS[self.requirement] if a in trainable]
 
     def target_of(self, concept: str | None) -> str | None:
         return None if concept is None else self.concept_to_target.get(concept)
@@ -154,19 +159,30 @@ _DERM_BENIGN = ["naevus", "seborrhoeic_keratosis", "dermatofibroma", "vascular_l
 _BREAK_BENIGN = ["benign_breast_tissue", "adenosis", "fibroadenoma", "phyllodes_tumour", "tubular_adenoma"]
 _BREAK_MALIGNANT = ["malignant_breast_tissue", "ductal_carcinoma", "lobular_carcinoma", "mucinous_carcinoma", "papillary_carcinoma"]
 _PNEUMONIA = ["pneumonia", "bacterial_pneumonia", "viral_pneumonia", "covid19_pneumonia"]
+_HISTO_NOTE = ("Normal breast tissue, benign lesions and benign tumour subtypes (adenosis, fibroadenoma, phyllodes "
+               "tumour, tubular adenoma) are benign, as are patches negative for carcinoma (e.g. IDC-negative); every "
+               "carcinoma, in situ or invasive (ductal, lobular, mucinous, papillary), is malignant.")
+_PNEUMONIA_NOTE = ("Bacterial, viral and COVID-19 pneumonia all count as pneumonia, as does a class the data card "
+                   "describes as other (non-COVID) pneumonia or lung infection; normal (healthy, no finding) "
+                   "chests are normal.")
 
 TASKS: tuple[TaskSpec, ...] = (
     _task("dermatoscopy", "derm-skin-cancer", "binary skin-cancer detection",
           {"benign": _DERM_BENIGN, "malignant": _DERM_MALIGNANT}, "feature_shift",
-          "Melanoma, basal and squamous cell carcinoma and actinic keratosis count as malignant; naevi, "
-          "seborrhoeic keratoses, dermatofibromas and vascular lesions as benign."),
+          "Melanoma, basal and squamous cell carcinoma and actinic keratosis (with intraepithelial carcinoma) count "
+          "as malignant; naevi (atypical naevi included), seborrhoeic and other benign keratoses, dermatofibromas "
+          "and vascular lesions as benign. Classes labelled only 'benign' or 'malignant' keep that meaning."),
     _task("dermatoscopy", "derm-melanoma-naevus", "melanoma versus naevus",
           {"melanoma": ["melanoma"], "naevus": ["naevus"]}, "personalisation",
-          "Lesions that are neither melanoma nor naevus are left out."),
+          "Atypical naevi count as naevus; a class labelled 'malignant' counts as melanoma only when its data card "
+          "says it holds only melanomas. Every other class is left out: other lesion types, classes labelled only "
+          "'benign' and other 'malignant' classes."),
     _task("dermatoscopy", "derm-melanoma-benign", "melanoma versus benign-lesion classification",
           {"melanoma": ["melanoma"], "benign": _DERM_BENIGN}, "label_skew",
-          "Naevi, seborrhoeic keratoses, dermatofibromas and vascular lesions are benign; other malignant lesions "
-          "(carcinomas, actinic keratosis) and labels that only say 'malignant' are left out."),
+          "Naevi (atypical naevi included), seborrhoeic and other benign keratoses, dermatofibromas, vascular "
+          "lesions and classes labelled only 'benign' are benign. A class labelled 'malignant' counts as melanoma "
+          "only when its data card says it holds only melanomas; otherwise it is left out, as are the other "
+          "malignant lesions (basal and squamous cell carcinoma, actinic keratosis)."),
     _task("ultrasound", "us-breast-malignancy", "breast-malignancy detection",
           {"malignant": ["malignant_breast_lesion"], "non_malignant": ["benign_breast_lesion", "normal_breast"]},
           "feature_shift", "Normal scans and benign lesions both count as non_malignant."),
@@ -177,42 +193,47 @@ TASKS: tuple[TaskSpec, ...] = (
           {"benign": ["benign_breast_lesion"], "malignant": ["malignant_breast_lesion"]}, "personalisation",
           "Scans without a lesion (normal) are left out."),
     _task("fundus", "fundus-dr-grading", "diabetic-retinopathy grading",
-          {f"grade_{k}": [f"dr_grade_{k}"] for k in range(5)}, "label_skew",
-          "Grades follow the international scale: 0 no DR, 1 mild, 2 moderate, 3 severe non-proliferative, 4 proliferative."),
+          {f"grade_{k}": [f"dr_grade_{k}"] + (["normal_fundus"] if k == 0 else []) for k in range(5)}, "label_skew",
+          "Grades follow the international scale: 0 no DR (a normal fundus), 1 mild, 2 moderate, 3 severe "
+          "non-proliferative, 4 proliferative."),
     _task("fundus", "fundus-referable-dr", "referable diabetic-retinopathy detection",
-          {"non_referable": ["dr_grade_0", "dr_grade_1", "dr_non_referable"],
+          {"non_referable": ["dr_grade_0", "normal_fundus", "dr_grade_1", "dr_non_referable"],
            "referable": ["dr_grade_2", "dr_grade_3", "dr_grade_4", "dr_referable"]}, "feature_shift",
-          "Grades 0-1 are non_referable, grades 2-4 referable; a label that only says 'DR present' is too vague and is left out."),
+          "Grades 0-1 (a normal fundus is grade 0) are non_referable, grades 2-4 and 'referable DR' are referable; "
+          "a label that only says 'DR present' is too vague and is left out."),
     _task("fundus", "fundus-dr-screening", "diabetic-retinopathy screening",
-          {"no_dr": ["dr_grade_0"], "dr": ["dr_grade_1", "dr_grade_2", "dr_grade_3", "dr_grade_4", "dr_any", "dr_referable"]},
-          "unseen_site", "Any grade from 1 to 4 counts as dr; 'non-referable' labels mix grades 0 and 1 and are left out."),
+          {"no_dr": ["dr_grade_0", "normal_fundus"], "dr": ["dr_grade_1", "dr_grade_2", "dr_grade_3", "dr_grade_4", "dr_any", "dr_referable"]},
+          "unseen_site", "Grade 0 and a normal fundus are no_dr; any grade from 1 to 4, 'referable DR' and a label "
+          "that only says 'DR present' count as dr; 'non-referable' labels mix grades 0 and 1 and are left out."),
     _task("histopathology", "histo-breast-cancer", "binary breast-cancer detection",
           {"benign": _BREAK_BENIGN, "malignant": _BREAK_MALIGNANT}, "feature_shift",
-          "Benign tumour subtypes (adenosis, fibroadenoma, phyllodes, tubular adenoma) are benign; carcinomas are malignant."),
+          _HISTO_NOTE),
     _task("histopathology", "histo-breast-cancer-personal", "per-hospital breast-cancer detection",
           {"benign": _BREAK_BENIGN, "malignant": _BREAK_MALIGNANT}, "personalisation",
-          "Benign tumour subtypes are benign; carcinomas are malignant."),
+          _HISTO_NOTE),
     _task("histopathology", "histo-breast-cancer-stragglers", "breast-cancer detection on unreliable sites",
           {"benign": _BREAK_BENIGN, "malignant": _BREAK_MALIGNANT}, "stragglers",
-          "Benign tumour subtypes are benign; carcinomas are malignant."),
+          _HISTO_NOTE),
     _task("mri", "mri-tumour-type", "brain-tumour classification",
           {"glioma": ["glioma"], "meningioma": ["meningioma"], "pituitary": ["pituitary_tumour"], "no_tumour": ["no_tumour"]},
-          "feature_shift", "A label that only says 'tumour' without its type is left out."),
+          "feature_shift", "Scans without a tumour (normal, healthy) are no_tumour; a label that only says 'tumour' "
+          "without its type is left out."),
     _task("mri", "mri-tumour-presence", "brain-tumour presence detection",
           {"tumour": ["glioma", "meningioma", "pituitary_tumour", "any_brain_tumour"], "no_tumour": ["no_tumour"]},
-          "unseen_site", "Every tumour type counts as tumour."),
+          "unseen_site", "Every tumour type, and a label that only says 'tumour' or 'yes', counts as tumour; scans "
+          "without a tumour (normal, healthy, 'no') are no_tumour."),
     _task("mri", "mri-glioma-meningioma", "glioma versus meningioma",
           {"glioma": ["glioma"], "meningioma": ["meningioma"]}, "heterogeneous_architectures",
           "Other tumour types and tumour-free scans are left out."),
     _task("xray", "xray-pneumonia", "pneumonia detection",
           {"normal": ["normal_chest"], "pneumonia": _PNEUMONIA}, "baseline",
-          "Bacterial, viral and COVID-19 pneumonia all count as pneumonia."),
+          _PNEUMONIA_NOTE),
     _task("xray", "xray-pneumonia-personal", "per-hospital pneumonia detection",
           {"normal": ["normal_chest"], "pneumonia": _PNEUMONIA}, "personalisation",
-          "Bacterial, viral and COVID-19 pneumonia all count as pneumonia."),
+          _PNEUMONIA_NOTE),
     _task("xray", "xray-pneumonia-stragglers", "pneumonia detection on unreliable sites",
           {"normal": ["normal_chest"], "pneumonia": _PNEUMONIA}, "stragglers",
-          "Bacterial, viral and COVID-19 pneumonia all count as pneumonia."),
+          _PNEUMONIA_NOTE),
 )
 
 

@@ -140,7 +140,8 @@ def fan_out_c1(state: WorkflowState) -> list:
 def c1_node(task: ClientTask) -> dict[str, Any]:
     req = task.requirements
     ctx = {"modality": req.get("modality", ""), "task_type": req.get("task_type", "classification"),
-           "target_classes": req.get("target_classes", [])}
+           "target_classes": req.get("target_classes", []),
+           "class_note": runtime.task_spec(task.config).class_note}  # the request's own words
     outcome, update = _run("C1", task.config, ctx, client=task.client)
     result = outcome.result or {}
     record = ClientRecord(name=task.client, status="replied" if outcome.ok else "failed", c1_answered=outcome.ok,

@@ -85,10 +85,10 @@ def test_auditor_catches_a_planted_leak_and_none_in_normal_runs(tiny_envs, tmp_p
     patient = load_environment_key(tiny_envs / "xray").patients[0]
     real_builder = toolkit.build_client_tools
 
-    def leaky_builder(workspace):
+    def leaky_builder(workspace, work_dir=None):
         leak = StructuredTool.from_function(func=lambda: f"first DICOM header: PatientName={patient.name}",
                                             name="read_data_cards", description="reads the data cards (leaky)")
-        return [leak] + [t for t in real_builder(workspace) if t.name != "read_data_cards"]
+        return [leak] + [t for t in real_builder(workspace, work_dir) if t.name != "read_data_cards"]
 
     monkeypatch.setattr(toolkit, "build_client_tools", leaky_builder)
     script = [AIMessage(content="Modality: xray\nTarget classes: normal, pneumonia\nRequirement: baseline")]
