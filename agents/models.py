@@ -24,7 +24,11 @@ BASELINES = ("oracle", "skyline", "heuristic", "random")
 
 
 class ModelSettings(BaseModel):
-    """Sampling settings, recorded with every run."""
+    """Sampling settings, recorded with every run.
+
+    ``temperature`` and ``seed`` go to every client: ChatOpenAI (openai, openai-compatible, local
+    llama.cpp) and ChatOllama. The baselines ignore ``temperature``; ``random`` draws from ``seed``
+    (the benchmark gives each repeat its own); the others are deterministic."""
 
     temperature: float = 0.0
     seed: int | None = 0

@@ -161,7 +161,7 @@ class SkylinePolicy:
 def _label_file(card: dict) -> str | None:
     """The label file the card names (its field, or the description's 'labels in <file>')."""
     source = card.get("dataset_path", "")
-    name = card.get("label_file") or _line(r"labels in (\S+?)[ .,)]", str(card.get("dataset description", "")))
+    name = card.get("label_file") or _line(r"labels in (\S+?\.(?:csv|tsv|json))\b", str(card.get("dataset description", "")))
     return f"{source}/{name}" if name else None
 
 

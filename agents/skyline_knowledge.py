@@ -17,11 +17,13 @@ Nothing here reads the answer key or imports the environment builder (a test che
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 MODALITIES: tuple[str, ...] = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray")
@@ -97,9 +99,9 @@ def requirement_of(text: str) -> str | None:
     return next(cue for cue in REQUIREMENTS if scores[cue] == best)
 
 
-def infer_body_part(modality: str | None, targets: Iterable[str], title: str = "") -> str | None:
-    """The organ a task is about: from its title, else its target names, else the modality."""
-    for text in (title, " ".join(targets)):
+def infer_body_part(modality: str | None, targets: Iterable[str], title: str = "", note: str = "") -> str | None:
+    """The organ a task is about: from its title, else its target names or note, else the modality."""
+    for text in (title, " ".join(targets), note):
         low = (text or "").lower()
         for pattern, part in _BODY_PART_WORDS:
             if re.search(pattern, low):
@@ -169,7 +171,7 @@ def parse_request(text: str) -> dict[str, Any]:
         "requirement": requirement,
         "class_note": note,
         "title": title,
-        "body_part": infer_body_part(modality, targets, title),
+        "body_part": infer_body_part(modality, targets, title, note),
     }
 
 
@@ -296,8 +298,8 @@ _ODIR_LETTERS: dict[str, Finding] = {"n": _NORMAL_FUNDUS, "d": _ANY_DR, "g": OTH
 _COMMON_TERMS: list[Term] = [
     (r"\bsuspect\w*|\bungradabl\w*|\bungraded\b|\bpossible\b|\bborderline\b|\bindeterminate\b|\buncertain\b",
      OTHER),
-    (r"\bothers?\b|\bmisc\w*|\bunknown\b|\bnone of the others\b|\brest\b|\blabels?\b|\bscans?\b|\bimages?\b"
-     r"|\bcases?\b|\bpatches\b|\btypes?\b|\bsubtypes?\b", NEUTRAL),
+    ((r"\bothers?\b|\bmisc\w*|\bunknown\b|\bnone of the others\b|\brest\b|\blabels?\b|\bscans?\b|\bimages?\b"
+     r"|\bcases?\b|\bpatches\b|\btypes?\b|\bsubtypes?\b"), NEUTRAL),
 ]
 
 _PHRASES: dict[str, list[Term]] = {
@@ -312,20 +314,21 @@ _PHRASES: dict[str, list[Term]] = {
         (r"\bsquamous cell carcinomas?\b", _SCC),
         (r"\b(?:actinic|solar) keratos[ie]s\b|\bintraepithelial carcinomas?\b|\bbowen\w*", _AK),
         (r"\bdermatofibromas?\b", _DF),
-        (r"\bvascular (?:lesions?|tumou?rs?)\b|\b(?:haem|hem)?angiomas?\b|\bangiokeratomas?\b"
-         r"|\bpyogenic granulomas?\b", _VASC),
+        ((r"\bvascular (?:lesions?|tumou?rs?)\b|\b(?:haem|hem)?angiomas?\b|\bangiokeratomas?\b"
+         r"|\bpyogenic granulomas?\b"), _VASC),
         (r"\bsolar lentig\w*|\blentig\w*", _LENTIGO),
         (r"\bcarcinomas?\b", _SKIN_CARCINOMA),
         (r"\bnon ?malignant\b|\bbenign\b|\bharmless\b", _BENIGN),
         (r"\bmalignan\w*|\bcancers?\b", _MALIGNANT),
-        (r"\bnon ?neoplastic\b|\binflammat\w*|\bdermatitis\b|\beczema\b|\bacne\b|\bpsoriasis\b|\binfection\w*"
-         r"|\bmonkeypox\b|\bmpox\b", OTHER),
+        ((r"\bnon ?neoplastic\b|\binflammat\w*|\bdermatitis\b|\beczema\b|\bacne\b|\bpsoriasis\b|\binfection\w*"
+         r"|\bmonkeypox\b|\bmpox\b"), OTHER),
         (r"\blesions?\b", NEUTRAL),
     ],
     "us": [
         (r"\bno lesions?\b|\bwithout (?:a )?lesions?\b|\blesion ?free\b|\bnormal\b|\bhealthy\b", _NORMAL),
-        (r"\bbenign(?: mass(?:es)?| lesions?)?\b|\bfibroadenomas?\b", _BENIGN),
-        (r"\bmalignan\w*|\bcancers?\b|\bcarcinomas?\b", _MALIGNANT),
+        ((r"\bbenign(?: mass(?:es)?| lesions?)?\b|\bfibroadenomas?\b|\b\w*cystadenomas?\b|\bteratomas?\b"
+         r"|\b(?:simple |chocolate )?cysts?\b|\bendometriomas?\b|\btheca cell tumou?rs?\b|\bfibromas?\b"), _BENIGN),
+        (r"\bmalignan\w*|\bcancers?\b|\b\w*carcinomas?\b|\bsarcomas?\b", _MALIGNANT),
         (r"\blesions?\b", NEUTRAL),
     ],
     "retina": [
@@ -344,8 +347,8 @@ _PHRASES: dict[str, list[Term]] = {
         (r"\b(?:dr|grade|level|r) ?([0-4])\b", lambda m: _grade(int(m.group(1)))),
         (r"\bdiabetic retinopathy\b|\bdiabet\w*|\bdr present\b|\bdr\b", _ANY_DR),
         (r"\bnormal\b|\bhealthy\b|\bno findings?\b", _NORMAL_FUNDUS),
-        (r"\bglaucom\w*|\bcataract\w*|\bamd\b|\bmacular\w*|\bmyopi\w*|\bdrusen\b|\bretinal detachment\b"
-         r"|\bretinitis\b|\boedema\b|\bedema\b|\bocclusion\b|\btoxoplasm\w*", OTHER),
+        ((r"\bglaucom\w*|\bcataract\w*|\bamd\b|\bmacular\w*|\bmyopi\w*|\bdrusen\b|\bretinal detachment\b"
+         r"|\bretinitis\b|\boedema\b|\bedema\b|\bocclusion\b|\btoxoplasm\w*"), OTHER),
     ],
     "histo": [
         (r"\bnormal(?: breast)?(?: tissues?)?\b", _NORMAL),
@@ -378,10 +381,10 @@ _PHRASES: dict[str, list[Term]] = {
         (r"\b\w*gliom\w*|\bastroc[iy]tom\w*|\bglioblastom\w*|\bependymom\w*|\bependimom\w*|\bgbm\b", _GLIOMA),
         (r"\bmeningiom\w*", _MENINGIOMA),
         (r"\bpituitar\w*(?: tumou?rs?| adenomas?| macroadenomas?)?|\bprolactinom\w*", _PITUITARY),
-        (r"\bneuroc[iy]tom\w*|\bschwannom\w*|\bneurinom\w*|\bacoustic neuromas?\b|\bmetasta\w*|\blymphom\w*"
-         r"|\bmedulloblastom\w*|\bcraniopharyngiom\w*", _OTHER_TUMOUR),
-        (r"\babscess\w*|\bcysts?\b|\bcistos?\b|\bencephalopath\w*|\bencefalopat\w*|\blesions?\b|\blesoes\b"
-         r"|\bstroke\b|\bmultiple sclerosis\b|\binfarct\w*|\bhaemorrhag\w*|\bhemorrhag\w*", OTHER),
+        ((r"\bneuroc[iy]tom\w*|\bschwannom\w*|\bneurinom\w*|\bacoustic neuromas?\b|\bmetasta\w*|\blymphom\w*"
+         r"|\bmedulloblastom\w*|\bcraniopharyngiom\w*"), _OTHER_TUMOUR),
+        ((r"\babscess\w*|\bcysts?\b|\bcistos?\b|\bencephalopath\w*|\bencefalopat\w*|\blesions?\b|\blesoes\b"
+         r"|\bstroke\b|\bmultiple sclerosis\b|\binfarct\w*|\bhaemorrhag\w*|\bhemorrhag\w*"), OTHER),
         (r"\bbrain tumou?rs?\b|\btumou?rs?(?: present)?\b|\btumorous\b|\btumoral\b", _TUMOUR),
     ],
     "chest": [
@@ -395,12 +398,19 @@ _PHRASES: dict[str, list[Term]] = {
         (r"\bfung\w*|\bpneumocystis\b|\baspergill\w*", _FUNGAL),
         (r"\bpneumonias?\b|\bpnemonia\b|\bpneumonitis\b|\blung infections?\b|\bchest infections?\b", _PNEUMONIA),
         (r"\blung opacit\w*", _OPACITY),
-        (r"\btubercul\w*|\btb\b|\bnodules?\b|\bmass(?:es)?\b|\beffusion\w*|\bcardiomegal\w*|\batelecta\w*"
+        ((r"\btubercul\w*|\btb\b|\bnodules?\b|\bmass(?:es)?\b|\beffusion\w*|\bcardiomegal\w*|\batelecta\w*"
          r"|\bpneumothora\w*|\boedema\b|\bedema\b|\bemphysema\b|\bfibrosis\b|\bhernia\b|\bfractur\w*|\bcopd\b"
          r"|\btumou?rs?\b|\bsick\b|\bfindings?\b|\bdiseases?\b|\blesions?\b|\binfiltrat\w*|\bconsolidation\b"
-         r"|\bpleural\w*|\bcardiomediastinum\b|\bsupport devices?\b", OTHER),
+         r"|\bpleural\w*|\bcardiomediastinum\b|\bsupport devices?\b"), OTHER),
     ],
 }
+
+#: a label read without any card or organ: only the words every specialty shares
+_PHRASES["generic"] = [
+    (r"\bno findings?\b|\bnormal\b|\bhealthy\b", _NORMAL),
+    (r"\bnon ?malignant\b|\bbenign\b", _H_BENIGN),
+    (r"\bmalignan\w*|\bcancers?\b|\bcarcinomas?\b", _H_MALIGNANT),
+]
 
 _DOMAIN_OF_MODALITY = {
     "dermatoscopy": "skin", "clinical_photography": "skin", "ultrasound": "us", "mammography": "us",
@@ -426,13 +436,18 @@ def _strip_index(name: str) -> str:
     return re.sub(r"^\d+(?:\.\d+)*[._]\s*(?=[A-Za-z])", "", name.strip())
 
 
+_COMPILED: dict[str, list[tuple[re.Pattern[str], Any]]] = {
+    domain: [(re.compile(p), v) for p, v in terms + _COMMON_TERMS] for domain, terms in _PHRASES.items()
+}
+
+
 def _terms(text: str, domain: str) -> list[Finding | None]:
     """The findings the phrases in ``text`` name, most specific phrase first, no overlaps."""
     norm = _normalise(text)
     taken = [False] * len(norm)
     found: list[Finding | None] = []
-    for pattern, value in _PHRASES.get(domain, []) + _COMMON_TERMS:
-        for m in re.finditer(pattern, norm):
+    for pattern, value in _COMPILED.get(domain) or _COMPILED["generic"]:
+        for m in pattern.finditer(norm):
             if any(taken[m.start():m.end()]):
                 continue
             for i in range(m.start(), m.end()):
@@ -455,12 +470,13 @@ def _combine(findings: list[Finding | None]) -> Finding | None:
     if any(f.grades is not None for f in real):
         return OTHER
     ordered = sorted(set(real), key=lambda f: len(f.tags))
-    if all(a.tags <= b.tags for a, b in zip(ordered, ordered[1:])):
+    if all(a.tags <= b.tags for a, b in itertools.pairwise(ordered)):
         return ordered[-1]
     shared = frozenset.intersection(*(f.tags for f in real))
     return Finding(shared) if shared - {"lesion", "melanocytic", "keratinocytic"} else OTHER
 
 
+@lru_cache(maxsize=4096)
 def interpret_phrase(text: str, domain: str) -> Finding | None:
     """The finding a free-text phrase names in ``domain`` (skin, us, retina, histo, brain, chest)."""
     outside = re.sub(r"\([^)]*\)", " ", text)
@@ -474,7 +490,7 @@ def interpret_phrase(text: str, domain: str) -> Finding | None:
 # reading a data card
 # ------------------------------------------------------------------------------------------------
 
-_CODE = re.compile(r"^-?\d+(?:\.\d+)?[a-z]?$", re.I)
+_CODE = re.compile(r"^-?\d+(?:\.\d+)?[a-z]?$", re.IGNORECASE)
 
 #: public datasets whose integer labels their card does not spell out (expert knowledge)
 _KNOWN_CODES: tuple[tuple[str, dict[str, str]], ...] = (
@@ -483,8 +499,8 @@ _KNOWN_CODES: tuple[tuple[str, dict[str, str]], ...] = (
     (r"patchcamelyon|pcam", {"0": "normal lymph node", "1": "metastasis"}),
 )
 
-_DR_GRADED = re.compile(r"diabetic[ -]retinopathy|\bicdr\b|retinopathy grade|\bnpdr\b|\bpdr\b|\bdr\b", re.I)
-_LEGEND = re.compile(r"\s*Classes are coded as numbers \((.*)\); see [\w.\-]+\.?", re.S)
+_DR_GRADED = re.compile(r"diabetic[ -]retinopathy|\bicdr\b|retinopathy grade|\bnpdr\b|\bpdr\b|\bdr\b", re.IGNORECASE)
+_LEGEND = re.compile(r"\s*Classes are coded as numbers \((.*)\); see [\w.\-]+\.?", re.DOTALL)
 
 
 @dataclass
@@ -554,7 +570,8 @@ def _card_context(card: Mapping[str, Any] | None, domain_hint: str | None) -> _C
     )
 
 
-def _code_glosses(description: str, code: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def _code_glosses(description: str, code: str) -> tuple[str, ...]:
     """What a card description says an integer label means ("1 = tumour", "(1 meningioma, ...)")."""
     c = re.escape(code)
     lead = r"(?<![\w.\-/])"
@@ -567,10 +584,11 @@ def _code_glosses(description: str, code: str) -> list[str]:
         lo, names = int(m.group(1)), [n.strip() for n in re.split(r",\s*|\s+and\s+", m.group(3)) if n.strip()]
         if code.isdigit() and 0 <= int(code) - lo < len(names):
             out.append(names[int(code) - lo])
-    return out
+    return tuple(out)
 
 
-def _name_glosses(description: str, name: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def _name_glosses(description: str, name: str) -> tuple[str, ...]:
     """What a card description says a class name means ("'malignant' here means melanoma")."""
     out = []
     for variant in {name, _strip_index(name)}:
@@ -581,8 +599,8 @@ def _name_glosses(description: str, name: str) -> list[str]:
         verbs = r"(?:here\s+)?(?:means|is|are|covers|denotes|stands for)"
         for pattern in (rf"'{n}'\s+{verbs}\s+([^.;:]+)", rf"(?<![\w'\-])\b{n}\b\s+{verbs}\s+([^.;:]+)",
                         rf"(?<![\w'\-])\b{n}\b(?:\s+(?:images|scans|cases|patches))?\s*\(([^)]+)\)"):
-            out += [g.rstrip(") ") for g in re.findall(pattern, description, re.I)]
-    return out
+            out += [g.rstrip(") ") for g in re.findall(pattern, description, re.IGNORECASE)]
+    return tuple(out)
 
 
 def _resolve_opacity(finding: Finding | None, ctx: _CardContext) -> Finding | None:
@@ -598,7 +616,7 @@ def _read_code(code: str, ctx: _CardContext) -> Finding | None:
     if glosses:
         return _combine([_read_name(g, ctx, allow_code=False) for g in glosses])
     for pattern, codes in _KNOWN_CODES:
-        if re.search(pattern, ctx.name, re.I) and code in codes:
+        if re.search(pattern, ctx.name, re.IGNORECASE) and code in codes:
             return interpret_phrase(codes[code], ctx.domain)
     if ctx.domain == "retina" and ctx.dr_graded and code in {"0", "1", "2", "3", "4"}:
         return _grade(int(code))
@@ -642,7 +660,7 @@ class _Pattern:
     grades_subset: frozenset[int] | None = None
     grades_exact: frozenset[int] | None = None
     exact: Finding | None = None
-    negated: tuple["_Pattern", ...] = ()
+    negated: tuple[_Pattern, ...] = ()
     specific: bool = False
 
     def matches(self, f: Finding) -> bool:
@@ -711,6 +729,7 @@ _TARGET_MEANINGS: dict[str, _Pattern] = {
 }
 
 
+@lru_cache(maxsize=1024)
 def _target_meaning(target: str, domain: str) -> _Pattern | None:
     key = re.sub(r"[\s\-]+", "_", target.strip().lower())
     if key in _TARGET_MEANINGS:
@@ -729,7 +748,7 @@ def _target_meaning(target: str, domain: str) -> _Pattern | None:
 _LEFT_OUT = re.compile(r"(?:\b(?:is|are)\s+)?\b(?:left out|dropped|excluded|ignored|discarded|not used)\b")
 _VERB_END = re.compile(r"(?:\b(?:all|both)\s+)?\b(?:(?:counts?|counted)\s+as|are|is|as|(?:maps?|mapped|goe?s?|belongs?)"
                        r"\s+(?:to|into))\s*$")
-_GRADE_END = re.compile(r"\bgrades?\s+\d\s*(?:-|\u2013|to|and)\s*\d\s*$", re.I)
+_GRADE_END = re.compile(r"\bgrades?\s+\d\s*(?:-|\u2013|to|and)\s*\d\s*$", re.IGNORECASE)
 
 
 def _split_top(text: str) -> list[str]:
@@ -786,10 +805,12 @@ def _subject_patterns(subject: str, domain: str) -> list[_Pattern]:
     """The classes a note's subject phrase names ("Normal scans and benign lesions", "Grades 0-1")."""
     # keep "grades 0 and 1" / "grade from 1 to 4" in one piece when splitting the list
     subject = re.sub(r"\b(grades?\s+(?:from\s+)?\d)\s*(?:-|\u2013|and|to|or)\s*(\d)\b", r"\1-\2", subject,
-                     flags=re.I)
+                     flags=re.IGNORECASE)
     neither = re.search(r"\bneither\s+(.+?)\s+nor\s+(.+)$", subject)
-    if neither:
-        inner = [p for g in neither.groups() for p in _piece_patterns(g, domain)]
+    other_than = re.search(r"\b(?:other than|except(?: for)?|apart from|besides)\s+(.+)$", subject)
+    if neither or other_than:  # everything but the named classes
+        named = list(neither.groups()) if neither else _split_top(other_than.group(1)) if other_than else []
+        inner = [p for g in named for p in _piece_patterns(g, domain)]
         return [_Pattern(negated=tuple(inner))] if inner else []
     patterns = []
     for part in _split_top(subject):
@@ -819,8 +840,13 @@ def _scale_rules(segment: str, targets: list[str], domain: str) -> list[tuple[_P
     return rules
 
 
-def note_rules(note: str, targets: list[str], domain: str) -> list[tuple[_Pattern, str | None]]:
+def note_rules(note: str, targets: Iterable[str], domain: str) -> tuple[tuple[_Pattern, str | None], ...]:
     """The note's rules: (classes, target) for "X count as T", (classes, None) for "X are left out"."""
+    return _note_rules(note or "", tuple(targets), domain)
+
+
+@lru_cache(maxsize=256)
+def _note_rules(note: str, targets: tuple[str, ...], domain: str) -> tuple[tuple[_Pattern, str | None], ...]:
     rules: list[tuple[_Pattern, str | None]] = []
     for segment in re.split(r";|(?<=\.)(?<!e\.g\.)(?<!i\.e\.)\s+", note or ""):
         segment = segment.strip().rstrip(".")
@@ -851,7 +877,7 @@ def note_rules(note: str, targets: list[str], domain: str) -> list[tuple[_Patter
                 continue
             rules += [(p, target) for p in _subject_patterns(subject.strip(" ,"), domain)]
             start = end
-    return rules
+    return tuple(rules)
 
 
 def _domain_for(card: Mapping[str, Any] | None, targets: list[str], modality: str | None,
@@ -902,12 +928,13 @@ def map_class(local_name: str, card: dict | None, targets: list[str], note: str,
     """The target class a site's local class name belongs to under this task's note, or None (drop).
 
     ``modality`` and ``body_part`` (from :func:`parse_request`) are optional: with them, classes of
-    a card of another modality or organ (thyroid nodules for a breast task) are dropped too.
+    a card of another modality or organ (thyroid nodules for a breast task) are dropped too. Without
+    ``body_part`` the organ is read from the target names and the note, when they name one.
     """
     modality = (normalise_modality(modality) or modality) if modality else None
     if card and modality and str(card.get("modality") or "").lower() != modality:
         return None
-    part = body_part or infer_body_part(modality, targets)
+    part = body_part or infer_body_part(modality or (card or {}).get("modality"), targets, note=note)
     if card and not _body_parts_agree(part, card.get("body_part")):
         return None
     domain = _domain_for(card, targets, modality, part)
