@@ -89,14 +89,16 @@ def _s1(fine: bool, ctx: dict) -> str:
 
 
 def _c1(fine: bool, ctx: dict) -> str:
-    text = (f"Broadcast from the server: the federation will train a {ctx['task_type']} model on {ctx['modality']} "
-            f"images with target classes {', '.join(ctx['target_classes'])}.\n"
+    about = f" ({ctx['title']})" if ctx.get("title") else ""
+    organ = f" of the {ctx['body_part']}" if ctx.get("body_part") else ""
+    text = (f"Broadcast from the server: the federation will train a {ctx['task_type']} model{about} on "
+            f"{ctx['modality']} images{organ} with target classes {', '.join(ctx['target_classes'])}.\n"
             + (f"Task note: {ctx['class_note']}\n" if ctx.get("class_note") else "")
             + "Your data cards are in data_cards.json.\n")
     if fine:
-        text += ("Steps: 1. read_data_cards. 2. A dataset matches only if it holds images of this modality from "
-                 "human patients, is labelled for classification, and its classes can be mapped onto every target "
-                 "class. Segmentation-only, registration, unlabelled, animal and other-modality datasets do not "
+        text += ("Steps: 1. read_data_cards. 2. A dataset matches only if it holds images of this modality and "
+                 "body part from human patients, is labelled for classification, and its classes can be mapped "
+                 "onto every target class. Segmentation-only, registration, unlabelled, animal and other-modality datasets do not "
                  "match. 3. Choose every matching dataset, not only the first.")
     return text
 
@@ -139,8 +141,10 @@ def _c2(fine: bool, ctx: dict) -> str:
 
 def _c3(fine: bool, ctx: dict) -> str:
     targets = ", ".join(ctx["target_classes"])
-    text = (f"Harmonise the labels of the cleaned datasets in {ctx['input_path']} (one folder per dataset) onto the "
-            f"target classes [{targets}] and write the result to {ctx['output_path']}/<target class>/.\n"
+    about = f" for the {ctx['title']} model" if ctx.get("title") else ""
+    organ = f" ({ctx['body_part']} images)" if ctx.get("body_part") else ""
+    text = (f"Harmonise the labels of the cleaned datasets{organ} in {ctx['input_path']} (one folder per dataset) "
+            f"onto the target classes [{targets}]{about} and write the result to {ctx['output_path']}/<target class>/.\n"
             f"Task note: {ctx['class_note']}\n")
     if fine:
         text += (

@@ -92,10 +92,11 @@ class SkylinePolicy:
         if "read_data_cards" not in turn.calls_made:
             return _call("read_data_cards")
         cards = _cards_from(turn) or []
-        modality = _line(r"model on (.+?) images", turn.user)
+        modality = _line(r" on (\S+) images", turn.user)
+        organ = _line(r" images of the (.+?) with target classes", turn.user) or None
         targets = [t.strip() for t in _line(r"target classes (.+?)\.\n", turn.user).split(",") if t.strip()]
         note = _line(r"Task note: (.*)", turn.user)
-        chosen = [c["dataset name"] for c in cards if dataset_matches(c, modality, targets, note)]
+        chosen = [c["dataset name"] for c in cards if dataset_matches(c, modality, targets, note, body_part=organ)]
         if not chosen:
             return _answer("no dataset: no local dataset holds labelled images of this modality whose classes "
                            "cover every target class")
@@ -131,10 +132,11 @@ class SkylinePolicy:
         return _answer(f"Output path: {out}\nData Cleaning Complete")
 
     def act_C3(self, turn: Turn) -> AIMessage:
-        source = _line(r"cleaned datasets in (\S+) \(one folder per dataset\)", turn.user, "work/cleaned")
+        source = _line(r" in (\S+) \(one folder per dataset\)", turn.user, "work/cleaned")
         dest = _line(r"write the result to (\S+)/<target class>", turn.user, "work/harmonised")
         targets = [t.strip() for t in _line(r"onto the target classes \[([^\]]+)\]", turn.user).split(",") if t.strip()]
         note = _line(r"Task note: (.*)", turn.user)
+        organ = _line(r"cleaned datasets \((.+?) images\)", turn.user) or None
         if not turn.calls:  # the input's top level: one folder per dataset
             return _call("list_class_folders", path=source)
         top = _json_from_tool(turn.tool_results[0][1]) or {}
@@ -150,7 +152,7 @@ class SkylinePolicy:
                 return _call("list_class_folders", path=f"{source}/{name}")
             listing = _json_from_tool(turn.tool_results[-1][1]) or {}
             local = list((listing.get("class_folders") or {}).keys())
-            mapping = {c: map_class(c, _card(cards, name), targets, note) for c in local}
+            mapping = {c: map_class(c, _card(cards, name), targets, note, body_part=organ) for c in local}
             return _call("apply_label_mapping", source=f"{source}/{name}", mapping=mapping, destination=dest,
                          merge=index > 0)
         lines = [f"{k} -> {v or 'drop'}" for tool, args in turn.calls if tool == "apply_label_mapping"

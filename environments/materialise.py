@@ -12,6 +12,7 @@ size of a real encoding.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -171,15 +172,16 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
     order = rng.permutation(len(images))
     images = [images[i] for i in order]
 
-    injected = _inject_issues(ctx, plan, images, list(names.values()), colour)
-    images = _shuffle(images, rng)  # injected files take random names, rows and paths, like clean ones
-    for im in images:
+    aux = _aux_rng(ctx, plan)
+    injected = _inject_issues(ctx, plan, images, list(names.values()), colour, aux)
+    for im in images:  # each image's format is an independent draw, so drawing it before the shuffle tells nothing
         im.fmt = plan.formats[0] if len(plan.formats) == 1 or rng.random() < 0.7 else plan.formats[1]
         if im.fmt == "nifti" and im.pixels.ndim == 3:
             im.pixels = to_mode(im.pixels, colour=False)
+    images = _shuffle(images, aux)  # injected files take random names, rows and paths, like clean ones
 
     layout = plan.layout if labelled else ("flat" if "segmentation" not in card.task_types else "segmentation")
-    label_file = _place_and_write(ctx, plan, root, root_rel, images, layout, records)
+    label_file = _place_and_write(ctx, plan, root, root_rel, images, layout, records, aux)
     injected["non_image"] = _write_junk(ctx, plan, root, root_rel, records)
 
     legend = None
@@ -211,7 +213,16 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
     )
 
 
-def _inject_issues(ctx: BuildContext, plan: DatasetPlan, images: list[_Image], classes: list[str], colour: bool) -> dict[str, int]:
+def _aux_rng(ctx: BuildContext, plan: DatasetPlan) -> np.random.Generator:
+    """A second random stream for one dataset, for the draws that hide injected files (their order,
+    broken files' content and sizes). Kept apart from ``ctx.rng`` so that every other draw of a
+    seed's build (pixels, profiles, styles) stays where it was."""
+    digest = hashlib.sha256(f"{ctx.uid_seed}/{plan.card.name}/aux".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _inject_issues(ctx: BuildContext, plan: DatasetPlan, images: list[_Image], classes: list[str], colour: bool,
+                   aux: np.random.Generator) -> dict[str, int]:
     """Add duplicates, off-topic images, wrong labels and broken files to the image list in place."""
     rng, done = ctx.rng, {}
     if not plan.issues or not classes:
@@ -242,8 +253,8 @@ def _inject_issues(ctx: BuildContext, plan: DatasetPlan, images: list[_Image], c
     for kind in ("corrupt", "truncated", "zero_byte"):
         for _ in range(plan.issues.get(kind, 0)):
             # a perturbed copy of a random image: a truncated file shares no byte prefix with a kept one
-            base = images[int(rng.integers(0, len(images)))].pixels.astype(np.float32)
-            pixels = np.clip(base * rng.uniform(0.96, 1.04) + rng.normal(0, 2.0, base.shape), 0, 255)
+            base = images[int(aux.integers(0, len(images)))].pixels.astype(np.float32)
+            pixels = np.clip(base * aux.uniform(0.96, 1.04) + aux.normal(0, 2.0, base.shape), 0, 255)
             images.append(_Image(pixels.round().astype(np.uint8), str(rng.choice(classes)), None, kind))
             done[kind] = done.get(kind, 0) + 1
     return done
@@ -264,10 +275,11 @@ def _shuffle(images: list[_Image], rng: np.random.Generator) -> list[_Image]:
 
 
 def _place_and_write(ctx: BuildContext, plan: DatasetPlan, root: Path, root_rel: str, images: list[_Image],
-                     layout: str, records: list[FileRecord]) -> str | None:
+                     layout: str, records: list[FileRecord], aux: np.random.Generator) -> str | None:
     """Choose each image's path for the layout, write images and the label file; return its name."""
     rng = ctx.rng
     rows: list[dict] = []
+    corrupt: list[tuple[Path, str, bytes]] = []
     patients = max(2, len(images) // 3)
     for i, im in enumerate(images):
         stem = _file_stem(plan, rng, i)
@@ -288,7 +300,9 @@ def _place_and_write(ctx: BuildContext, plan: DatasetPlan, root: Path, root_rel:
     for i, im in enumerate(images):
         path = root / im.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_image(ctx, plan, path, im, i)
+        garbage = _write_image(ctx, plan, path, im, i, aux)
+        if garbage is not None:
+            corrupt.append((path, im.fmt, garbage))
         is_image = im.issue not in ("corrupt", "truncated", "zero_byte")
         records.append(FileRecord(
             path=f"{root_rel}/{im.relpath}",
@@ -306,7 +320,24 @@ def _place_and_write(ctx: BuildContext, plan: DatasetPlan, root: Path, root_rel:
             grey = to_mode(im.pixels, colour=False)
             formats.write_png(root / mask_rel, ((grey > grey.mean()) * 255).astype(np.uint8))
             records.append(FileRecord(path=f"{root_rel}/{mask_rel}", kind="mask", format="png"))
+    _write_corrupt(corrupt, [(root / im.relpath, im.fmt) for im in images
+                             if im.issue not in ("corrupt", "truncated", "zero_byte")], aux)
     return _write_label_file(plan, root, root_rel, layout, rows, records, rng)
+
+
+def _write_corrupt(corrupt: list[tuple[Path, str, bytes]], written: list[tuple[Path, str]],
+                   aux: np.random.Generator) -> None:
+    """Corrupt files: garbage about as long as the dataset's real files of the same format, so that
+    their size alone does not give them away."""
+    sizes: dict[str, list[int]] = {}
+    for path, fmt in written:
+        sizes.setdefault(fmt, []).append(path.stat().st_size)
+    every = [n for ns in sizes.values() for n in ns]
+    for path, fmt, garbage in corrupt:
+        typical = float(np.median(sizes.get(fmt) or every or [len(garbage)]))
+        n = max(64, int(typical * aux.uniform(0.85, 1.15)))
+        extra = aux.integers(0, 256, max(0, n - len(garbage)), dtype=np.uint8).tobytes()
+        path.write_bytes((garbage + extra)[:n])
 
 
 def _write_label_file(plan: DatasetPlan, root: Path, root_rel: str, layout: str, rows: list[dict],
@@ -355,11 +386,17 @@ def _patient(ctx: BuildContext) -> formats.Patient:
     return patient
 
 
-def _write_image(ctx: BuildContext, plan: DatasetPlan, path: Path, im: _Image, index: int) -> None:
-    """Encode ``im`` in its format; broken files are a real encoding, cut or replaced."""
+def _write_image(ctx: BuildContext, plan: DatasetPlan, path: Path, im: _Image, index: int,
+                 aux: np.random.Generator) -> bytes | None:
+    """Encode ``im`` in its format; broken files are a real encoding, cut, or garbage. For a corrupt
+    file, return its garbage (the caller sizes and writes it once the real files are on disk)."""
     if im.issue == "zero_byte":
         path.write_bytes(b"")
-        return
+        return None
+    if im.issue == "corrupt":
+        garbage = ctx.rng.integers(0, 256, int(ctx.rng.integers(200, 2000)), dtype=np.uint8).tobytes()
+        path.write_bytes(garbage)
+        return garbage
     p = ctx.profile
     if im.fmt == "png":
         formats.write_png(path, im.pixels)
@@ -383,10 +420,8 @@ def _write_image(ctx: BuildContext, plan: DatasetPlan, path: Path, im: _Image, i
         raise ValueError(f"unknown format {im.fmt}")
     if im.issue == "truncated":  # the first 30-60 % of a real encoding
         data = path.read_bytes()
-        path.write_bytes(data[: max(16, int(len(data) * ctx.rng.uniform(0.3, 0.6)))])
-    elif im.issue == "corrupt":  # garbage about as long as a real encoding, so size alone does not tell
-        n = max(64, int(path.stat().st_size * ctx.rng.uniform(0.85, 1.15)))
-        path.write_bytes(ctx.rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        path.write_bytes(data[: max(16, int(len(data) * aux.uniform(0.3, 0.6)))])
+    return None
 
 
 _JUNK: tuple[tuple[str, bytes], ...] = (

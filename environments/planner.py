@@ -63,14 +63,14 @@ def plan_environment(
 ) -> list[HospitalPlan]:
     """Hospitals with their datasets for one environment at ``scale``."""
     spec = SCALES[scale]
-    cards = [c for c in cards if placeable(c, tasks)]
-    relevant = [c for c in cards if any(t.is_relevant(c) for t in tasks)]
+    relevant = [c for c in cards if c.has_real_pixels and any(t.is_relevant(c) for t in tasks)]
     distractors = [c for c in cards if c not in relevant]
     if len(relevant) < 2:
         raise ValueError(f"{tasks[0].environment}: the catalogue has fewer than two relevant cards")
     order = list(rng.permutation(len(relevant)))
     relevant = [relevant[i] for i in order]
-    distractors = [distractors[i] for i in rng.permutation(len(distractors))]
+    # cards that are not placeable are dropped after the draw, so a seed's other draws stay as they were
+    distractors = [distractors[i] for i in rng.permutation(len(distractors)) if placeable(distractors[i], tasks)]
 
     if spec.hospitals is None:  # full: every card somewhere
         n_rel = max(2, math.ceil(len(relevant) / 2))
@@ -164,6 +164,9 @@ def _assign_styles(hospitals: list[HospitalPlan], spec: ScaleSpec, rng: np.rando
             "zero_byte": 1 if i % 2 == 0 else 0,
             "non_image": int(rng.integers(2, 5)),
         }
+    if relevant and not any("dicom" in plan.formats for plan in relevant):
+        # every environment has DICOM among its relevant data (small scale and above cycle through it anyway)
+        relevant[0].formats = ["dicom", *relevant[0].formats[:1]]
     for h in hospitals:
         for plan in h.datasets:
             if not plan.relevant_to:

@@ -117,8 +117,9 @@ class ImagePool:
                 reason = f"{filename} could not be read: {exc}"
             else:
                 self._images = images
+                distinct = _distinct(images)
                 for cls in range(self.n_classes):
-                    idx = np.flatnonzero(labels == cls)
+                    idx = np.flatnonzero((labels == cls) & distinct)
                     self._queues[cls] = list(self._rng.permutation(idx))
                 return PoolInfo(self.environment, "real", filename,
                                 images_available={c: len(q) for c, q in self._queues.items()})
@@ -164,6 +165,29 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         images = np.concatenate([data[f"{s}_images"] for s in splits])
         labels = np.concatenate([data[f"{s}_labels"].reshape(-1) for s in splits]).astype(int)
     return images, labels
+
+
+def _distinct(images: np.ndarray, min_corr: float = 0.99, block: int = 1024) -> np.ndarray:
+    """Mask of the images to use: the first of each group of near-identical images. Real pools hold
+    the same scan more than once (the brain MRI sets do); two such "clean" files in one site would
+    be indistinguishable from an injected duplicate pair, so the key could not call them clean."""
+    grey = images.astype(np.float32)
+    if grey.ndim == 4:
+        grey = grey.mean(axis=-1)
+    n, size = grey.shape[0], grey.shape[1]
+    k = max(1, size // 16)
+    side = size // k
+    thumbs = grey[:, : side * k, : side * k].reshape(n, side, k, side, k).mean(axis=(2, 4)).reshape(n, -1)
+    thumbs -= thumbs.mean(axis=1, keepdims=True)
+    thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-8
+    keep = np.ones(n, dtype=bool)
+    for start in range(0, n, block):
+        corr = thumbs[start:start + block] @ thumbs.T  # (b, n)
+        for row, i in enumerate(range(start, min(n, start + block))):
+            if keep[i]:
+                later = np.flatnonzero(corr[row, i + 1:] >= min_corr) + i + 1
+                keep[later] = False
+    return keep
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:

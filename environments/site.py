@@ -59,7 +59,8 @@ def average_hash(img: np.ndarray) -> str:
     """64-bit average hash (8x8 grey, thresholded at the mean): survives resizing and re-encoding."""
     from PIL import Image
 
-    grey = to_mode(img, colour=False)
+    grey = to_mode(img, colour=False).astype(np.float32)
+    # 8x8 means in float: rounding them to uint8 would flip near-mean cells under a contrast stretch
     small = np.asarray(Image.fromarray(grey).resize((8, 8), Image.BOX), dtype=np.float32)
     bits = (small > small.mean()).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"

@@ -33,6 +33,10 @@ REQUIREMENT_ALGORITHMS: dict[str, tuple[str, ...]] = {
     "heterogeneous_architectures": ("FedMD", "FedProto"),
 }
 
+#: the organ each environment's tasks are about, spelt as the data cards' ``body_part``
+BODY_PART: dict[str, str] = {"dermatoscopy": "skin", "ultrasound": "breast", "fundus": "retina",
+                             "histopathology": "breast", "mri": "brain", "xray": "chest"}
+
 #: how a requirement reads in a user's request
 REQUIREMENT_TEXT: dict[str, str] = {
     "baseline": "The hospitals' data are broadly similar and nobody has special requirements; a standard, well-understood approach is preferred.",
@@ -58,6 +62,8 @@ class TaskSpec(BaseModel):
     #: concept -> target class; concepts not listed are dropped
     concept_to_target: dict[str, str]
     requirement: str
+    #: the organ the images show; part of the criterion (a thyroid ultrasound set does not fit a breast task)
+    body_part: str
     image_size: int
     colour: bool
     #: a phrase that tells a reader how ambiguous classes map, part of both requests
@@ -84,13 +90,14 @@ class TaskSpec(BaseModel):
         """The criterion as the agents read it (C1's prompt, step 2 of the fine request): images of this
         modality from human patients, labelled for classification, classes that cover every target class."""
         return (card.is_classification and card.modality == self.environment and card.species == "human"
-                and bool(card.classes) and self.covers_targets(card))
+                and card.body_part == self.body_part and bool(card.classes) and self.covers_targets(card))
 
     def criterion_is_ambiguous(self, card: DatasetCard) -> bool:
         """A careful reader could argue either way: a human multi-label card of this modality whose
         labels cover every target class is "labelled for classification" in the loose sense only."""
         return (not self.meets_criterion(card) and "multi_label_classification" in card.task_types
-                and card.modality == self.environment and card.species == "human" and self.covers_targets(card))
+                and card.modality == self.environment and card.species == "human"
+                and card.body_part == self.body_part and self.covers_targets(card))
 
     def is_relevant(self, card: DatasetCard) -> bool:
         """The answer key's relevance: the stated criterion, nothing else (see :func:`placeable`)."""
@@ -107,15 +114,16 @@ class TaskSpec(BaseModel):
         need = REQUIREMENT_TEXT[self.requirement]
         note = f" {self.class_note}" if self.class_note else ""
         if guidance == "goal":
-            return f"I want to train a {self.title} model on {modality} images, with classes: {targets}.{note} {need}"
+            return (f"I want to train a {self.title} model on {modality} images of the {self.body_part}, "
+                    f"with classes: {targets}.{note} {need}")
         if guidance != "fine":
             raise ValueError(f"guidance must be 'fine' or 'goal', not {guidance!r}")
         return (
-            f"Goal: train a {self.title} model on {modality} images with federated learning.\n"
+            f"Goal: train a {self.title} model on {modality} images of the {self.body_part} with federated learning.\n"
             f"1. Extract the requirements: modality {modality}, task type classification, target classes "
             f"[{targets}].{note}\n"
             "2. Ask every hospital to read its data cards and report each local dataset that matches: "
-            f"{modality} images of human patients, labelled for classification with classes that cover {targets}. "
+            f"{modality} images of the {self.body_part} of human patients, labelled for classification with classes that cover {targets}. "
             "Segmentation, registration, unlabelled, animal and other-modality datasets do not match.\n"
             "3. Approve exactly the hospitals that reported at least one matching dataset; release the others.\n"
             "4. At each approved hospital, copy the matching datasets into the work area, organise them into one "
@@ -144,6 +152,7 @@ def _task(environment: str, task_id: str, title: str, targets: dict[str, list[st
     return TaskSpec(
         task_id=task_id,
         environment=environment,
+        body_part=BODY_PART[environment],
         title=title,
         target_classes=list(targets),
         concept_to_target=mapping,

@@ -50,7 +50,7 @@ def ensure_environments(spec: BenchSpec, progress: Callable[[str], None] | None 
     """Build the environments the matrix needs, unless an identical build is already there."""
     import json
 
-    from environments.builder import build_environment
+    from environments.builder import GENERATOR_VERSION, build_environment
 
     root = environments_dir(spec)
     needed = {key.environment for key in matrix(spec)}  # --task can leave environments out
@@ -58,7 +58,8 @@ def ensure_environments(spec: BenchSpec, progress: Callable[[str], None] | None 
         manifest = root / env / "environment.json"
         if manifest.is_file():
             m = json.loads(manifest.read_text("utf-8"))
-            if m.get("seed") == spec.seed and m.get("scale") == spec.scale:
+            same = (m.get("seed"), m.get("scale"), m.get("generator_version"))
+            if same == (spec.seed, spec.scale, GENERATOR_VERSION):
                 continue
         if progress:
             progress(f"building {env} ({spec.scale}, seed {spec.seed})")

@@ -137,11 +137,16 @@ def fan_out_c1(state: WorkflowState) -> list:
             for name in state.clients]
 
 
+def _request_words(spec) -> dict[str, str]:
+    """What the server forwards of the user's request in its own words: the title, the organ, the note."""
+    return {"title": spec.title, "body_part": spec.body_part, "class_note": spec.class_note}
+
+
 def c1_node(task: ClientTask) -> dict[str, Any]:
     req = task.requirements
     ctx = {"modality": req.get("modality", ""), "task_type": req.get("task_type", "classification"),
            "target_classes": req.get("target_classes", []),
-           "class_note": runtime.task_spec(task.config).class_note}  # the request's own words
+           **_request_words(runtime.task_spec(task.config))}
     outcome, update = _run("C1", task.config, ctx, client=task.client)
     result = outcome.result or {}
     record = ClientRecord(name=task.client, status="replied" if outcome.ok else "failed", c1_answered=outcome.ok,
@@ -240,7 +245,7 @@ def c3_node(task: ClientTask) -> dict[str, Any]:
     out_dir = runtime.client_path(config, task.client, out_rel)
     shutil.rmtree(out_dir, ignore_errors=True)
     ctx = {"input_path": task.input_path, "output_path": out_rel, "target_classes": spec.target_classes,
-           "class_note": spec.class_note}
+           **_request_words(spec)}
     outcome, update = _run("C3", config, ctx, client=task.client)
     mappings = _mappings_from_calls(outcome, task.datasets)
     record = ClientRecord(name=task.client, status="harmonised" if outcome.ok else "failed",

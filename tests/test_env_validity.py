@@ -175,6 +175,7 @@ def test_relevance_in_the_key_is_exactly_the_criterion(env, scale, seeds):
         for task in tasks:
             fitting = [h for h in plan if any(task.task_id in d.relevant_to for d in h.datasets)]
             assert len(fitting) >= 2 and len(plan) - len(fitting) >= 1, (seed, task.task_id)
+        assert any("dicom" in d.formats for h in plan for d in h.datasets if d.relevant_to), seed
 
 
 def test_cards_kept_out_of_placement_stay_in_the_catalogue():

@@ -82,7 +82,9 @@ def test_auditor_catches_a_planted_leak_and_none_in_normal_runs(tiny_envs, tmp_p
     import tools as toolkit
     from environments.answer_key import load_environment_key
 
-    patient = load_environment_key(tiny_envs / "xray").patients[0]
+    # an environment whose DICOM files carry patient identifiers (which ones do depends on the build)
+    env = next(e for e in ENVIRONMENTS if load_environment_key(tiny_envs / e).patients)
+    patient = load_environment_key(tiny_envs / env).patients[0]
     real_builder = toolkit.build_client_tools
 
     def leaky_builder(workspace, work_dir=None):
@@ -101,7 +103,7 @@ def test_auditor_catches_a_planted_leak_and_none_in_normal_runs(tiny_envs, tmp_p
     from graphs.workflow import PHASE_BUILDERS
 
     graph = PHASE_BUILDERS["selection"]().compile()
-    out = graph.invoke({"config": _config(tiny_envs / "xray", "xray-pneumonia", model="leaky-test").model_dump()})
+    out = graph.invoke({"config": _config(tiny_envs / env, tasks_for(env)[0].task_id, model="leaky-test").model_dump()})
     kinds = {v["kind"] for v in out["privacy"]}
     assert kinds == {"patient_identifier"} and all(v["where"].startswith("model input of C1@") for v in out["privacy"])
     assert patient.name not in json.dumps(out["privacy"])  # the report masks the identifier
@@ -217,7 +219,7 @@ def test_langgraph_dev_serves_the_graphs(tiny_envs, tmp_path):
     assert proc.poll() is not None
 
 
-def test_per_phase_inputs_hold_every_clean_file_of_the_key(tiny_envs):
+def test_per_phase_inputs_hold_every_clean_file_of_the_key(tiny_envs, tmp_path):
     """The gold upstream of per-phase mode loses no file, also where two sources flatten to one name
     (``IM0003.dcm`` and ``IM0003.tif`` in one folder: dermatoscopy at tiny scale, seed 0)."""
     import shutil
@@ -235,17 +237,17 @@ def test_per_phase_inputs_hold_every_clean_file_of_the_key(tiny_envs):
             key = load_task_key(tiny_envs / env, task.task_id)
             for hospital in key.approved_hospitals:
                 ws = tiny_envs / env / "clients" / hospital
-                out = f"work/_gold_test/{task.task_id}"
+                out = tmp_path / "gold" / env / task.task_id / hospital
                 try:
-                    gold_cleaned(ws, key, hospital, f"{out}/cleaned")
-                    gold_harmonised(ws, key, hospital, f"{out}/harmonised")
+                    gold_cleaned(ws, out / "cleaned", key, hospital)
+                    gold_harmonised(ws, out / "harmonised", key, hospital)
                     clean = key.clean_files.get(hospital, {})
-                    got = [src for d in clean for src in load_origins(ws / out / "cleaned" / d).values()]
+                    got = [src for d in clean for src in load_origins(out / "cleaned" / d).values()]
                     assert sorted(got) == sorted(f.path for fs in clean.values() for f in fs)
-                    assert len(got) == sum(1 for _ in (ws / out / "cleaned").rglob("*.png"))
-                    placed = load_origins(ws / out / "harmonised")
+                    assert len(got) == sum(1 for _ in (out / "cleaned").rglob("*.png"))
+                    placed = load_origins(out / "harmonised")
                     assert sorted(placed.values()) == sorted(f.path for fs in clean.values() for f in fs
                                                              if f.target_class is not None)
-                    assert len(placed) == sum(1 for _ in (ws / out / "harmonised").rglob("*.png"))
+                    assert len(placed) == sum(1 for _ in (out / "harmonised").rglob("*.png"))
                 finally:
-                    shutil.rmtree(ws / "work" / "_gold_test", ignore_errors=True)
+                    shutil.rmtree(out, ignore_errors=True)
