@@ -62,9 +62,11 @@ envs: setup
 # every task), both guidance styles, end to end, tiny scale unless SCALE=small|full
 TASKS ?= derm-skin-cancer,us-breast-malignancy,fundus-dr-grading,histo-breast-cancer,mri-tumour-type,xray-pneumonia
 RUNS  ?= 1
+TEMPERATURE ?= 0
 GUIDANCE ?= fine,goal
 bench: $(if $(filter local,$(MODEL)),setup-local,setup)
-	$(VENV)/bin/fedagentbench bench --model $(MODEL) --scale $(SCALE) --seed $(SEED) --runs $(RUNS) --guidance $(GUIDANCE) \
+	$(VENV)/bin/fedagentbench bench --model $(MODEL) --scale $(SCALE) --seed $(SEED) --runs $(RUNS) --temperature $(TEMPERATURE) \
+	  --guidance $(GUIDANCE) \
 	  $(if $(filter all,$(TASKS)),,--task $(TASKS)) --out runs/bench-$(MODEL)
 
 # LangGraph Studio / API server on a free port of 127.0.0.1 (port 2024 is often taken)

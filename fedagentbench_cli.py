@@ -62,46 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
-    _add_run_sampling_options(subparsers)
     return parser
-
-
-def _add_run_sampling_options(subparsers: argparse._SubParsersAction) -> None:
-    """``fedagentbench run --temperature T --seed N``: the chat model's sampling settings for one run.
-
-    graphs.cli registers ``run`` without them; until it does, they are added here and the command
-    builds its RunConfig with them (same steps as graphs.cli._run). If graphs.cli gains them, this
-    steps aside."""
-    run = subparsers.choices.get("run")
-    if run is None or {"temperature", "seed"} & {a.dest for a in run._actions}:
-        return
-    run.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
-    run.add_argument("--seed", type=int, default=0, help="the chat model's sampling seed")
-    run.set_defaults(func=_run_with_sampling)
-
-
-def _run_with_sampling(args: argparse.Namespace) -> int:
-    from graphs.cli import print_state
-    from graphs.run import default_thread_id, run_task
-    from graphs.state import RunConfig
-
-    if args.temperature < 0:
-        raise ValueError("--temperature must be >= 0")
-    if not (args.env / "environment.json").is_file():
-        raise FileNotFoundError(f"{args.env} is not a built environment; build one with `fedagentbench envs build`")
-    if not (args.env / "server" / "tasks" / f"{args.task}.json").is_file():
-        known = sorted(p.stem for p in (args.env / "server" / "tasks").glob("*.json"))
-        raise ValueError(f"unknown task {args.task!r} in {args.env}; tasks: {', '.join(known)}")
-    config = RunConfig(env_dir=str(args.env.resolve()), task_id=args.task, guidance=args.guidance, model=args.model,
-                       mode=args.mode, run_id=args.run_id, rounds=args.rounds, budget=args.budget,
-                       temperature=args.temperature, seed=args.seed)
-    thread = args.thread_id or default_thread_id(config)
-    out = console()
-    with out.status(f"running {args.task} with {args.model} (thread {thread}, temperature {args.temperature:g}, "
-                    f"seed {args.seed})"):
-        state = run_task(config, args.db, thread)
-    print_state(out, state, thread)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

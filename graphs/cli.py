@@ -20,24 +20,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--db", type=Path, default=Path("runs/checkpoints.sqlite"), help="SQLite checkpoint file")
     run.add_argument("--rounds", type=int, default=1, help="federated training rounds")
     run.add_argument("--budget", type=int, default=16, help="model calls allowed per agent")
+    run.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
+    run.add_argument("--seed", type=int, default=0, help="the chat model's sampling seed")
     run.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-
     from graphs.run import default_thread_id, run_task
     from graphs.state import RunConfig
 
+    if args.temperature < 0:
+        raise ValueError("--temperature must be >= 0")
     if not (args.env / "environment.json").is_file():
         raise FileNotFoundError(f"{args.env} is not a built environment; build one with `fedagentbench envs build`")
     if not (args.env / "server" / "tasks" / f"{args.task}.json").is_file():
         known = sorted(p.stem for p in (args.env / "server" / "tasks").glob("*.json"))
         raise ValueError(f"unknown task {args.task!r} in {args.env}; tasks: {', '.join(known)}")
     config = RunConfig(env_dir=str(args.env.resolve()), task_id=args.task, guidance=args.guidance, model=args.model,
-                       mode=args.mode, run_id=args.run_id, rounds=args.rounds, budget=args.budget)
+                       mode=args.mode, run_id=args.run_id, rounds=args.rounds, budget=args.budget,
+                       temperature=args.temperature, seed=args.seed)
     thread = args.thread_id or default_thread_id(config)
     console = wide_console()
-    with console.status(f"running {args.task} with {args.model} (thread {thread})"):
+    with console.status(f"running {args.task} with {args.model} (thread {thread}, temperature "
+                        f"{args.temperature:g}, seed {args.seed})"):
         state = run_task(config, args.db, thread)
     print_state(console, state, thread)
     return 0

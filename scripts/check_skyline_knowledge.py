@@ -10,8 +10,8 @@ legend included) and compared:
 * ``parse_request`` against the task (both request styles, plain and as read_task's JSON).
 
 Two modes: "request" passes on the modality and organ the user request names (title included);
-"broadcast" knows only what the C1 / C3 prompts say (modality, targets, note), as agents/skyline.py
-calls the functions. Mismatches that are a genuine ambiguity are listed with their reason.
+"broadcast" knows only what the C1 / C3 prompts say (organ, targets, note; C1's also the modality), as
+agents/skyline.py calls the functions. Mismatches that are a genuine ambiguity are listed with their reason.
 
 map_class accuracy is reported over the *eligible* cards (modality, species and classification as the
 criterion asks: the only ones whose mapping is ever used) and over all cards.
@@ -54,19 +54,6 @@ KNOWN_AMBIGUITIES: dict[tuple[str, str | None], str] = {
     ("Canine-Thoracic-Radiographs", "unremarkable"): "a veterinary card (never eligible): the key gives its classes "
                                                      "no concept, the skyline reads 'unremarkable' as a normal chest",
 }
-
-_NO_ORGAN = ("C1 and C3 are told the modality, the target classes and the note, not the organ (the request's "
-             "title names it); this card's classes fit the targets literally but belong to another organ")
-#: further ambiguities when only what C1 / C3 are told is known (mode "broadcast"); "*": every class
-BROADCAST_AMBIGUITIES: dict[tuple[str, str | None], str] = {
-    ("TN5000", None): _NO_ORGAN + " (thyroid nodules, benign / malignant)",
-    ("TN5000", "*"): _NO_ORGAN + " (thyroid nodules)",
-    ("MMOTU-2D", None): _NO_ORGAN + " (ovarian tumours: normal ovary, benign cysts and tumours, carcinoma)",
-    ("MMOTU-2D", "*"): _NO_ORGAN + " (ovarian tumours)",
-    ("PI-CAI", None): _NO_ORGAN + " (prostate MRI, clinically significant cancer YES / NO)",
-    ("PI-CAI", "*"): _NO_ORGAN + " (prostate MRI)",
-}
-
 
 def _known(known_map: dict[tuple[str, str | None], str], card: str, published: str | None) -> str | None:
     if published is None:
@@ -159,11 +146,11 @@ MODES = ("request", "broadcast")
 
 def validate(task_ids: list[str] | None = None, mode: str = "request") -> list[TaskResult]:
     """Compare the knowledge with the keys. ``mode`` "request": the skyline knows what the user request
-    says (modality and organ passed on); "broadcast": only what C1 / C3 are told (modality, targets and
-    note; the calls agents/skyline.py makes)."""
+    says (modality and organ passed on); "broadcast": only what C1 / C3 are told (organ, targets and note,
+    C1 the modality too; the calls agents/skyline.py makes)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    known_map = dict(KNOWN_AMBIGUITIES) | (BROADCAST_AMBIGUITIES if mode == "broadcast" else {})
+    known_map = dict(KNOWN_AMBIGUITIES)
     catalogue = load_catalogue()
     results = []
     for task in TASKS:
@@ -173,7 +160,8 @@ def validate(task_ids: list[str] | None = None, mode: str = "request") -> list[T
         res.request_errors = check_requests(task)
         request = parse_request(task.request("fine"))
         modality, body_part = request["modality"], request["body_part"]
-        passed = {"modality": modality, "body_part": body_part} if mode == "request" else {}
+        # the broadcasts to C1 and C3 name the organ; C1's also the modality (passed to dataset_matches)
+        passed = {"modality": modality, "body_part": body_part} if mode == "request" else {"body_part": body_part}
         targets, note = request["target_classes"], request["class_note"]
         for card in catalogue.for_environment(task.environment):
             labelled = card.is_classification and bool(card.classes)
@@ -181,8 +169,7 @@ def validate(task_ids: list[str] | None = None, mode: str = "request") -> list[T
                 entry, to_published = card_entry(card, style)
                 # the match decision
                 want_match = criterion(task, card)
-                got_match = dataset_matches(entry, modality, targets, note,
-                                            **({"body_part": body_part} if mode == "request" else {}))
+                got_match = dataset_matches(entry, modality, targets, note, body_part=body_part)
                 res.match_total += 1
                 if got_match == want_match:
                     res.match_ok += 1

@@ -66,10 +66,9 @@ def test_map_class_agrees_with_every_key_on_eligible_cards(validation):
     assert sum(r.map_total for r in results) > 5000
 
 
-def test_map_class_on_ineligible_cards_only_disagrees_where_listed(validation):
-    _check, results = validation
-    if results[0].mode == "broadcast":
-        pytest.skip("no modality is passed on in broadcast mode; those cards are never selected")
+def test_map_class_on_ineligible_cards_only_disagrees_where_listed(check):
+    """Knowing the modality too (request mode), even cards no criterion selects map as their key says."""
+    results = check.validate(mode="request")
     mismatches = [(r.task_id, m) for r in results for m in r.other_mismatches]
     assert not mismatches, mismatches[:10]
 
@@ -86,8 +85,6 @@ def test_known_ambiguities_are_still_real(validation):
     check, results = validation
     seen = " ".join(k for r in results for k in r.known)
     listed = dict(check.KNOWN_AMBIGUITIES)
-    if results[0].mode == "broadcast":
-        listed |= check.BROADCAST_AMBIGUITIES
     for card, published in listed:
         if published is None:
             assert f"dataset_matches {card}:" in seen, card

@@ -101,10 +101,12 @@ def test_manual_pass_removing_label_error_flags_too(tiny_envs: Path, tmp_path: P
 
 
 def manual_pass(env_dir: Path, kinds: tuple[str, ...]) -> tuple[float, int]:
+    """Clean images kept (a duplicate group counts as kept when any of its copies is), and images in the
+    wrong class. Broken and non-image files must all be gone; off-topic ones mostly (recall >= 0.8, as C2)."""
     task_id = min(p.stem for p in (env_dir / "answer_key" / "tasks").glob("*.json"))
     key = load_task_key(env_dir, task_id)
     schema = key.target_schema
-    kept = wrong_class = expected = 0
+    kept = wrong_class = expected = off_topic = off_topic_kept = 0
     for hospital in key.approved_hospitals:
         workspace = env_dir / "clients" / hospital
         final = prepare_hospital(workspace, key.relevant_datasets[hospital], key.label_mappings[hospital],
@@ -120,21 +122,31 @@ def manual_pass(env_dir: Path, kinds: tuple[str, ...]) -> tuple[float, int]:
         assert set(origins) == {f.relative_to(final).as_posix() for f in final.rglob("*.png")}
         where = {src: out.split("/")[0] for out, src in origins.items()}
         assert len(where) == len(origins), "two outputs claim the same source"
+        removed = [r for files in key.removed_files[hospital].values() for r in files]
+        copies: dict[str, list[str]] = {}  # original -> its injected copies (the detector may keep a copy)
+        for ds in load_environment_key(env_dir).datasets:
+            for f in ds.files:
+                if ds.hospital == hospital and f.issue == "duplicate" and f.duplicate_of:
+                    copies.setdefault(f.duplicate_of, []).append(f.path)
         for files in key.clean_files[hospital].values():
             for clean in files:
+                group = [clean.path, *copies.get(clean.path, [])]
                 if clean.target_class is None:
-                    assert clean.path not in where
+                    assert not set(group) & set(where)
                     continue
                 expected += 1
-                if clean.path in where:
+                survivors = [p for p in group if p in where]
+                if survivors:
                     kept += 1
-                    wrong_class += where[clean.path] != clean.target_class
-        removed = {r.path for files in key.removed_files[hospital].values() for r in files
-                   if r.reason in ("corrupt", "truncated", "zero_byte", "non_image", "off_topic")}
-        assert not removed & set(where), "a corrupt, non-image or off-topic file survived"
+                    wrong_class += any(where[p] != clean.target_class for p in survivors)
+        broken = {r.path for r in removed if r.reason in ("corrupt", "truncated", "zero_byte", "non_image")}
+        assert not broken & set(where), "a corrupt or non-image file survived"
+        off = {r.path for r in removed if r.reason == "off_topic"}
+        off_topic, off_topic_kept = off_topic + len(off), off_topic_kept + len(off & set(where))
+    assert off_topic == 0 or 1 - off_topic_kept / off_topic >= 0.8, (off_topic_kept, off_topic)
     recall = kept / expected
     print(f"{env_dir.name} {'+'.join(kinds)}: clean files kept {kept}/{expected} = {recall:.2f}, "
-          f"wrong class {wrong_class}")
+          f"wrong class {wrong_class}, off-topic kept {off_topic_kept}/{off_topic}")
     return recall, wrong_class
 
 

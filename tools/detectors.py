@@ -209,12 +209,29 @@ def bulk_distance(x: np.ndarray, bulk_fraction: float = 0.5, cap: float = 6.0) -
     return nearest / (np.median(nearest[bulk]) + 1e-9)
 
 
-def off_topic(data: Loaded, ratio: float = 2.0, floor: float = 2.5) -> list[tuple[int, float, str]]:
+def radial_spectrum(grey: np.ndarray, bins: int = 8) -> np.ndarray:
+    """Log power per radial frequency band, centred per image, (N, bins): the texture signature of a
+    modality (speckle, cell nuclei, smooth anatomy), independent of where things are in the image."""
+    n, s = grey.shape[:2]
+    power = np.abs(np.fft.fftshift(np.fft.fft2(grey - grey.mean(axis=(1, 2), keepdims=True)), axes=(1, 2))) ** 2
+    yy, xx = np.mgrid[:s, :s]
+    radius = np.hypot(yy - s / 2, xx - s / 2) / (s / 2)
+    edges = np.linspace(0, 1, bins + 1)
+    bands = np.stack([np.log1p(power[:, (radius >= a) & (radius < b)].mean(axis=1))
+                      for a, b in zip(edges[:-1], edges[1:])], axis=1)
+    return bands - bands.mean(axis=1, keepdims=True)
+
+
+def off_topic(data: Loaded, ratio: float = 2.0, floor: float = 2.5, spectrum_ratio: float = 2.0,
+              support_ratio: float = 1.4) -> list[tuple[int, float, str]]:
     """(index, score, reason) of images that do not belong to the dataset's modality.
 
-    Two rules: a colour mismatch (a grey image among colour photographs, or the reverse), and a
-    structural outlier: its distance to the dataset's typical images is more than ``ratio`` times the
-    75th percentile of those distances and above ``floor``.
+    Three rules: a colour mismatch (a grey image among colour photographs, or the reverse); a
+    structural outlier, whose distance to the dataset's typical images (statistics and layout) is more
+    than ``ratio`` times the 75th percentile of those distances and above ``floor``; and a texture
+    outlier, whose frequency spectrum is ``spectrum_ratio`` times as far from the typical images while
+    its structure is at least ``support_ratio`` times as far (two weak signals that agree). Measured
+    with ``scripts/bench_detectors.py``.
     """
     n = len(data.files)
     if n < 8:
@@ -224,11 +241,17 @@ def off_topic(data: Loaded, ratio: float = 2.0, floor: float = 2.5) -> list[tupl
     rest = np.flatnonzero(~mismatch)
     if len(rest) >= 8:
         sub = Loaded([data.files[i] for i in rest], data.grey[rest], data.rgb[rest], {})
-        x = np.concatenate([image_statistics(sub), _thumbs(sub.grey, 8)], axis=1)
-        score = bulk_distance(x)
-        ref = float(np.quantile(score, 0.75))
-        for j in np.flatnonzero((score > ratio * ref) & (score > floor)):
-            flagged.append((int(rest[j]), round(float(score[j] / ref), 2), "content and texture far from the dataset's typical images"))
+        score = bulk_distance(np.concatenate([image_statistics(sub), _thumbs(sub.grey, 8)], axis=1))
+        structure = score / float(np.quantile(score, 0.75))
+        spectrum = bulk_distance(radial_spectrum(sub.grey))
+        texture = spectrum / float(np.quantile(spectrum, 0.75))
+        for j in range(len(rest)):
+            if structure[j] > ratio and score[j] > floor:
+                flagged.append((int(rest[j]), round(float(structure[j]), 2),
+                                "content and texture far from the dataset's typical images"))
+            elif texture[j] > spectrum_ratio and structure[j] > support_ratio:
+                flagged.append((int(rest[j]), round(float(texture[j]), 2),
+                                "texture (frequency spectrum) unlike the dataset's images"))
     return sorted(flagged, key=lambda t: -t[1])
 
 
