@@ -115,13 +115,14 @@ def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
                          subtasks={s: False for s in ("S1", "C1", "S2", "C2", "C3", "S3", "S4")},
                          wall_seconds=round(time.perf_counter() - started, 2),
                          failed=f"{type(exc).__name__}: {str(exc)[:300]}",
-                         sampling_seed=config.seed, temperature=config.temperature)
+                         sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
     return result_from_state(key, thread, state, time.perf_counter() - started,
-                             sampling_seed=config.seed, temperature=config.temperature)
+                             sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
 
 
 def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: float,
-                      sampling_seed: int | None = None, temperature: float | None = None) -> RunResult:
+                      sampling_seed: int | None = None, temperature: float | None = None,
+                      env_seed: int | None = None) -> RunResult:
     """The scored result of a finished thread. The sampling settings recorded are the ones the
     thread ran with (its checkpointed config), falling back to the ones given."""
     from eval.scoring import GRADER_VERSION
@@ -139,6 +140,7 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
         wall_seconds=round(seconds, 2), privacy_violations=int(scores.get("privacy_violations", 0)),
         errors=[e[:200] for e in errors][:20],
         sampling_seed=used.get("seed", sampling_seed), temperature=used.get("temperature", temperature),
+        env_seed=env_seed,
     )
 
 

@@ -68,17 +68,18 @@ def run_score(result: RunResult) -> float:
     return 100.0 * sum(result.subtasks.get(s, False) for s in SUBTASKS) / len(SUBTASKS)
 
 
-def instance_key(result: RunResult) -> tuple[str, str, str, str, str]:
+def instance_key(result: RunResult) -> tuple:
+    """A task instance: one environment (of one seed) x task x guidance x mode, for one model."""
     k = result.key
-    return (k.model, k.environment, k.task, k.guidance, k.mode)
+    return (k.model, k.environment, result.env_seed, k.task, k.guidance, k.mode)
 
 
 def group_instances(results: list[RunResult]) -> dict[tuple, list[RunResult]]:
-    """Task instances (model, environment, task, guidance, mode) and their repeated runs, by run number."""
+    """Task instances (model, environment, seed, task, guidance, mode) and their repeated runs, by run number."""
     out: dict[tuple, list[RunResult]] = {}
     for r in results:
         out.setdefault(instance_key(r), []).append(r)
-    return {key: sorted(rs, key=lambda r: r.key.run) for key, rs in sorted(out.items())}
+    return {key: sorted(rs, key=lambda r: r.key.run) for key, rs in sorted(out.items(), key=lambda kv: str(kv[0]))}
 
 
 def run_to_run_se(instances: list[list[float]]) -> tuple[float | None, float | None]:

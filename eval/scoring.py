@@ -8,7 +8,7 @@ supplied (per-phase mode hands a phase the key's upstream result; that input is 
   S2  against the replies S2 was shown: it approved exactly the clients that reported a dataset
   C2  per approved client (see :func:`score_c2`): exact gates for the schema, the class folders and
       broken / non-image files; near-duplicate groups and off-topic images found (recall >= 0.8
-      each); at most 5 % of the clean images lost (at least 1 allowed). Label errors are reported as
+      each); at most 5 % of the clean images lost (at least 2 allowed). Label errors are reported as
       removal precision / recall beside the pass but do not gate it: the tools cannot find them
       reliably, and about a quarter of them do not change the target class.
   C3  against the files C3 was given (C2's output end to end): for every local class folder it
@@ -131,9 +131,13 @@ def _provenance(folder: Path, candidates: list[str]) -> dict[str, str]:
     return out
 
 
-#: C2 thresholds (module docstring): recall of duplicate groups and off-topic images, clean share lost
+#: C2 thresholds (module docstring): recall of duplicate groups and off-topic images, and the clean
+#: images a client may lose: max(C2_MIN_LOST, C2_MAX_LOST x clean units). Measured on unseen tiny
+#: environments (seed 2026): the skyline's detectors (duplicates, off-topic) lose 0-2 clean images
+#: per client on real data; removing every flag, label-error flags included, loses 3-28.
 C2_MIN_RECALL = 0.8
 C2_MAX_LOST = 0.05
+C2_MIN_LOST = 2
 
 Locate = Callable[[str, str], Path]
 
@@ -226,7 +230,7 @@ def score_c2(clients: dict[str, Any], key, env_key, locate: Locate) -> dict[str,
                     removed_right += f.path not in kept
         dup_recall = resolved / groups if groups else 1.0
         off_recall = off_found / off_total if off_total else 1.0
-        allowance = max(1, int(C2_MAX_LOST * units))
+        allowance = max(C2_MIN_LOST, int(C2_MAX_LOST * units))
         ok = (not problems and dup_recall >= C2_MIN_RECALL and off_recall >= C2_MIN_RECALL and lost <= allowance)
         all_ok &= ok
         details[hospital] = {

@@ -50,6 +50,9 @@ class RunResult(BaseModel):
     #: sampling at temperature > 0 draws differently on each repeat (None: recorded before they were)
     sampling_seed: int | None = None
     temperature: float | None = None
+    #: the environment seed: runs of one task on environments of different seeds are different task
+    #: instances, never repeats of one (None: recorded before it was)
+    env_seed: int | None = None
 
 
 class ResultStore:

@@ -57,6 +57,17 @@ def test_se_is_positive_when_repeats_differ(tmp_path):
     assert row["se_runs"] > 0
 
 
+def test_one_task_on_environments_of_two_seeds_is_two_instances_not_two_repeats(tmp_path):
+    """Results folders of different environment seeds reported together: no run-to-run SE is made
+    up from the differences between environments."""
+    a, b = _result("a", 1, 7), _result("a", 1, 0)
+    a.env_seed, b.env_seed = 2026, 2027
+    folders = [_write(tmp_path / "seed2026", [a]), _write(tmp_path / "seed2027", [b])]
+    [row] = leaderboard([r for f in folders for r in ResultStore(f).load(GRADER_VERSION)])
+    assert row["instances"] == 2 and row["k"] == 1 and row["se_runs"] is None
+    assert row["overall"] == 50.0
+
+
 def test_one_run_per_instance_has_no_se(tmp_path):
     folder = _write(tmp_path, [_result("a", 1, 7), _result("b", 1, 0)])
     row = _board(folder)

@@ -128,7 +128,7 @@ def test_a_cheating_policy_reaches_no_other_run_and_gains_nothing(tiny_envs, tmp
 
 
 class _LossyOracle(OraclePolicy):
-    """The oracle, except that C2 also deletes one clean image of each dataset."""
+    """The oracle, except that C2 also deletes more clean images of each dataset than C2 allows."""
 
     def removal(self, turn: Turn, name: str, out: str, sub: int) -> AIMessage:
         message = super().removal(turn, name, out, sub)
@@ -138,7 +138,9 @@ class _LossyOracle(OraclePolicy):
         keep = {c.path for c in self.key.clean_files.get(turn.client or "", {}).get(name, [])}
         origins = load_origins(agent_path(self.context, turn.client, out))
         clean = sorted(f"{out}/{rel}" for rel, source in origins.items() if source in keep)
-        lost = clean[: max(2, len(clean) // 10)]  # more than C2 allows to lose
+        from eval.scoring import C2_MAX_LOST, C2_MIN_LOST
+
+        lost = clean[: max(C2_MIN_LOST + 1, int(2 * C2_MAX_LOST * len(clean)) + 1)]  # more than C2 allows
         message.tool_calls[0]["args"]["paths"] = list(message.tool_calls[0]["args"]["paths"]) + lost
         return message
 
