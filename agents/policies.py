@@ -100,10 +100,7 @@ class _HeuristicRoles(_Policy):
         cards = self._cards(turn)
         if isinstance(cards, AIMessage):
             return cards
-        modality = re.search(r"model on (\S+) images", turn.user)
-        targets = re.search(r"target classes (.+?)\.\n", turn.user)
-        modality_name = modality.group(1) if modality else ""
-        target_list = [t.strip() for t in targets.group(1).split(",")] if targets else []
+        modality_name, target_list = c1_context(turn.user)
         chosen = []
         for card in cards:
             if card.get("modality") != modality_name or card.get("species", "human") != "human":
@@ -164,6 +161,14 @@ class _OracleRoles(_HeuristicRoles):
         return _answer(f"Algorithm Name: {choice}\nReason: it addresses {self.key.requirements.requirement}.")
 
 
+def c1_context(text: str) -> tuple[str, list[str]]:
+    """Modality and target classes from C1's broadcast (agents.roles._c1)."""
+    modality = re.search(r" on (\S+) images", text)
+    targets = re.search(r"target classes (.+?)\.\n", text)
+    return (modality.group(1) if modality else "",
+            [t.strip() for t in targets.group(1).split(",")] if targets else [])
+
+
 class _RandomRoles(_Policy):
     """Random choices among what it sees: the floor."""
 
@@ -198,6 +203,18 @@ class _RandomRoles(_Policy):
         rng = rng_for(self.context, turn)
         return _answer(f"Algorithm Name: {rng.choice([a.name for a in query()])}")
 
+    def act_S4(self, turn: Turn) -> AIMessage:
+        """Launches training with an algorithm drawn from the registry (the handed one among them), or
+        stops without launching: the floor, so that S4 is not passed by every policy alike."""
+        from fl.registry import query
+
+        rng = rng_for(self.context, turn)
+        if "launch_training" not in turn.calls_made:
+            if rng.random() < 0.25:
+                return _answer("Status: not started")
+            return _call("launch_training", algorithm=rng.choice([a.name for a in query()]))
+        return super().act_S4(turn)
+
 
 # --- C2 and C3: the preprocessing and harmonisation pipelines ------------------------------------------
 
@@ -211,9 +228,9 @@ def _c2_context(text: str) -> dict[str, Any]:
             "size": int(size.group(1)) if size else 64, "mode": "RGB" if size and size.group(2) == "RGB" else "L"}
 
 
-def _c3_context(text: str) -> dict[str, Any]:
+def c3_context(text: str) -> dict[str, Any]:
     """Input folder, target classes and output folder from C3's prompt (agents.roles._c3)."""
-    source = re.search(r"cleaned datasets in (\S+) \(one folder per dataset\)", text)
+    source = re.search(r" in (\S+) \(one folder per dataset\)", text)
     targets = re.search(r"onto the target classes \[([^\]]+)\]", text)
     dest = re.search(r"write the result to (\S+)/<target class>", text)
     return {"source": source.group(1) if source else "work/cleaned",
@@ -276,7 +293,7 @@ class _PipelinePolicy:
         cards = self._cards(turn)
         if isinstance(cards, AIMessage):
             return cards
-        ctx = _c3_context(turn.user)
+        ctx = c3_context(turn.user)
         src_root, target_list = ctx["source"], ctx["targets"]
         names = self.c3_datasets(turn, cards, src_root)
         step = len(turn.tool_results) - 1
@@ -348,7 +365,7 @@ class RandomPipeline:
 
     def act_C3(self, turn: Turn) -> AIMessage:
         rng = rng_for(self.context, turn)
-        ctx = _c3_context(turn.user)
+        ctx = c3_context(turn.user)
         src_root = ctx["source"]
         source = agent_path(self.context, turn.client, src_root)
         names = sorted(p.name for p in source.iterdir() if p.is_dir()) if source.is_dir() else []

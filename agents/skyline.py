@@ -44,6 +44,24 @@ def _line(pattern: str, text: str, default: str = "") -> str:
     return m.group(1).strip() if m else default
 
 
+def broadcast_facts(text: str) -> dict:
+    """What C1's broadcast (agents.roles._c1) says: modality, organ, target classes and the task note."""
+    return {"modality": _line(r" on (\S+) images", text),
+            "organ": _line(r" images of the (.+?) with target classes", text) or None,
+            "targets": [t.strip() for t in _line(r"target classes (.+?)\.\n", text).split(",") if t.strip()],
+            "note": _line(r"Task note: (.*)", text)}
+
+
+def harmonisation_facts(text: str) -> dict:
+    """What C3's prompt (agents.roles._c3) says: input and output folders, targets, note, organ."""
+    return {"source": _line(r" in (\S+) \(one folder per dataset\)", text, "work/cleaned"),
+            "dest": _line(r"write the result to (\S+)/<target class>", text, "work/harmonised"),
+            "targets": [t.strip() for t in _line(r"onto the target classes \[([^\]]+)\]", text).split(",")
+                        if t.strip()],
+            "note": _line(r"Task note: (.*)", text),
+            "organ": _line(r"cleaned datasets \((.+?) images\)", text) or None}
+
+
 class SkylinePolicy:
     """One method per role; each returns the next message given what the agent has seen so far."""
 
@@ -92,11 +110,9 @@ class SkylinePolicy:
         if "read_data_cards" not in turn.calls_made:
             return _call("read_data_cards")
         cards = _cards_from(turn) or []
-        modality = _line(r" on (\S+) images", turn.user)
-        organ = _line(r" images of the (.+?) with target classes", turn.user) or None
-        targets = [t.strip() for t in _line(r"target classes (.+?)\.\n", turn.user).split(",") if t.strip()]
-        note = _line(r"Task note: (.*)", turn.user)
-        chosen = [c["dataset name"] for c in cards if dataset_matches(c, modality, targets, note, body_part=organ)]
+        facts = broadcast_facts(turn.user)
+        chosen = [c["dataset name"] for c in cards
+                  if dataset_matches(c, facts["modality"], facts["targets"], facts["note"], body_part=facts["organ"])]
         if not chosen:
             return _answer("no dataset: no local dataset holds labelled images of this modality whose classes "
                            "cover every target class")
@@ -132,11 +148,8 @@ class SkylinePolicy:
         return _answer(f"Output path: {out}\nData Cleaning Complete")
 
     def act_C3(self, turn: Turn) -> AIMessage:
-        source = _line(r" in (\S+) \(one folder per dataset\)", turn.user, "work/cleaned")
-        dest = _line(r"write the result to (\S+)/<target class>", turn.user, "work/harmonised")
-        targets = [t.strip() for t in _line(r"onto the target classes \[([^\]]+)\]", turn.user).split(",") if t.strip()]
-        note = _line(r"Task note: (.*)", turn.user)
-        organ = _line(r"cleaned datasets \((.+?) images\)", turn.user) or None
+        facts = harmonisation_facts(turn.user)
+        source, dest, targets, note, organ = (facts[k] for k in ("source", "dest", "targets", "note", "organ"))
         if not turn.calls:  # the input's top level: one folder per dataset
             return _call("list_class_folders", path=source)
         top = _json_from_tool(turn.tool_results[0][1]) or {}

@@ -27,11 +27,29 @@ def sqlite_checkpointer(path: str | Path) -> Iterator:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA busy_timeout=60000")
     try:
         saver = SqliteSaver(conn, serde=serializer())
-        saver.setup()
+        _prepare(conn, saver)
         yield saver
     finally:
         conn.close()
+
+
+def _prepare(conn: sqlite3.Connection, saver, attempts: int = 20) -> None:
+    """WAL mode, busy timeout and the saver's tables. Two runs opening a new file at once can meet
+    SQLite's "database is locked" without any wait (switching the journal mode, or two transactions
+    upgrading to write at once: the busy timeout does not apply), so those steps are retried."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            saver.setup()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
+                raise
+            conn.rollback()
+            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))

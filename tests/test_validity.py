@@ -178,3 +178,30 @@ def test_s4_needs_the_handed_algorithm_on_every_handed_client():
     assert not score_s4({**done, "clients": ["hospital_01"]}, plan)["passed"]
     assert not score_s4({**done, "final_metrics": {"loss": float("nan")}}, plan)["passed"]
     assert not score_s4({**done, "completed": False, "status": "failed"}, plan)["passed"]
+
+
+@pytest.mark.parametrize("guidance", ["fine", "goal"])
+def test_baselines_read_the_prompts_the_roles_write(guidance):
+    """The scripted baselines parse C1's broadcast and C3's instruction as the workflow writes them
+    (a reworded prompt must not silently turn a baseline into a dead model), for every task."""
+    from agents.policies import c1_context, c3_context
+    from agents.roles import ROLES, user_prompt
+    from agents.skyline import broadcast_facts, harmonisation_facts
+    from environments.tasks import TASKS
+    from graphs.phases import _request_words
+
+    for task in TASKS:
+        modality = task.environment.replace("xray", "X-ray").replace("mri", "MRI")
+        c1 = user_prompt(ROLES["C1"], guidance, {"modality": modality, "task_type": "classification",
+                                                 "target_classes": task.target_classes, **_request_words(task)})
+        assert c1_context(c1) == (modality, task.target_classes), c1
+        facts = broadcast_facts(c1)
+        assert (facts["modality"], facts["organ"], facts["targets"]) == (modality, task.body_part, task.target_classes)
+        assert facts["note"] == task.class_note
+        for source in ("work/cleaned", "work/input_cleaned"):
+            c3 = user_prompt(ROLES["C3"], guidance, {"input_path": source, "output_path": "work/harmonised",
+                                                     "target_classes": task.target_classes, **_request_words(task)})
+            assert c3_context(c3) == {"source": source, "targets": task.target_classes, "dest": "work/harmonised"}
+            facts = harmonisation_facts(c3)
+            assert (facts["source"], facts["dest"], facts["targets"], facts["organ"]) == \
+                   (source, "work/harmonised", task.target_classes, task.body_part)

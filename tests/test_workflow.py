@@ -251,3 +251,52 @@ def test_per_phase_inputs_hold_every_clean_file_of_the_key(tiny_envs, tmp_path):
                     assert len(placed) == sum(1 for _ in (out / "harmonised").rglob("*.png"))
                 finally:
                     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_checkpointer_waits_out_sqlite_lock_errors_that_skip_the_busy_timeout(tmp_path, monkeypatch):
+    """Parallel bench runs opening one new checkpoint file can meet "database is locked" at once
+    (a journal-mode switch, two transactions upgrading to write); opening retries, then works. Another
+    error, or a lock that never clears, still surfaces."""
+    import sqlite3
+    import threading
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from graphs.checkpoint import sqlite_checkpointer
+
+    real_setup, calls = SqliteSaver.setup, []
+
+    def flaky_setup(self):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real_setup(self)
+
+    monkeypatch.setattr(SqliteSaver, "setup", flaky_setup)
+    with sqlite_checkpointer(tmp_path / "cp.sqlite") as saver:
+        assert list(saver.list(None, limit=1)) == [] and len(calls) >= 3  # two refusals, then set up
+
+    monkeypatch.setattr(SqliteSaver, "setup", lambda self: (_ for _ in ()).throw(sqlite3.OperationalError("no such table: x")))
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        with sqlite_checkpointer(tmp_path / "other.sqlite"):
+            pass
+    monkeypatch.setattr(SqliteSaver, "setup", real_setup)
+
+    errors: list[str] = []  # and for real: threads opening one fresh file at the same moment
+    for trial in range(5):
+        barrier = threading.Barrier(8)
+
+        def open_it(path=tmp_path / f"race{trial}.sqlite"):
+            barrier.wait()
+            try:
+                with sqlite_checkpointer(path) as s:
+                    list(s.list(None, limit=1))
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
