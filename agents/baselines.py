@@ -142,6 +142,34 @@ def request_facts(text: str) -> dict[str, Any]:
     return {"modality": modality, "targets": targets, "cue": cue}
 
 
+def _first(pattern: str, text: str, default: str = "") -> str:
+    m = re.search(pattern, text)
+    return m.group(1).strip() if m else default
+
+
+def _names(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def broadcast_facts(text: str) -> dict[str, Any]:
+    """What C1's broadcast (agents.roles._c1) says: modality, organ, target classes and the task note.
+    Every scripted baseline reads the prompt through this one reader (a test checks it against the
+    prompts the roles write)."""
+    return {"modality": _first(r" on (\S+) images", text),
+            "organ": _first(r" images of the (.+?) with target classes", text) or None,
+            "targets": _names(_first(r"target classes (.+?)\.\n", text)),
+            "note": _first(r"Task note: (.*)", text)}
+
+
+def harmonisation_facts(text: str) -> dict[str, Any]:
+    """What C3's prompt (agents.roles._c3) says: input and output folders, targets, note, organ."""
+    return {"source": _first(r" in (\S+) \(one folder per dataset\)", text, "work/cleaned"),
+            "dest": _first(r"write the result to (\S+)/<target class>", text, "work/harmonised"),
+            "targets": _names(_first(r"onto the target classes \[([^\]]+)\]", text)),
+            "note": _first(r"Task note: (.*)", text),
+            "organ": _first(r"cleaned datasets \((.+?) images\)", text) or None}
+
+
 def env_workspace(context: dict[str, Any], client: str | None) -> Path:
     root = Path(context["env_dir"])
     return root / "clients" / client if client else root / "server"

@@ -11,7 +11,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from agents.baselines import Turn, _answer, _call, _json_from_tool, agent_path, request_facts, rng_for
+from agents.baselines import (Turn, _answer, _call, _json_from_tool, agent_path, broadcast_facts, harmonisation_facts,
+                              request_facts, rng_for)
 
 #: words that tie a local class name to a target class, for rules that see only names
 TARGET_WORDS: dict[str, tuple[str, ...]] = {
@@ -100,7 +101,8 @@ class _HeuristicRoles(_Policy):
         cards = self._cards(turn)
         if isinstance(cards, AIMessage):
             return cards
-        modality_name, target_list = c1_context(turn.user)
+        facts = broadcast_facts(turn.user)
+        modality_name, target_list = facts["modality"], facts["targets"]
         chosen = []
         for card in cards:
             if card.get("modality") != modality_name or card.get("species", "human") != "human":
@@ -159,14 +161,6 @@ class _OracleRoles(_HeuristicRoles):
         if "query_algorithm_registry" not in turn.calls_made:
             return _call("query_algorithm_registry", cue=self.key.requirements.requirement)
         return _answer(f"Algorithm Name: {choice}\nReason: it addresses {self.key.requirements.requirement}.")
-
-
-def c1_context(text: str) -> tuple[str, list[str]]:
-    """Modality and target classes from C1's broadcast (agents.roles._c1)."""
-    modality = re.search(r" on (\S+) images", text)
-    targets = re.search(r"target classes (.+?)\.\n", text)
-    return (modality.group(1) if modality else "",
-            [t.strip() for t in targets.group(1).split(",")] if targets else [])
 
 
 class _RandomRoles(_Policy):
@@ -228,16 +222,6 @@ def _c2_context(text: str) -> dict[str, Any]:
             "size": int(size.group(1)) if size else 64, "mode": "RGB" if size and size.group(2) == "RGB" else "L"}
 
 
-def c3_context(text: str) -> dict[str, Any]:
-    """Input folder, target classes and output folder from C3's prompt (agents.roles._c3)."""
-    source = re.search(r" in (\S+) \(one folder per dataset\)", text)
-    targets = re.search(r"onto the target classes \[([^\]]+)\]", text)
-    dest = re.search(r"write the result to (\S+)/<target class>", text)
-    return {"source": source.group(1) if source else "work/cleaned",
-            "targets": [t.strip() for t in targets.group(1).split(",")] if targets else [],
-            "dest": dest.group(1) if dest else "work/harmonised"}
-
-
 def _mapping_lines(turn: Turn) -> list[str]:
     """The mappings this agent applied, as the protocol lines C3 answers with."""
     return [f"{k} -> {v or 'drop'}" for name, args in turn.calls if name == "apply_label_mapping"
@@ -293,7 +277,7 @@ class _PipelinePolicy:
         cards = self._cards(turn)
         if isinstance(cards, AIMessage):
             return cards
-        ctx = c3_context(turn.user)
+        ctx = harmonisation_facts(turn.user)
         src_root, target_list = ctx["source"], ctx["targets"]
         names = self.c3_datasets(turn, cards, src_root)
         step = len(turn.tool_results) - 1
@@ -365,7 +349,7 @@ class RandomPipeline:
 
     def act_C3(self, turn: Turn) -> AIMessage:
         rng = rng_for(self.context, turn)
-        ctx = c3_context(turn.user)
+        ctx = harmonisation_facts(turn.user)
         src_root = ctx["source"]
         source = agent_path(self.context, turn.client, src_root)
         names = sorted(p.name for p in source.iterdir() if p.is_dir()) if source.is_dir() else []

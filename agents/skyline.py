@@ -21,7 +21,14 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from agents.baselines import Turn, _answer, _call, _json_from_tool
+from agents.baselines import (
+    Turn,
+    _answer,
+    _call,
+    _json_from_tool,
+    broadcast_facts,
+    harmonisation_facts,
+)
 from agents.skyline_knowledge import dataset_matches, map_class, parse_request
 
 #: detectors whose flags the skyline acts on (their measured precision is high; see README)
@@ -42,24 +49,6 @@ def _card(cards: list[dict], name: str) -> dict:
 def _line(pattern: str, text: str, default: str = "") -> str:
     m = re.search(pattern, text)
     return m.group(1).strip() if m else default
-
-
-def broadcast_facts(text: str) -> dict:
-    """What C1's broadcast (agents.roles._c1) says: modality, organ, target classes and the task note."""
-    return {"modality": _line(r" on (\S+) images", text),
-            "organ": _line(r" images of the (.+?) with target classes", text) or None,
-            "targets": [t.strip() for t in _line(r"target classes (.+?)\.\n", text).split(",") if t.strip()],
-            "note": _line(r"Task note: (.*)", text)}
-
-
-def harmonisation_facts(text: str) -> dict:
-    """What C3's prompt (agents.roles._c3) says: input and output folders, targets, note, organ."""
-    return {"source": _line(r" in (\S+) \(one folder per dataset\)", text, "work/cleaned"),
-            "dest": _line(r"write the result to (\S+)/<target class>", text, "work/harmonised"),
-            "targets": [t.strip() for t in _line(r"onto the target classes \[([^\]]+)\]", text).split(",")
-                        if t.strip()],
-            "note": _line(r"Task note: (.*)", text),
-            "organ": _line(r"cleaned datasets \((.+?) images\)", text) or None}
 
 
 class SkylinePolicy:
@@ -83,7 +72,7 @@ class SkylinePolicy:
                        f"Target classes: {', '.join(facts['target_classes'])}\nRequirement: {facts['requirement']}")
 
     def act_S2(self, turn: Turn) -> AIMessage:
-        approved = [m.group(1) for m in re.finditer(r"^- (\S+): \*\*Dataset Name\*\*", turn.user, re.M)]
+        approved = [m.group(1) for m in re.finditer(r"^- (\S+): \*\*Dataset Name\*\*", turn.user, re.MULTILINE)]
         return _answer(f"Approved: {', '.join(approved) if approved else 'none'}")
 
     def act_S3(self, turn: Turn) -> AIMessage:

@@ -17,9 +17,9 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.report import group_statistics  # noqa: E402
-from eval.scoring import GRADER_VERSION, SUBTASKS  # noqa: E402
-from eval.store import ResultStore, RunResult  # noqa: E402
+from eval.report import group_statistics
+from eval.scoring import GRADER_VERSION, SUBTASKS
+from eval.store import ResultStore, RunResult
 
 ORDER = ("random", "heuristic", "skyline", "oracle")
 
