@@ -1,0 +1,97 @@
+"""What an agent can read, checked for the answer key on a built environment folder.
+
+Prints, over the relevant datasets: the precision of "flag the last k file names" and "flag the last
+k label-file rows" (k = injected files) against the base rate, the mean name rank of injected files
+(0.5 = no tell), corrupt files' size against real files of their format, and any file under a client
+or server workspace whose name or text carries key material.
+
+    python scripts/check_leaks.py runs/seed9890/oracle/envs/tiny-seed9890
+"""
+
+import sys
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_env_validity import _IMAGE_KINDS, _label_file_order, _stem
+
+from environments.answer_key import load_environment_key
+
+root = Path(sys.argv[1])
+files = injected = 0
+name_hits = row_hits = row_flag = 0
+ranks = []
+size_z = []
+leaks = []
+for env_dir in sorted(root.iterdir()):
+    key = load_environment_key(env_dir)
+    for ds in key.datasets:
+        if not ds.relevant_to:
+            continue
+        ws = env_dir / "clients" / ds.hospital
+        images = [f for f in ds.files if f.kind in _IMAGE_KINDS]
+        bad = {f.path for f in images if f.issue != "none"}
+        k = len(bad)
+        if not k:
+            continue
+        files += len(images)
+        injected += k
+        ordered = sorted(images, key=lambda f: (PurePosixPath(f.path).name, f.path))
+        name_hits += sum(f.path in bad for f in ordered[-k:])
+        ranks += [
+            i / (len(ordered) - 1) for i, f in enumerate(ordered) if f.issue != "none"
+        ]
+        rows = _label_file_order(ws, ds)
+        if rows:
+            stems = {_stem(PurePosixPath(f.path).name): f for f in images}
+            flagged = [stems.get(_stem(r)) for r in rows[-k:]]
+            row_flag += k
+            row_hits += sum(f is not None and f.path in bad for f in flagged)
+        # corrupt files sized like real files of the dataset
+        for f in images:
+            if f.issue == "corrupt":
+                real = [
+                    (ws / g.path).stat().st_size
+                    for g in images
+                    if g.issue == "none" and g.format == f.format
+                ]
+                size_z.append((ws / f.path).stat().st_size / np.median(real))
+    # nothing of the key under any workspace (clients and server)
+    keytext = (env_dir / "answer_key" / "environment.json").read_text()
+    for ws in [*(env_dir / "clients").iterdir(), env_dir / "server"]:
+        for p in ws.rglob("*"):
+            low = p.name.lower()
+            if any(
+                w in low
+                for w in ("answer", "gold", "key", "input_cleaned", "input_harmonised")
+            ):
+                leaks.append(str(p))
+            if (
+                p.is_file()
+                and p.suffix in (".json", ".csv", ".txt", ".md")
+                and p.stat().st_size < 2_000_000
+            ):
+                t = p.read_text("utf-8", "ignore")
+                if any(
+                    w in t
+                    for w in (
+                        '"issue"',
+                        '"duplicate_of"',
+                        '"label_error"',
+                        '"true_label"',
+                        "answer_key",
+                    )
+                ):
+                    leaks.append(f"{p}: key words")
+base = injected / files
+print(f"datasets' images {files}, injected {injected} (base rate {base:.3f})")
+print(
+    f"'last k by name' precision {name_hits / injected:.3f}; 'last k label-file rows' precision {row_hits / max(1, row_flag):.3f} (n={row_flag})"
+)
+print(f"mean name rank of injected files {np.mean(ranks):.3f} (0.5 = no tell)")
+print(
+    f"corrupt file size / median real file of its format: {min(size_z):.2f}-{max(size_z):.2f} over {len(size_z)} files"
+)
+print("key material or key words readable in workspaces:", leaks[:5] or "none")
