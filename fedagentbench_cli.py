@@ -72,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from agents.providers import ProviderError
+
     try:
         return int(args.func(args) or 0)
+    except ProviderError as exc:  # a key, a model name or a host: one line that names the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,10 @@ Spec forms:
   oracle | skyline | heuristic | random baselines that need no LLM (agents.baselines)
   local                                 llama.cpp on this machine (agents.local_llm)
   <alias>                               a name from model_aliases.json or $FEDAGENTBENCH_MODEL_ALIASES
+
+Options follow a ``?``: ``ollama:qwen3:8b?reasoning=false`` switches Ollama's thinking off (``true``
+asks for it; by default the model decides), ``openai:o4-mini?reasoning_effort=low`` sets an OpenAI
+reasoning model's effort.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ class ModelSettings(BaseModel):
     temperature: float = 0.0
     seed: int | None = 0
     max_tokens: int | None = 2048
+    #: one request's time limit; a request that exceeds it is retried like any transient error
     timeout_s: float = 120.0
+    #: retries of a transient provider error (429, 5xx, timeout) before the run ends as failed
+    retries: int = 5
 
 
 class ModelInfo(BaseModel):
@@ -44,6 +51,8 @@ class ModelInfo(BaseModel):
     provider: str
     model: str
     base_url: str | None = None
+    #: provider options from the spec's ``?key=value`` part
+    options: dict[str, str] = {}
     settings: ModelSettings = ModelSettings()
 
 
@@ -69,6 +78,8 @@ def resolve_spec(spec: str, settings: ModelSettings | None = None) -> ModelInfo:
             raise ValueError(f"alias loop at {spec!r}")
         seen.add(spec)
         spec = aliases[spec]
+    spec, _, query = spec.partition("?")
+    options = _options(query, original)
     if spec in BASELINES or spec == "local":
         return ModelInfo(spec=original, resolved=spec, provider=spec if spec == "local" else "baseline",
                          model=spec, settings=settings)
@@ -77,33 +88,48 @@ def resolve_spec(spec: str, settings: ModelSettings | None = None) -> ModelInfo:
         known = ", ".join(sorted(aliases) + list(BASELINES) + ["local"])
         raise ValueError(f"unknown model {original!r}: use provider:model (openai, ollama, openai-compatible) "
                          f"or one of: {known}")
+    allowed = {"ollama": {"reasoning"}, "openai": {"reasoning_effort"},
+               "openai-compatible": {"reasoning_effort"}}.get(provider, set())
+    if unknown := sorted(set(options) - allowed):
+        raise ValueError(f"option {unknown[0]!r} does not apply to {provider!r} models in {original!r}; "
+                         f"it takes: {', '.join(sorted(allowed)) or 'no options'}")
+    resolved = spec + (f"?{query}" if query else "")
     if provider == "openai":
-        return ModelInfo(spec=original, resolved=spec, provider="openai", model=rest,
-                         base_url=os.environ.get("OPENAI_BASE_URL"), settings=settings)
+        return ModelInfo(spec=original, resolved=resolved, provider="openai", model=rest,
+                         base_url=os.environ.get("OPENAI_BASE_URL"), options=options, settings=settings)
     if provider == "ollama":
-        return ModelInfo(spec=original, resolved=spec, provider="ollama", model=rest,
-                         base_url=os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434"), settings=settings)
+        host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
+        host = host if host.startswith(("http://", "https://")) else f"http://{host}"  # ollama accepts host:port
+        return ModelInfo(spec=original, resolved=resolved, provider="ollama", model=rest, base_url=host,
+                         options=options, settings=settings)
     if provider == "openai-compatible":
         model, at, url = rest.rpartition("@")
         if not at or not model or not url.startswith(("http://", "https://")):
             raise ValueError(f"openai-compatible spec must be openai-compatible:<model>@<http(s) base url>, got {spec!r}")
-        return ModelInfo(spec=original, resolved=spec, provider="openai-compatible", model=model, base_url=url,
-                         settings=settings)
+        return ModelInfo(spec=original, resolved=resolved, provider="openai-compatible", model=model, base_url=url,
+                         options=options, settings=settings)
     raise ValueError(f"unknown provider {provider!r} in {original!r}; use openai, ollama or openai-compatible")
 
 
+def _options(query: str, original: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq or not key or not value:
+            raise ValueError(f"spec options are key=value pairs after '?', got {part!r} in {original!r}")
+        options[key] = value
+    if "reasoning" in options and options["reasoning"].lower() not in ("true", "false"):
+        raise ValueError(f"reasoning takes true or false, got {options['reasoning']!r} in {original!r}")
+    if "reasoning_effort" in options and options["reasoning_effort"] not in ("minimal", "low", "medium", "high"):
+        raise ValueError(f"reasoning_effort takes minimal, low, medium or high, got {options['reasoning_effort']!r}")
+    return options
+
+
 def _api_key(info: ModelInfo) -> str:
-    if info.provider == "openai":
-        key = os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise ValueError("OPENAI_API_KEY is not set")
-        return key
-    if info.base_url and "deepseek" in info.base_url:
-        key = os.environ.get("DEEPSEEK_API_KEY")
-        if not key:
-            raise ValueError("DEEPSEEK_API_KEY is not set")
-        return key
-    return os.environ.get("OPENAI_COMPATIBLE_API_KEY", "not-needed")
+    from agents.providers import key_variable, require_key
+
+    require_key(info)  # a missing key is a ProviderError: the run stops with one line naming the variable
+    return os.environ.get(key_variable(info.provider, info.base_url) or "", "") or "not-needed"
 
 
 def make_chat_model(info: ModelInfo, context: dict[str, Any] | None = None):
@@ -132,10 +158,13 @@ def make_chat_model(info: ModelInfo, context: dict[str, Any] | None = None):
             timeout=max(s.timeout_s, 600.0) if info.provider == "local" else s.timeout_s,
             max_retries=0,  # the agent runner retries with backoff and records failures
             stream_usage=True,
+            **({"reasoning_effort": info.options["reasoning_effort"]} if "reasoning_effort" in info.options else {}),
         )
     if info.provider == "ollama":
         from langchain_ollama import ChatOllama
 
+        reasoning = info.options.get("reasoning")
         return ChatOllama(model=info.model, base_url=info.base_url, temperature=s.temperature, seed=s.seed,
-                          num_predict=s.max_tokens, client_kwargs={"timeout": s.timeout_s})
+                          num_predict=s.max_tokens, client_kwargs={"timeout": s.timeout_s},
+                          reasoning=None if reasoning is None else reasoning.lower() == "true")
     raise ValueError(f"no chat model for provider {info.provider!r}")

@@ -4,6 +4,10 @@ Models without native structured output answer in text; the parsers accept a JSO
 in the answer, or the paper's protocol lines (``**Dataset Name** : ISIC2019``,
 ``Algorithm Name: FedBN``, ``Target classes: benign, malignant``, ``mel -> malignant``).
 A parser raises :class:`ParseError` with what it expected, which goes back to the model once.
+
+Reasoning models (QwQ, DeepSeek-R1, Qwen3) think aloud before answering, often drafting wrong
+answers on the way. Thinking is never the answer: every parser first removes it
+(:func:`split_reasoning`) and then reads the *last* JSON object or protocol line of what remains.
 """
 
 from __future__ import annotations
@@ -69,31 +73,95 @@ class TrainingReport(BaseModel):
     summary: str = ""
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in ``text`` (inside a code fence or bare), if any."""
-    for match in re.finditer(r"\{", text):
-        depth = 0
-        for end in range(match.start(), len(text)):
-            if text[end] == "{":
+#: tags reasoning models wrap their thinking in (QwQ, R1 and Qwen3 use ``think``)
+_THINK_TAGS = ("think", "thinking", "reasoning", "thought")
+_THINK_BLOCK = re.compile(rf"<({'|'.join(_THINK_TAGS)})>.*?</\1>", re.S | re.I)
+_THINK_CLOSE = re.compile(rf"</(?:{'|'.join(_THINK_TAGS)})>", re.I)
+_THINK_OPEN = re.compile(rf"<(?:{'|'.join(_THINK_TAGS)})>", re.I)
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """``(answer, thinking)``: ``<think>`` blocks taken out of ``text``.
+
+    Handles the shapes servers produce: whole blocks anywhere; a closing tag with no opening one
+    (chat templates that put ``<think>`` into the prompt), where everything before it is thinking;
+    and an opening tag never closed (the model ran out of tokens while thinking), where everything
+    after it is thinking and the answer is what came before."""
+    thoughts: list[str] = []
+
+    def keep(match: re.Match) -> str:
+        thoughts.append(match.group(0)[len(match.group(1)) + 2: -(len(match.group(1)) + 3)])
+        return ""
+
+    answer = _THINK_BLOCK.sub(keep, text or "")
+    closes = list(_THINK_CLOSE.finditer(answer))
+    if closes:  # an unopened block: everything up to the last closing tag
+        thoughts.insert(0, _THINK_CLOSE.sub("", answer[: closes[-1].start()]))
+        answer = answer[closes[-1].end():]
+    if opened := _THINK_OPEN.search(answer):  # an unclosed block: everything after it
+        thoughts.append(answer[opened.end():])
+        answer = answer[: opened.start()]
+    return answer.strip(), "\n".join(t.strip() for t in thoughts if t.strip())
+
+
+def answer_text(text: str) -> str:
+    """``text`` without its thinking."""
+    return split_reasoning(text)[0]
+
+
+def _json_objects(text: str) -> list[dict[str, Any]]:
+    """Every top-level JSON object in ``text`` (inside code fences or bare), in order."""
+    found: list[dict[str, Any]] = []
+    pos = 0
+    while (start := text.find("{", pos)) != -1:
+        depth, end, value = 0, None, None
+        in_string = escaped = False
+        for i in range(start, len(text)):
+            ch = text[i]
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+                continue
+            if ch == '"':
+                in_string = True
+            elif ch == "{":
                 depth += 1
-            elif text[end] == "}":
+            elif ch == "}":
                 depth -= 1
                 if depth == 0:
-                    try:
-                        value = json.loads(text[match.start(): end + 1])
-                    except json.JSONDecodeError:
-                        break
-                    if isinstance(value, dict):
-                        return value
+                    end = i
                     break
+        if end is not None:
+            try:
+                value = json.loads(text[start: end + 1])
+            except json.JSONDecodeError:
+                value = None
+        if isinstance(value, dict):
+            found.append(value)
+            pos = end + 1  # type: ignore[operator]
+        else:
+            pos = start + 1
+    return found
+
+
+def _json_object(text: str, *keys: str) -> dict[str, Any] | None:
+    """The last JSON object in ``text`` that has every one of ``keys``, if any."""
+    for value in reversed(_json_objects(text)):
+        if all(k in value for k in keys):
+            return value
     return None
 
 
 def _line_value(text: str, *labels: str) -> str | None:
+    """The value of the last line ``<label>: <value>`` for the first label that occurs."""
     for label in labels:
-        m = re.search(rf"(?im)^[\s*#>-]*\**{label}\**\s*[:=]\s*\**\s*(.+?)\s*\**\s*$", text)
-        if m:
-            return m.group(1).strip().strip("`'\"")
+        matches = re.findall(rf"(?im)^[\s*#>-]*\**{label}\**\s*[:=]\s*\**\s*(.+?)\s*\**\s*$", text)
+        if matches:
+            return matches[-1].strip().strip("`'\"")
     return None
 
 
@@ -110,7 +178,8 @@ def _validated(model: type[BaseModel], data: dict[str, Any]) -> BaseModel:
 
 
 def parse_requirements(text: str) -> TaskRequirementsResult:
-    data = _json_object(text)
+    text = answer_text(text)
+    data = _json_object(text, "target_classes")
     if data is not None:
         if isinstance(data.get("target_classes"), str):
             data["target_classes"] = _split_list(data["target_classes"])
@@ -127,23 +196,30 @@ def parse_requirements(text: str) -> TaskRequirementsResult:
     )
 
 
+#: a whole answer (or one of its lines) that says no dataset fits
+_NO_DATASET = re.compile(r"(?im)^[\s*#>`'\"-]*(?:\**dataset[ _]name\**\s*[:=]\s*\**\s*)?"
+                         r"(?:no (?:suitable |matching |relevant )?datasets?|none)\b")
+
+
 def parse_selection(text: str) -> DatasetSelection:
-    data = _json_object(text)
-    if data is not None and "datasets" in data:
+    text = answer_text(text)
+    data = _json_object(text, "datasets")
+    if data is not None:
         return _validated(DatasetSelection, data)  # type: ignore[return-value]
     text = text.replace("<end>", "")
     names = [m.strip().strip("`'\"*") for m in re.findall(r"(?im)\**\s*dataset[ _]name\s*\**\s*[:=]\s*(.+?)\s*$", text)]
-    names = [n for n in names if n and n.lower() not in ("none", "no dataset")]
+    names = [n for n in names if n and not re.match(r"(?i)(none|no (suitable |matching |relevant )?datasets?)\b", n)]
     if names:
         return DatasetSelection(datasets=list(dict.fromkeys(names)))
-    if re.search(r"(?i)\bno (suitable |matching |relevant )?datasets?\b|\bnone\b", text):
+    if _NO_DATASET.search(text):  # "none" must be the answer, not a word in a sentence
         return DatasetSelection(datasets=[], reason=text.strip()[:500])
     raise ParseError("expected one line '**Dataset Name** : <name>' per matching dataset, or 'no dataset' and a reason")
 
 
 def parse_approval(text: str, clients: list[str]) -> ApprovalResult:
-    data = _json_object(text)
-    if data is not None and "approved" in data:
+    text = answer_text(text)
+    data = _json_object(text, "approved")
+    if data is not None:
         result = _validated(ApprovalResult, data)
     else:
         value = _line_value(text, "approved", "approved clients", "approved hospitals")
@@ -157,19 +233,22 @@ def parse_approval(text: str, clients: list[str]) -> ApprovalResult:
 
 
 def parse_cleaning(text: str) -> CleaningReport:
-    data = _json_object(text)
-    if data is not None and "output_path" in data:
+    text = answer_text(text)
+    data = _json_object(text, "output_path")
+    if data is not None:
         return _validated(CleaningReport, data)  # type: ignore[return-value]
     return CleaningReport(output_path=_line_value(text, "output path", "output_path", "output") or "",
                           summary=text.strip()[:1000])
 
 
 def parse_harmonisation(text: str) -> HarmonisationReport:
-    data = _json_object(text)
+    text = answer_text(text)
+    data = _json_object(text, "mapping")
     if data is not None and isinstance(data.get("mapping"), dict):
         return _validated(HarmonisationReport, data)  # type: ignore[return-value]
     mapping: dict[str, str | None] = {}
     for src, dst in re.findall(r"(?m)^[\s*`'\"-]*(.+?)[`'\"]?\s*(?:->|→|=>)\s*[`'\"]?(.+?)[`'\"]?\s*$", text):
+        # a later line for the same class wins: a corrected mapping replaces the draft
         mapping[src.strip()] = None if dst.strip().lower() in ("drop", "none", "exclude", "-") else dst.strip()
     if not mapping:
         raise ParseError("expected one line '<local class> -> <target class or drop>' per local class")
@@ -177,8 +256,9 @@ def parse_harmonisation(text: str) -> HarmonisationReport:
 
 
 def parse_algorithm(text: str) -> AlgorithmChoice:
-    data = _json_object(text)
-    if data is not None and "algorithm" in data:
+    text = answer_text(text)
+    data = _json_object(text, "algorithm")
+    if data is not None:
         return _validated(AlgorithmChoice, data)  # type: ignore[return-value]
     name = _line_value(text, "algorithm name", "algorithm")
     if not name:
@@ -187,4 +267,5 @@ def parse_algorithm(text: str) -> AlgorithmChoice:
 
 
 def parse_training(text: str) -> TrainingReport:
+    text = answer_text(text)
     return TrainingReport(status=_line_value(text, "status", "training status") or "", summary=text.strip()[:1000])

@@ -28,47 +28,66 @@ class Role:
     first_tool: str | None
     parse: Callable[..., object]
     answer_format: str
+    #: the answer's schema: the arguments of the role's ``submit_answer`` tool
+    schema: type | None = None
 
 
 ROLES: dict[str, Role] = {
     "S1": Role("S1", "task analyst", "server", ("read_task",), "read_task", results.parse_requirements,
                "Answer with exactly these lines:\nModality: <imaging modality>\nTask type: classification\n"
                "Target classes: <class>, <class>, ...\nRequirement: <one of: baseline, label_skew, feature_shift, "
-               "personalisation, unseen_site, stragglers, heterogeneous_architectures>"),
+               "personalisation, unseen_site, stragglers, heterogeneous_architectures>", schema=results.TaskRequirementsResult),
     "C1": Role("C1", "dataset selector", "client", ("read_data_cards", "read_text_file", "list_folder"),
                "read_data_cards",
                results.parse_selection,
                "Answer with one line '**Dataset Name** : <name>' per matching dataset (names exactly as in the data "
-               "cards), or 'no dataset' followed by the reason."),
+               "cards), or 'no dataset' followed by the reason.", schema=results.DatasetSelection),
     "S2": Role("S2", "federation coordinator", "server", (), None, results.parse_approval,
-               "Answer with one line: 'Approved: <client>, <client>' (or 'Approved: none')."),
+               "Answer with one line: 'Approved: <client>, <client>' (or 'Approved: none').", schema=results.ApprovalResult),
     "C2": Role("C2", "data cleaner", "client",
                ("read_data_cards", "read_text_file", "list_folder", "preview_label_file", "copy_dataset",
                 "organise_by_label_file", "remove_non_image_files", "convert_images", "detect_data_issues",
                 "remove_flagged_files", "remove_files", "summarise_images", "report_dataset_statistics"),
                "read_data_cards", results.parse_cleaning,
-               "When done, answer with 'Output path: <cleaned folder>' and one line 'Data Cleaning Complete'."),
+               "When done, answer with 'Output path: <cleaned folder>' and one line 'Data Cleaning Complete'.", schema=results.CleaningReport),
     "C3": Role("C3", "label harmoniser", "client",
                ("read_data_cards", "read_text_file", "list_class_folders", "apply_label_mapping",
                 "report_dataset_statistics"),
                "list_class_folders", results.parse_harmonisation,
                "When done, answer with one line '<local class> -> <target class or drop>' per local class, then "
-               "'Output path: <harmonised folder>'."),
+               "'Output path: <harmonised folder>'.", schema=results.HarmonisationReport),
     "S3": Role("S3", "algorithm selector", "server", ("query_algorithm_registry", "read_client_statistics"),
                "query_algorithm_registry", results.parse_algorithm,
-               "Answer with one line 'Algorithm Name: <name exactly as in the registry>' and a one-sentence reason."),
+               "Answer with one line 'Algorithm Name: <name exactly as in the registry>' and a one-sentence reason.", schema=results.AlgorithmChoice),
     "S4": Role("S4", "training coordinator", "server", ("launch_training", "training_status"), "launch_training",
                results.parse_training, "When training has finished, answer with 'Status: <completed or failed>' and a "
-               "one-line summary of the final metrics."),
+               "one-line summary of the final metrics.", schema=results.TrainingReport),
 }
 
 
-def system_prompt(role: Role, guidance: str, client: str | None = None) -> str:
+ANSWER_TOOL_NOTE = ("You can also give your final answer by calling submit_answer with the answer's fields "
+                    "instead of writing it.")
+
+
+def answer_tool(role: Role):
+    """The role's ``submit_answer`` tool: its arguments are the role's answer schema. The agent
+    runner intercepts the call and parses the arguments like a JSON answer; the body never runs."""
+    from langchain_core.tools import StructuredTool
+
+    def submit_answer(**fields) -> str:  # pragma: no cover - intercepted by agents.runner
+        return "answer received"
+
+    return StructuredTool.from_function(
+        func=submit_answer, name="submit_answer", args_schema=role.schema,
+        description=f"Submit your final answer as agent {role.name} ({role.title}). Call it once, when you are done.")
+
+
+def system_prompt(role: Role, guidance: str, client: str | None = None, submit_tool: bool = False) -> str:
     who = f"Agent {role.name} at client {client}" if client else f"Agent {role.name} on the server"
     style = ("Follow the numbered steps exactly." if guidance == "fine"
              else "Plan your own workflow with the tools you have, then solve the task.")
     return (f"{who}: the {role.title} of a federated-learning team of hospitals.\n{style}\n{PRIVACY_RULES}\n"
-            f"{role.answer_format}")
+            f"{role.answer_format}" + (f"\n{ANSWER_TOOL_NOTE}" if submit_tool else ""))
 
 
 def user_prompt(role: Role, guidance: str, ctx: dict) -> str:

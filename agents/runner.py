@@ -1,15 +1,20 @@
 """One agent's tool-calling loop, with the guard rails a benchmark needs.
 
 Why not ``create_react_agent``: the benchmark must bound every agent by a step budget, retry
-provider errors with backoff and then *record* the failure, return malformed tool calls to the
-model as errors, audit every model input for privacy, force the first tool for small models, and
-count tokens per role and client. A run never raises out of here.
+provider errors with backoff (honouring ``Retry-After``), return malformed tool calls to the model
+as errors, keep thinking out of the answer, offer a ``submit_answer`` tool beside the text protocol,
+audit every model input for privacy, force the first tool for small models, write a transcript,
+and count tokens per role and client. An agent's own failures come back as an
+:class:`AgentOutcome`; only provider failures raise (:mod:`agents.providers`), because they are
+not the agent's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.results import ParseError
+from agents.results import ParseError, split_reasoning
 
 Parser = Callable[[str], BaseModel]
 
@@ -31,6 +36,11 @@ class UsageRecord(BaseModel):
     model_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    #: the part of ``output_tokens`` spent thinking (the provider's figure; else estimated from the
+    #: thinking text at four characters a token)
+    reasoning_tokens: int = 0
+    #: model calls answered from the response cache
+    cached_calls: int = 0
 
 
 class ToolCallRecord(BaseModel):
@@ -38,6 +48,8 @@ class ToolCallRecord(BaseModel):
     client: str | None = None
     tool: str
     ok: bool
+    #: "ok", or what went wrong: unknown_tool, argument_error, bad_path, tool_error
+    kind: str = "ok"
     args: dict[str, Any] = Field(default_factory=dict)
     output: str = ""
 
@@ -57,6 +69,10 @@ class AgentOutcome(BaseModel):
     model_seconds: float = 0.0
     tool_seconds: float = 0.0
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    #: calls that repeated an earlier call with the same arguments and got the same output
+    repeated_calls: int = 0
+    #: how the answer arrived: "text" (protocol lines or JSON), "tool" (submit_answer) or None
+    answered_by: str | None = None
     usage: UsageRecord
 
 
@@ -67,27 +83,94 @@ class Auditor:
         return None
 
 
+Transcript = Callable[[dict[str, Any]], None]
+
 #: model calls left when the agent is told to stop calling tools and answer (one notice per agent);
-#: the very last call is then made without tools
+#: the very last call is then made without tools (or with only ``submit_answer``, forced)
 LAST_CALLS = 2
 LAST_CALLS_NOTE = ("You have {n} model calls left. Stop calling tools and give your final answer now, "
                    "in the format the instructions ask for.")
-
+LAST_CALLS_NOTE_TOOL = ("You have {n} model calls left. Stop calling tools and give your final answer now: "
+                        "call submit_answer, or answer in the format the instructions ask for.")
 
 #: said when a call repeats an earlier one with the same arguments and gets the same output
 REPEAT_NOTE = ("You called {tools} again with the same arguments and got the same result as before. "
                "Use that result: call a different tool, or give your final answer.")
+
+SUBMIT = "submit_answer"
 
 
 def _retry_base() -> float:
     return float(os.environ.get("FEDAGENTBENCH_RETRY_BASE_S", "1.0"))
 
 
+_limits: dict[str, threading.BoundedSemaphore] = {}
+_limits_lock = threading.Lock()
+
+
+def request_slot(provider_key: str | None):
+    """A slot of the provider's concurrent-request cap (``FEDAGENTBENCH_MAX_REQUESTS``, per
+    provider and host; unset or 0: no cap), held for the duration of one model call."""
+    cap = int(os.environ.get("FEDAGENTBENCH_MAX_REQUESTS", "0") or 0)
+    if not provider_key or cap <= 0:
+        return contextlib.nullcontext()
+    with _limits_lock:
+        key = f"{provider_key}|{cap}"
+        if key not in _limits:
+            _limits[key] = threading.BoundedSemaphore(cap)
+        return _limits[key]
+
+
 def _content_text(message: Any) -> str:
+    """The message's text; reasoning content blocks (OpenAI, Anthropic shapes) are left out."""
     content = getattr(message, "content", "")
     if isinstance(content, list):  # content blocks
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+        return "".join(part.get("text", "") if isinstance(part, dict) and part.get("type", "text") == "text"
+                       else (part if isinstance(part, str) else "") for part in content)
     return str(content or "")
+
+
+def reply_parts(message: Any) -> tuple[str, str]:
+    """``(answer, thinking)`` of a model reply: ``<think>`` blocks in the text, the provider's
+    reasoning fields (DeepSeek ``reasoning_content``, Ollama ``thinking``, OpenAI reasoning items)."""
+    answer, thinking = split_reasoning(_content_text(message))
+    extra = []
+    kwargs = getattr(message, "additional_kwargs", None) or {}
+    for field in ("reasoning_content", "thinking", "reasoning"):
+        value = kwargs.get(field)
+        if isinstance(value, dict):  # OpenAI Responses: {"summary": [{"text": ...}]}
+            value = " ".join(s.get("text", "") for s in value.get("summary", []) if isinstance(s, dict))
+        if isinstance(value, str) and value.strip():
+            extra.append(value.strip())
+    content = getattr(message, "content", "")
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in ("reasoning", "thinking"):
+                text = part.get("thinking") or part.get("reasoning") or part.get("text") or ""
+                if not text and isinstance(part.get("summary"), list):
+                    text = " ".join(s.get("text", "") for s in part["summary"] if isinstance(s, dict))
+                if text.strip():
+                    extra.append(text.strip())
+    return answer, "\n".join(extra + ([thinking] if thinking else []))
+
+
+def _without_thinking(reply: Any, answer: str) -> Any:
+    """The reply as it goes back into the conversation: thinking left out (DeepSeek refuses
+    ``reasoning_content`` in its input, and old drafts only confuse later turns)."""
+    kwargs = {k: v for k, v in (getattr(reply, "additional_kwargs", None) or {}).items()
+              if k not in ("reasoning_content", "thinking", "reasoning")}
+    try:
+        return reply.model_copy(update={"content": answer, "additional_kwargs": kwargs})
+    except Exception:  # pragma: no cover - a message type without model_copy
+        return reply
+
+
+def _wait_seconds(exc: BaseException, attempt: int) -> float:
+    from agents.providers import retry_after
+
+    backoff = _retry_base() * (2 ** attempt)
+    asked = retry_after(exc)
+    return max(backoff, asked) if asked is not None else backoff
 
 
 def run_agent(
@@ -100,106 +183,208 @@ def run_agent(
     parse: Parser,
     client: str | None = None,
     budget: int = 12,
-    retries: int = 3,
+    retries: int = 5,
     auditor: Auditor | None = None,
     first_tool: str | None = None,
     output_cap: int = 6000,
+    answer_tool: Any | None = None,
+    transcript: Transcript | None = None,
+    cache: Any | None = None,
+    provider_key: str | None = None,
+    describe_provider: Callable[[str, BaseException], str] | None = None,
 ) -> AgentOutcome:
-    """Run one agent to a parsed result, within ``budget`` model calls."""
+    """Run one agent to a parsed result, within ``budget`` model calls.
+
+    ``answer_tool`` (``submit_answer``, see :func:`agents.roles.answer_tool`) is offered beside the
+    role's tools on every call and forced on the last one; its arguments go through ``parse`` like
+    a JSON answer. ``transcript`` receives every message, tool call and result as an event.
+    ``cache`` (:class:`agents.cache.ResponseCache`) answers a call it has seen before.
+    Provider failures that no retry fixes raise :class:`agents.providers.ProviderError`; transient
+    ones that outlast ``retries`` raise :class:`agents.providers.ProviderUnavailable`: a run's
+    infrastructure failure is never scored as the agent's answer."""
     from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+
+    from agents.providers import ProviderError, ProviderUnavailable, classify
 
     started = time.perf_counter()
     usage = UsageRecord(role=role, client=client)
     calls: list[ToolCallRecord] = []
+    tools = list(tools)
     by_name = {t.name: t for t in tools}
+    offered = tools + ([answer_tool] if answer_tool is not None else [])
     messages: list[Any] = [SystemMessage(system), HumanMessage(user)]
     where = f"{role}@{client}" if client else role
     reminded = False
     earlier: dict[str, str] = {}  # (tool, arguments) -> its last output, to notice calls that learn nothing new
     timers = {"model": 0.0, "tool": 0.0}
+    counters = {"repeats": 0}
 
-    def outcome(ok: bool, text: str = "", result: BaseModel | None = None, error: str | None = None, steps: int = 0):
-        return AgentOutcome(role=role, client=client, ok=ok, text=text[:4000],
+    def emit(kind: str, step: int, **fields: Any) -> None:
+        if transcript is not None:
+            event = {"ts": time.time(), "role": role, "client": client, "step": step, "kind": kind, **fields}
+            if auditor is not None and fields.get("content"):
+                auditor.check(str(fields["content"]), f"transcript of {where}")
+            transcript(event)
+
+    emit("system", 0, content=system)
+    emit("user", 0, content=user)
+
+    def outcome(ok: bool, text: str = "", result: BaseModel | None = None, error: str | None = None, steps: int = 0,
+                answered_by: str | None = None):
+        done = AgentOutcome(role=role, client=client, ok=ok, text=text[:4000],
                             result=result.model_dump() if result is not None else None, error=error, steps=steps,
                             seconds=round(time.perf_counter() - started, 4), model_seconds=round(timers["model"], 4),
-                            tool_seconds=round(timers["tool"], 4), tool_calls=calls, usage=usage)
+                            tool_seconds=round(timers["tool"], 4), tool_calls=calls, usage=usage,
+                            repeated_calls=counters["repeats"], answered_by=answered_by)
+        emit("outcome", steps, ok=ok, error=error, result=done.result, seconds=done.seconds,
+             usage=usage.model_dump(exclude={"id", "role", "client"}))
+        return done
+
+    def note(step: int, text: str) -> None:
+        messages.append(HumanMessage(text))
+        emit("user", step, content=text)
 
     for step in range(budget):
-        if tools and step == budget - LAST_CALLS and step > 0:
-            messages.append(HumanMessage(LAST_CALLS_NOTE.format(n=LAST_CALLS)))
+        if offered and step == budget - LAST_CALLS and step > 0:
+            note(step, (LAST_CALLS_NOTE_TOOL if answer_tool is not None else LAST_CALLS_NOTE).format(n=LAST_CALLS))
         if auditor is not None:
             for m in messages:
                 auditor.check(_content_text(m), f"model input of {where}")
-        bound = model
-        last_call = step == budget - 1 and step > 0  # must answer: no tools offered (some providers ignore "none")
-        if tools and hasattr(model, "bind_tools") and not last_call:
-            force = first_tool if (step == 0 and first_tool in by_name) else None
-            bound = model.bind_tools(list(tools), tool_choice=force) if force else model.bind_tools(list(tools))
-        reply, last_error = None, None
+        last_call = step == budget - 1 and step > 0  # must answer: no role tools (some providers ignore "none")
+        bound, bound_tools, choice = model, [], None
+        if hasattr(model, "bind_tools"):
+            if last_call and answer_tool is not None:
+                bound_tools, choice = [answer_tool], SUBMIT
+            elif offered and not last_call:
+                bound_tools = offered
+                choice = first_tool if (step == 0 and first_tool in by_name) else None
+            if bound_tools:
+                bound = model.bind_tools(bound_tools, tool_choice=choice) if choice else model.bind_tools(bound_tools)
+        reply, cached = None, False
+        if cache is not None:
+            reply = cache.get(messages, bound_tools, choice)
+            cached = reply is not None
         for attempt in range(retries + 1):
+            if reply is not None:
+                break
             t0 = time.perf_counter()
             try:
-                reply = bound.invoke(messages)
+                with request_slot(provider_key):
+                    reply = bound.invoke(messages)
                 timers["model"] += time.perf_counter() - t0
                 break
-            except Exception as exc:  # provider errors, timeouts, rate limits: retried, then recorded
+            except Exception as exc:
                 timers["model"] += time.perf_counter() - t0
-                last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                if attempt < retries:
-                    time.sleep(_retry_base() * (2 ** attempt))
-        if reply is None:
-            return outcome(False, error=f"model call failed after {retries + 1} attempts: {last_error}", steps=step + 1)
+                kind = classify(exc)
+                message = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if kind in ("auth", "not_found"):
+                    emit("note", step, content=f"provider error, not retried: {message}")
+                    raise ProviderError(describe_provider(kind, exc) if describe_provider else message) from exc
+                if kind == "other":  # the provider refused this request (e.g. context too long): the agent's failure
+                    emit("note", step, content=f"model call refused: {message}")
+                    return outcome(False, error=f"model call refused: {message}", steps=step + 1)
+                if attempt == retries:
+                    emit("note", step, content=f"provider error after {retries + 1} attempts: {message}")
+                    if kind == "unreachable":
+                        raise ProviderError(describe_provider(kind, exc) if describe_provider else message) from exc
+                    raise ProviderUnavailable(f"{where}: model call failed after {retries + 1} attempts: "
+                                              f"{message}") from exc
+                wait = _wait_seconds(exc, attempt)
+                emit("note", step, content=f"retry {attempt + 1}/{retries} in {wait:.1f} s after {message}")
+                time.sleep(wait)
+        if cache is not None and not cached:
+            cache.put(messages, bound_tools, choice, reply)
         usage.model_calls += 1
+        usage.cached_calls += int(cached)
         meta = getattr(reply, "usage_metadata", None) or {}
         usage.input_tokens += int(meta.get("input_tokens", 0) or 0)
         usage.output_tokens += int(meta.get("output_tokens", 0) or 0)
-        messages.append(reply)
-
+        answer, thinking = reply_parts(reply)
+        reasoning = int(((meta.get("output_token_details") or {}).get("reasoning")) or 0)
+        if not reasoning and thinking:
+            reasoning = max(1, len(thinking) // 4)
+        usage.reasoning_tokens += reasoning
         tool_calls = list(getattr(reply, "tool_calls", None) or [])
         invalid = list(getattr(reply, "invalid_tool_calls", None) or [])
+        emit("assistant", step, content=answer, reasoning=thinking, cached=cached,
+             seconds=round(time.perf_counter() - t0, 4) if not cached else 0.0,
+             tool_calls=[{"id": c.get("id") or "", "name": c.get("name"), "args": c.get("args") or {}}
+                         for c in tool_calls] + [{"id": b.get("id") or "", "name": b.get("name"),
+                                                  "args": {"_invalid": str(b.get("args"))[:500]}} for b in invalid],
+             usage={"input_tokens": int(meta.get("input_tokens", 0) or 0),
+                    "output_tokens": int(meta.get("output_tokens", 0) or 0), "reasoning_tokens": reasoning})
+        messages.append(_without_thinking(reply, answer))
+
         if tool_calls or invalid:
+            submitted = None
             for bad in invalid:
                 text = f"error: malformed tool call {bad.get('name')!r}: {bad.get('error') or 'arguments are not valid JSON'}"
-                calls.append(ToolCallRecord(role=role, client=client, tool=str(bad.get("name")), ok=False, output=text))
+                calls.append(ToolCallRecord(role=role, client=client, tool=str(bad.get("name")), ok=False,
+                                            kind="argument_error", output=text))
                 messages.append(ToolMessage(text, tool_call_id=bad.get("id") or "invalid"))
+                emit("tool", step, tool=str(bad.get("name")), tool_call_id=bad.get("id"), ok=False, content=text)
             repeated = []
             for call in tool_calls:
                 t0 = time.perf_counter()
-                output, ok = _invoke_tool(by_name, call, output_cap)
+                if answer_tool is not None and call.get("name") == SUBMIT:
+                    try:
+                        submitted = parse(json.dumps(call.get("args") or {}))
+                        output, kind = "answer received", "ok"
+                    except ParseError as exc:
+                        output, kind = f"error: the answer was not accepted: {exc}", "argument_error"
+                else:
+                    output, kind = _invoke_tool(by_name, call, output_cap)
                 timers["tool"] += time.perf_counter() - t0
-                calls.append(ToolCallRecord(role=role, client=client, tool=call["name"], ok=ok,
+                calls.append(ToolCallRecord(role=role, client=client, tool=call["name"], ok=kind == "ok", kind=kind,
                                             args=call.get("args") or {}, output=output[:500]))
                 messages.append(ToolMessage(output, tool_call_id=call.get("id") or call["name"]))
+                emit("tool", step, tool=call["name"], tool_call_id=call.get("id"), ok=kind == "ok", content=output,
+                     seconds=round(time.perf_counter() - t0, 4))
                 key = json.dumps([call.get("name"), call.get("args") or {}], sort_keys=True, default=str)
                 if earlier.get(key) == output:
                     repeated.append(str(call.get("name")))
                 earlier[key] = output
+            if submitted is not None:
+                return outcome(True, text=answer or json.dumps(submitted.model_dump()), result=submitted,
+                               steps=step + 1, answered_by="tool")
+            counters["repeats"] += len(repeated)
             if repeated:  # a separate turn: the tool's own output stays exactly what the tool said
-                messages.append(HumanMessage(REPEAT_NOTE.format(tools=", ".join(sorted(set(repeated))))))
+                note(step, REPEAT_NOTE.format(tools=", ".join(sorted(set(repeated)))))
             continue
 
-        text = _content_text(reply)
         try:
-            return outcome(True, text=text, result=parse(text), steps=step + 1)
+            return outcome(True, text=answer, result=parse(answer), steps=step + 1, answered_by="text")
         except ParseError as exc:
             if reminded or step == budget - 1:
-                return outcome(False, text=text, error=f"unparseable answer: {exc}", steps=step + 1)
+                error = "empty answer" if not answer.strip() else f"unparseable answer: {exc}"
+                return outcome(False, text=answer, error=error, steps=step + 1)
             reminded = True
-            messages.append(HumanMessage(f"Your answer could not be read: {exc}. Answer again in that format."))
+            note(step, f"Your answer could not be read: {exc}. Answer again in that format.")
     return outcome(False, error=f"step budget of {budget} model calls exhausted", steps=budget)
 
 
-def _invoke_tool(by_name: dict[str, Any], call: dict[str, Any], cap: int) -> tuple[str, bool]:
-    """Run one tool call; every failure becomes a message for the model."""
+_BAD_PATH = ("outside the workspace", "does not exist", "no such file", "cannot be resolved", "not a folder",
+             "is not a directory", "not found")
+
+
+def _invoke_tool(by_name: dict[str, Any], call: dict[str, Any], cap: int) -> tuple[str, str]:
+    """Run one tool call: ``(output, kind)``; every failure becomes a message for the model."""
     tool = by_name.get(call.get("name", ""))
     if tool is None:
-        return f"error: there is no tool named {call.get('name')!r}; available: {', '.join(sorted(by_name))}", False
+        return (f"error: there is no tool named {call.get('name')!r}; available: {', '.join(sorted(by_name))}",
+                "unknown_tool")
     try:
         output = tool.invoke(call.get("args") or {})
     except Exception as exc:  # argument validation errors and tool bugs alike
-        return f"error: {call['name']} failed: {type(exc).__name__}: {str(exc)[:400]}", False
+        kind = "argument_error" if type(exc).__name__ in ("ValidationError", "TypeError", "ToolException") \
+            else "tool_error"
+        return f"error: {call['name']} failed: {type(exc).__name__}: {str(exc)[:400]}", kind
     text = output if isinstance(output, str) else str(output)
-    ok = not text.lower().startswith("error")
+    kind = "ok"
+    if text.lower().startswith("error"):
+        lowered = text.lower()
+        kind = ("argument_error" if "invalid arguments" in lowered
+                else "bad_path" if any(m in lowered for m in _BAD_PATH) else "tool_error")
     if len(text) > cap:
         text = text[:cap] + f"\n[... output truncated at {cap} characters]"
-    return text, ok
+    return text, kind

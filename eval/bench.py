@@ -38,6 +38,12 @@ class BenchSpec(BaseModel):
     rounds: int = 1
     budget: int = 16
     temperature: float = Field(default=0.0, ge=0.0)
+    #: offer agents the submit_answer tool beside the text protocol
+    submit_tool: bool = True
+    timeout_s: float = Field(default=120.0, gt=0)
+    retries: int = Field(default=5, ge=0)
+    #: answer repeated model calls from ``<out>/llm_cache`` (a rerun is identical and free)
+    cache: bool = False
     out: Path = Path("runs/bench")
     data_dir: str | None = None
 
@@ -97,27 +103,37 @@ def run_config(spec: BenchSpec, key: RunKey, env_root: Path):
     return RunConfig(env_dir=str((env_root / key.environment).resolve()), task_id=key.task,
                      guidance=key.guidance, model=key.model, mode=key.mode, run_id=f"r{key.run}",
                      rounds=spec.rounds, budget=spec.budget, temperature=spec.temperature,
-                     seed=sampling_seed(spec, key.run))
+                     seed=sampling_seed(spec, key.run), submit_tool=spec.submit_tool, timeout_s=spec.timeout_s,
+                     retries=spec.retries, cache_dir=str((spec.out / "llm_cache").resolve()) if spec.cache else None)
 
 
 def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
-    """One run, start or resume, and its scored result (a failure is a result too)."""
+    """One run, start or resume, and its scored result. A run that ends on an infrastructure error
+    is recorded as failed (not scored); a :class:`agents.providers.ProviderError` propagates."""
+    from agents.providers import ProviderError
     from eval.scoring import GRADER_VERSION
     from graphs import run as graph_run
 
     config = run_config(spec, key, env_root)
     thread = graph_run.default_thread_id(config)
+    db = spec.out / "checkpoints.sqlite"
+    transcript = str(graph_run.transcript_path(db, thread))
     started = time.perf_counter()
     try:
-        state = graph_run.run_task(config, spec.out / "checkpoints.sqlite", thread)
-    except Exception as exc:  # the workflow itself failed: record, never crash the bench
+        state = graph_run.run_task(config, db, thread)
+    except ProviderError:
+        raise
+    except Exception as exc:  # provider retries ran out, or the workflow broke: not a score, run again later
         return RunResult(key=key, grader_version=GRADER_VERSION, thread_id=thread,
                          subtasks={s: False for s in ("S1", "C1", "S2", "C2", "C3", "S3", "S4")},
                          wall_seconds=round(time.perf_counter() - started, 2),
                          failed=f"{type(exc).__name__}: {str(exc)[:300]}",
-                         sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
-    return result_from_state(key, thread, state, time.perf_counter() - started,
-                             sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
+                         failures={s: "infrastructure_error" for s in ("S1", "C1", "S2", "C2", "C3", "S3", "S4")},
+                         sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed,
+                         transcript=transcript if Path(transcript).is_file() else None)
+    result = result_from_state(key, thread, state, time.perf_counter() - started,
+                               sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
+    return result.model_copy(update={"transcript": transcript if Path(transcript).is_file() else None})
 
 
 def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: float,
@@ -126,6 +142,7 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
     """The scored result of a finished thread. The sampling settings recorded are the ones the
     thread ran with (its checkpointed config), falling back to the ones given."""
     from eval.scoring import GRADER_VERSION
+    from eval.taxonomy import classify_run
 
     used = state.get("config")
     used = used if isinstance(used, dict) else (used.model_dump() if used is not None else {})
@@ -133,9 +150,13 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
     subtasks = scores.get("subtasks", {})
     metrics = {name: sub.get("metrics", {}) for name, sub in subtasks.items()}
     errors = [e["message"] if isinstance(e, dict) else e.message for e in state.get("errors", [])]
+    passed = {name: bool(sub.get("passed")) for name, sub in subtasks.items()}
+    agents = [{k: a.get(k) for k in ("role", "client", "ok", "error", "steps", "tool_calls", "tool_error_kinds",
+                                     "repeated_calls", "answered_by", "privacy_violations")}
+              for a in state.get("agents", [])]
     return RunResult(
         key=key, grader_version=scores.get("grader_version", GRADER_VERSION), thread_id=thread,
-        subtasks={name: bool(sub.get("passed")) for name, sub in subtasks.items()}, metrics=metrics,
+        subtasks=passed, metrics=metrics, failures=classify_run(passed, state.get("agents", [])), agents=agents,
         usage=_usage_by_role(state.get("agents", [])), phase_seconds=scores.get("phase_seconds", {}),
         wall_seconds=round(seconds, 2), privacy_violations=int(scores.get("privacy_violations", 0)),
         errors=[e[:200] for e in errors][:20],
@@ -145,22 +166,31 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
 
 
 def _usage_by_role(agents: list[dict]) -> dict[str, Any]:
-    out: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0, "by_role": {},
+    counted = ("input_tokens", "output_tokens", "reasoning_tokens", "tool_calls", "cached_calls")
+    out: dict[str, Any] = {**{k: 0 for k in counted}, "by_role": {},
                            "agent_steps": 0, "agent_seconds": 0.0, "model_seconds": 0.0, "tool_seconds": 0.0}
     for a in agents:
         out["agent_steps"] += a.get("steps", 0)
         for k in ("agent_seconds", "model_seconds", "tool_seconds"):
             out[k] = round(out[k] + a.get(k if k != "agent_seconds" else "seconds", 0.0), 4)
-        role = out["by_role"].setdefault(a["role"], {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0})
-        for k in ("input_tokens", "output_tokens", "tool_calls"):
-            role[k] += a[k]
-            out[k] += a[k]
+        role = out["by_role"].setdefault(a["role"], {k: 0 for k in counted})
+        for k in counted:
+            role[k] += a.get(k, 0) or 0
+            out[k] += a.get(k, 0) or 0
     return out
 
 
 async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], None] | None = None,
                      on_note: Callable[[str], None] | None = None) -> list[RunResult]:
-    """Run every unfinished key of the matrix with ``spec.concurrency`` runs at a time."""
+    """Run every unfinished key of the matrix with ``spec.concurrency`` runs at a time.
+
+    Runs go to a thread pool of exactly ``spec.concurrency`` workers (asyncio's default pool holds
+    only cores + 4 threads, which capped concurrency on small machines). A fatal provider error
+    stops the bench: runs not yet started are skipped and the error is raised once all started
+    runs have ended (their checkpoints let the next bench resume them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agents.providers import ProviderError
     from eval.scoring import GRADER_VERSION
 
     import os
@@ -176,28 +206,42 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
     keys = matrix(spec)
     done = store.done_keys(GRADER_VERSION)
     todo = [k for k in keys if k.text not in done]
+    failed_before = {r.key.text for r in store.load(GRADER_VERSION) if r.failed} & {k.text for k in todo}
     if on_note:
-        on_note(f"{len(keys)} runs in the matrix, {len(keys) - len(todo)} already finished, {len(todo)} to run")
-    semaphore = asyncio.Semaphore(max(1, spec.concurrency))
+        on_note(f"{len(keys)} runs in the matrix, {len(keys) - len(todo)} already finished, {len(todo)} to run"
+                + (f" ({len(failed_before)} of them failed on infrastructure errors before)" if failed_before else ""))
+    workers = max(1, spec.concurrency)
+    semaphore = asyncio.Semaphore(workers)
     finished = len(keys) - len(todo)
+    fatal: list[ProviderError] = []
+    loop = asyncio.get_running_loop()
 
-    async def one(key: RunKey) -> RunResult:
+    async def one(key: RunKey, pool: ThreadPoolExecutor) -> RunResult | None:
         nonlocal finished
         async with semaphore:
-            result = await asyncio.to_thread(run_one, spec, key, env_root)
+            if fatal:
+                return None
+            try:
+                result = await loop.run_in_executor(pool, run_one, spec, key, env_root)
+            except ProviderError as exc:
+                fatal.append(exc)
+                return None
         store.append(result)
         finished += 1
         if on_done:
             on_done(result, finished, len(keys))
         return result
 
-    await asyncio.gather(*(one(k) for k in todo))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-run") as pool:
+        await asyncio.gather(*(one(k, pool) for k in todo))
+    if fatal:
+        raise fatal[0]
     wanted = {k.text for k in keys}
     return [r for r in store.load(GRADER_VERSION) if r.key.text in wanted]
 
 
 #: settings outside the run key that change what a run does: one value per results folder
-SAMPLING_SETTINGS = ("temperature", "seed", "scale", "rounds", "budget")
+SAMPLING_SETTINGS = ("temperature", "seed", "scale", "rounds", "budget", "submit_tool")
 
 
 def check_same_settings(store: ResultStore, spec: BenchSpec) -> None:

@@ -16,27 +16,42 @@ def _csv(value: str) -> list[str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)")
+    bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench.add_argument("--model", default="heuristic", help="model spec or alias, e.g. qwq-32b, oracle, local")
-    bench.add_argument("--env", type=_csv, default=list(ENVS), help="comma-separated environments (default: all six)")
+    bench.add_argument("--env", type=_csv, default=list(ENVS), help="comma-separated environments")
     bench.add_argument("--task", type=_csv, default=None, help="comma-separated task ids (default: all)")
-    bench.add_argument("--guidance", type=_csv, default=["fine", "goal"])
+    bench.add_argument("--guidance", type=_csv, default=["fine", "goal"], help="fine, goal or fine,goal")
     bench.add_argument("--runs", type=int, default=1,
                        help="repeats of every task (each with its own sampling seed); SE and pass^k need >= 2")
-    bench.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny")
+    bench.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny", help="environment size")
     bench.add_argument("--seed", type=int, default=0,
                        help="environment seed (a new seed: unseen environments); repeat r samples with seed + r")
     bench.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
     bench.add_argument("--mode", type=_csv, default=["e2e"], help="e2e, phase or e2e,phase")
-    bench.add_argument("--concurrency", type=int, default=1)
+    bench.add_argument("--concurrency", type=int, default=1, help="runs at a time")
+    bench.add_argument("--max-requests", type=int, default=0,
+                       help="cap on concurrent model requests per provider and host (0: no cap)")
     bench.add_argument("--rounds", type=int, default=1, help="federated training rounds per run")
     bench.add_argument("--budget", type=int, default=16, help="model calls allowed per agent")
+    bench.add_argument("--timeout", type=float, default=120.0, help="one model request's time limit (seconds)")
+    bench.add_argument("--retries", type=int, default=5,
+                       help="retries of a rate-limited, failed or timed-out request (backoff honours Retry-After)")
+    bench.add_argument("--no-submit-tool", action="store_true",
+                       help="do not offer agents the submit_answer tool (text protocol only, as in the paper)")
+    bench.add_argument("--cache", action="store_true",
+                       help="answer repeated model calls from <out>/llm_cache (a rerun is identical and free)")
     bench.add_argument("--out", type=Path, default=None, help="results folder (default: runs/bench-<model>)")
     bench.add_argument("--data-dir", default=None, help="real image pools (default: $FEDAGENTBENCH_DATA)")
     bench.set_defaults(func=_bench)
 
     report = subparsers.add_parser("report", help="tables and plots from one or more results folders")
-    report.add_argument("dirs", nargs="+", type=Path)
+    report.add_argument("dirs", nargs="+", type=Path, help="results folders (e.g. runs/bench-heuristic)")
     report.set_defaults(func=_report)
+
+    from eval.transcripts import register_show
+
+    register_show(subparsers)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -48,6 +63,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.runs < 1:
         raise ValueError("--runs must be at least 1")
+    if args.concurrency < 1 or args.max_requests < 0 or args.retries < 0 or args.timeout <= 0:
+        raise ValueError("--concurrency must be >= 1, --max-requests and --retries >= 0, --timeout > 0")
     if args.temperature < 0:
         raise ValueError("--temperature must be >= 0")
     unknown = [e for e in args.env if e not in ENVS]
@@ -60,10 +77,9 @@ def _bench(args: argparse.Namespace) -> int:
     spec = BenchSpec(model=args.model, environments=args.env, tasks=args.task, guidance=args.guidance,
                      modes=args.mode, runs=args.runs, scale=args.scale, seed=args.seed, temperature=args.temperature,
                      concurrency=args.concurrency, rounds=args.rounds, budget=args.budget,
-                     out=args.out or Path("runs") / f"bench-{safe_model}", data_dir=args.data_dir)
-    from agents.models import resolve_spec
-
-    resolve_spec(spec.model)  # a wrong spec fails here, before anything is built
+                     submit_tool=not args.no_submit_tool, timeout_s=args.timeout, retries=args.retries,
+                     cache=args.cache, out=args.out or Path("runs") / f"bench-{safe_model}", data_dir=args.data_dir)
+    check_model(spec.model, args.timeout, args.max_requests)  # before anything is built
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -83,6 +99,18 @@ def _bench(args: argparse.Namespace) -> int:
         results = asyncio.run(run_matrix(spec, on_done=done, on_note=note))
     _print_tables(console, spec.out)
     return 0 if results else 1
+
+
+def check_model(spec: str, timeout_s: float, max_requests: int = 0) -> None:
+    """Resolve the spec and check key, host and model (one clear error, exit 2, before any work)."""
+    import os
+
+    from agents.models import ModelSettings, resolve_spec
+    from agents.providers import preflight
+
+    if max_requests:
+        os.environ["FEDAGENTBENCH_MAX_REQUESTS"] = str(max_requests)
+    preflight(resolve_spec(spec, ModelSettings(timeout_s=timeout_s)), timeout_s=min(timeout_s, 15.0))
 
 
 def _report(args: argparse.Namespace) -> int:

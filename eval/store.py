@@ -45,7 +45,15 @@ class RunResult(BaseModel):
     wall_seconds: float = 0.0
     privacy_violations: int = 0
     errors: list[str] = Field(default_factory=list)
+    #: the run ended on an infrastructure error (provider, harness): not a score; the next bench
+    #: runs it again (resuming its thread from the last checkpoint)
     failed: str | None = None
+    #: failed sub-task -> failure class (eval.taxonomy)
+    failures: dict[str, str] = Field(default_factory=dict)
+    #: one compact record per agent: role, client, ok, error, steps, tool errors by kind, answered_by
+    agents: list[dict[str, Any]] = Field(default_factory=list)
+    #: the run's transcript (JSONL; an HTML page of the same name beside it)
+    transcript: str | None = None
     #: the chat model's sampling settings for this run: a distinct seed per repeat, so that a model
     #: sampling at temperature > 0 draws differently on each repeat (None: recorded before they were)
     sampling_seed: int | None = None
@@ -90,7 +98,8 @@ class ResultStore:
         return list(latest.values())
 
     def done_keys(self, grader_version: str) -> set[str]:
-        return {r.key.text for r in self.load(grader_version)}
+        """Keys of finished runs; a run that ended on an infrastructure error is not finished."""
+        return {r.key.text for r in self.load(grader_version) if not r.failed}
 
     def version_counts(self) -> dict[str, int]:
         """How many readable results lines each grader version has (every line, duplicates included)."""

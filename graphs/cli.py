@@ -9,43 +9,77 @@ from fedagentbench_cli import console as wide_console
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    run = subparsers.add_parser("run", help="run one task through the agent workflow (resumable)")
+    run = subparsers.add_parser("run", help="run one task through the agent workflow (resumable)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--env", required=True, type=Path, help="a built environment, e.g. out/envs/xray")
     run.add_argument("--task", required=True, help="task id (see the environment's server/tasks/)")
-    run.add_argument("--guidance", choices=("fine", "goal"), default="goal")
+    run.add_argument("--guidance", choices=("fine", "goal"), default="goal",
+                     help="fine: numbered steps naming the tools; goal: the goal only")
     run.add_argument("--model", default="heuristic", help="model spec or alias (see README), e.g. oracle, qwq-32b")
-    run.add_argument("--mode", choices=("e2e", "phase"), default="e2e")
+    run.add_argument("--mode", choices=("e2e", "phase"), default="e2e",
+                     help="e2e: each phase uses the previous phases' output; phase: each starts from the answer key")
     run.add_argument("--thread-id", default=None, help="resume this thread (default: derived from the settings)")
     run.add_argument("--run-id", default="run1", help="names the run's private work area (<env>/runs/<task>/...)")
-    run.add_argument("--db", type=Path, default=Path("runs/checkpoints.sqlite"), help="SQLite checkpoint file")
+    run.add_argument("--db", type=Path, default=Path("runs/checkpoints.sqlite"),
+                     help="SQLite checkpoint file; transcripts go to transcripts/ beside it")
     run.add_argument("--rounds", type=int, default=1, help="federated training rounds")
     run.add_argument("--budget", type=int, default=16, help="model calls allowed per agent")
     run.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
     run.add_argument("--seed", type=int, default=0, help="the chat model's sampling seed")
+    run.add_argument("--timeout", type=float, default=120.0, help="one model request's time limit (seconds)")
+    run.add_argument("--retries", type=int, default=5,
+                     help="retries of a rate-limited, failed or timed-out request (backoff honours Retry-After)")
+    run.add_argument("--no-submit-tool", action="store_true",
+                     help="do not offer agents the submit_answer tool (text protocol only, as in the paper)")
+    run.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                     help="answer repeated model calls from this folder (a rerun is identical and free)")
     run.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graphs.run import default_thread_id, run_task
+    from eval.cli import check_model
+    from graphs.run import default_thread_id, run_task, transcript_path
     from graphs.state import RunConfig
 
     if args.temperature < 0:
         raise ValueError("--temperature must be >= 0")
+    if args.retries < 0 or args.timeout <= 0 or args.budget < 1 or args.rounds < 1:
+        raise ValueError("--retries must be >= 0, --timeout > 0, --budget and --rounds >= 1")
     if not (args.env / "environment.json").is_file():
         raise FileNotFoundError(f"{args.env} is not a built environment; build one with `fedagentbench envs build`")
     if not (args.env / "server" / "tasks" / f"{args.task}.json").is_file():
         known = sorted(p.stem for p in (args.env / "server" / "tasks").glob("*.json"))
         raise ValueError(f"unknown task {args.task!r} in {args.env}; tasks: {', '.join(known)}")
+    check_model(args.model, args.timeout)  # the same checks as bench: spec, key, host, model
     config = RunConfig(env_dir=str(args.env.resolve()), task_id=args.task, guidance=args.guidance, model=args.model,
                        mode=args.mode, run_id=args.run_id, rounds=args.rounds, budget=args.budget,
-                       temperature=args.temperature, seed=args.seed)
+                       temperature=args.temperature, seed=args.seed, timeout_s=args.timeout, retries=args.retries,
+                       submit_tool=not args.no_submit_tool,
+                       cache_dir=str(args.cache.resolve()) if args.cache else None)
     thread = args.thread_id or default_thread_id(config)
     console = wide_console()
-    with console.status(f"running {args.task} with {args.model} (thread {thread}, temperature "
-                        f"{args.temperature:g}, seed {args.seed})"):
-        state = run_task(config, args.db, thread)
+    transcript = transcript_path(args.db, thread)
+    console.print(f"thread {thread}: checkpoints in {args.db}, transcript in {transcript} (and .html)",
+                  highlight=False)
+    with console.status(f"running {args.task} with {args.model} (temperature {args.temperature:g}, "
+                        f"seed {args.seed})") as status:
+
+        def progress(node: str) -> None:
+            status.update(f"{args.task} with {args.model}: {_NODE_NAMES.get(node.split(' at ')[0], node)}"
+                          + (f" at {node.split(' at ')[1]}" if " at " in node else ""))
+
+        state = run_task(config, args.db, thread, progress=progress)
     print_state(console, state, thread)
+    console.print(f"transcript: {transcript.with_suffix('.html')}  (or `fedagentbench show {thread}`)",
+                  highlight=False)
     return 0
+
+
+#: node names as the progress line shows them
+_NODE_NAMES = {"S1": "S1 task analyst (selection)", "C1": "C1 dataset selector (selection)",
+               "S2": "S2 federation coordinator (selection)", "C2": "C2 data cleaner (preprocessing)",
+               "C3": "C3 label harmoniser (harmonisation)", "S3": "S3 algorithm selector (training)",
+               "S4": "S4 training coordinator (training)", "evaluate": "scoring"}
 
 
 def print_state(console, state: dict, thread: str) -> None:

@@ -12,12 +12,13 @@ import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.roles import ROLES, system_prompt, user_prompt
+from agents.roles import ROLES, answer_tool, system_prompt, user_prompt
 from agents.runner import AgentOutcome, run_agent
 from graphs import runtime
 from graphs.state import ClientRecord, PhaseTiming, RunConfig, RunError, TrainingStatus, WorkflowState
@@ -62,7 +63,13 @@ def _tools(role_name: str, config: RunConfig, client: str | None, extra: list | 
 
 def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None, extra_tools: list | None = None,
          parse=None) -> tuple[AgentOutcome, dict[str, Any]]:
-    """Run one agent and return its outcome plus the state update that records it."""
+    """Run one agent and return its outcome plus the state update that records it.
+
+    Provider failures (:mod:`agents.providers`) propagate: they end the run as an infrastructure
+    failure, which the benchmark records apart from scores and runs again."""
+    from agents.providers import ProviderError, ProviderUnavailable
+    from agents.runner import UsageRecord
+
     role = ROLES[role_name]
     auditor = _auditor(config)
     where = f"{role_name}@{client}" if client else role_name
@@ -70,27 +77,37 @@ def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None
         outcome = run_agent(
             role=role_name, client=client, model=runtime.chat_model(config),
             tools=_tools(role_name, config, client, extra_tools),
-            system=system_prompt(role, config.guidance, client), user=user_prompt(role, config.guidance, ctx),
+            system=system_prompt(role, config.guidance, client, submit_tool=config.submit_tool),
+            user=user_prompt(role, config.guidance, ctx),
             parse=parse or role.parse, budget=config.budget, auditor=auditor, first_tool=role.first_tool,
+            answer_tool=answer_tool(role) if config.submit_tool and role.schema is not None else None,
+            transcript=runtime.transcript_writer(config), cache=runtime.response_cache(config),
+            retries=config.retries, provider_key=runtime.provider_key(config),
+            describe_provider=runtime.provider_message(config),
         )
+    except (ProviderError, ProviderUnavailable):
+        raise
     except Exception as exc:  # building the model or tools failed: a recorded failure, never a crash
-        from agents.runner import UsageRecord
-
         outcome = AgentOutcome(role=role_name, client=client, ok=False, error=f"{type(exc).__name__}: {exc}",
                                usage=UsageRecord(role=role_name, client=client))
+    privacy = [v.model_dump() for v in auditor.violations]
     summary = {
         "id": _id(config.run_id, where, "agent"),
         "role": role_name, "client": client, "ok": outcome.ok, "error": outcome.error, "steps": outcome.steps,
         "seconds": outcome.seconds, "model_seconds": outcome.model_seconds, "tool_seconds": outcome.tool_seconds,
         "tool_calls": len(outcome.tool_calls),
         "tool_errors": sum(1 for c in outcome.tool_calls if not c.ok),
+        "tool_error_kinds": dict(Counter(c.kind for c in outcome.tool_calls if not c.ok)),
         "tools_used": [c.tool for c in outcome.tool_calls],
+        "repeated_calls": outcome.repeated_calls, "answered_by": outcome.answered_by,
+        "privacy_violations": len(privacy),
         "model_calls": outcome.usage.model_calls, "input_tokens": outcome.usage.input_tokens,
-        "output_tokens": outcome.usage.output_tokens,
+        "output_tokens": outcome.usage.output_tokens, "reasoning_tokens": outcome.usage.reasoning_tokens,
+        "cached_calls": outcome.usage.cached_calls,
     }
     update: dict[str, Any] = {
         "agents": [summary],
-        "privacy": [v.model_dump() for v in auditor.violations],
+        "privacy": privacy,
         "timings": [PhaseTiming(id=_id(config.run_id, where, "time"), phase=_PHASE_OF[role_name],
                                 seconds=outcome.seconds)],
     }

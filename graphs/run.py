@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +18,59 @@ def default_thread_id(config: RunConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_.:@-]+", "_", raw)[:200]
 
 
-def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None) -> dict[str, Any]:
-    """The final state of the thread: started, resumed, or read back when it already finished."""
+def transcript_path(db: str | Path, thread_id: str) -> Path:
+    """Where a thread's transcript goes: ``transcripts/`` beside the checkpoint file, outside every
+    workspace (no agent can read another run's conversation)."""
+    return Path(db).resolve().parent / "transcripts" / f"{thread_id}.jsonl"
+
+
+def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The final state of the thread: started, resumed, or read back when it already finished.
+
+    The agents' conversations go to :func:`transcript_path` (JSONL, and an HTML page written when
+    the run ends, however it ends). ``progress`` hears the name of every node as it starts (an
+    agent, e.g. ``c2`` for a client's cleaner, or a phase's entry)."""
     from graphs.checkpoint import sqlite_checkpointer
     from graphs.workflow import compile_workflow
 
     thread_id = thread_id or default_thread_id(config)
+    if config.transcript_path is None:
+        config = config.model_copy(update={"transcript_path": str(transcript_path(db, thread_id))})
     cfg = {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
-    with sqlite_checkpointer(db) as saver:
-        graph = compile_workflow(saver)
-        snapshot = graph.get_state(cfg)
-        if snapshot.values and not snapshot.next:
-            return dict(snapshot.values)
-        if snapshot.values:  # interrupted: carry on from the last checkpoint
-            graph.invoke(None, cfg)
-        else:
-            graph.invoke({"config": config.model_dump()}, cfg)
-        return dict(graph.get_state(cfg).values)
+    try:
+        with sqlite_checkpointer(db) as saver:
+            graph = compile_workflow(saver)
+            snapshot = graph.get_state(cfg)
+            if snapshot.values and not snapshot.next:
+                return dict(snapshot.values)
+            start = None if snapshot.values else {"config": config.model_dump()}  # None: resume
+            if progress is None:
+                graph.invoke(start, cfg)
+            else:
+                for _, _, event in graph.stream(start, cfg, stream_mode="tasks", subgraphs=True):
+                    if "input" in event and "result" not in event:  # a task starts
+                        progress(_describe_task(event))
+            return dict(graph.get_state(cfg).values)
+    finally:
+        _write_html(config.transcript_path)
+
+
+def _describe_task(event: dict[str, Any]) -> str:
+    name = str(event.get("name", "?"))
+    task = event.get("input")
+    client = getattr(task, "client", None) or (task.get("client") if isinstance(task, dict) else None)
+    return f"{name} at {client}" if client else name
+
+
+def _write_html(path: str | None) -> None:
+    from eval.transcripts import write_html
+
+    if path and Path(path).is_file():
+        try:
+            write_html(Path(path))
+        except (OSError, ValueError):  # the JSONL stays; `fedagentbench show --html` can retry
+            pass
 
 
 def thread_status(db: str | Path, thread_id: str) -> str:

@@ -87,13 +87,72 @@ def chat_model(config: RunConfig) -> Any:
 
     if config.model in MODEL_OVERRIDES:
         return MODEL_OVERRIDES[config.model](config)
-    key = (config.model, config.env_dir, config.task_id, config.seed, config.temperature, run_name(config))
+    key = (config.model, config.env_dir, config.task_id, config.seed, config.temperature, config.timeout_s,
+           run_name(config))
     with _lock:
         if key not in _models:
-            info = resolve_spec(config.model, ModelSettings(temperature=config.temperature, seed=config.seed))
+            info = resolve_spec(config.model, ModelSettings(temperature=config.temperature, seed=config.seed,
+                                                            timeout_s=config.timeout_s))
             _models[key] = make_chat_model(info, {"env_dir": config.env_dir, "task_id": config.task_id,
                                                   "seed": config.seed, "run_root": str(run_root(config))})
         return _models[key]
+
+
+def model_info(config: RunConfig):
+    from agents.models import ModelSettings, resolve_spec
+
+    return resolve_spec(config.model, ModelSettings(temperature=config.temperature, seed=config.seed,
+                                                    timeout_s=config.timeout_s, retries=config.retries))
+
+
+def provider_key(config: RunConfig) -> str | None:
+    """Which provider's request cap a call counts against (None: a baseline, no cap)."""
+    if config.model in MODEL_OVERRIDES:
+        return None
+    info = model_info(config)
+    return None if info.provider == "baseline" else f"{info.provider}|{info.base_url}"
+
+
+def provider_message(config: RunConfig):
+    """Turns a fatal provider error into the one line that names the fix."""
+    from agents.providers import fatal_message
+
+    def describe(kind: str, exc: BaseException) -> str:
+        try:
+            return fatal_message(kind, model_info(config), exc)
+        except ValueError:
+            return f"{type(exc).__name__}: {exc}"
+
+    return describe
+
+
+_writers: dict[str, Any] = {}
+
+
+def transcript_writer(config: RunConfig):
+    """Where the run's agents write their transcript events (None: not recorded)."""
+    if not config.transcript_path:
+        return None
+    from eval.transcripts import TranscriptWriter
+
+    with _lock:
+        if config.transcript_path not in _writers:
+            _writers[config.transcript_path] = TranscriptWriter(config.transcript_path)
+        writer = _writers[config.transcript_path]
+    thread = Path(config.transcript_path).stem
+    return lambda event: writer.write({"thread": thread, **event})
+
+
+def response_cache(config: RunConfig):
+    """The response cache (``--cache``), keyed on the model's identity and sampling settings."""
+    if not config.cache_dir:
+        return None
+    from agents.cache import ResponseCache
+
+    info = model_info(config)
+    return ResponseCache(config.cache_dir, {"model": info.resolved, "base_url": info.base_url,
+                                            "temperature": config.temperature, "seed": config.seed,
+                                            "max_tokens": info.settings.max_tokens})
 
 
 @lru_cache(maxsize=64)

@@ -28,6 +28,14 @@ class RunConfig(BaseModel):
     budget: int = 16
     temperature: float = 0.0
     seed: int = 0
+    #: offer every agent a ``submit_answer`` tool beside the text protocol (forced on its last call)
+    submit_tool: bool = True
+    #: one model request's time limit, and retries of transient provider errors
+    timeout_s: float = 120.0
+    retries: int = 5
+    #: harness outputs, outside every workspace: the run's transcript (JSONL) and the response cache
+    transcript_path: str | None = None
+    cache_dir: str | None = None
 
 
 class ClientRecord(BaseModel):

@@ -105,14 +105,16 @@ def test_malformed_and_unknown_tool_calls_go_back_to_the_model():
     assert "no tool named 'rm_rf'" in out.tool_calls[1].output
 
 
-def test_provider_errors_are_retried_then_recorded(monkeypatch):
+def test_provider_errors_are_retried_then_raised_as_infrastructure_failures(monkeypatch):
+    from agents.providers import ProviderUnavailable
+
     monkeypatch.setenv("FEDAGENTBENCH_RETRY_BASE_S", "0")
     flaky = FlakyModel(responses=[AIMessage(content="Algorithm Name: FedAvg")], failures=2)
     out = run_agent(role="S3", model=flaky, tools=[], system="s", user="u", parse=results.parse_algorithm, retries=3)
     assert out.ok
     down = FlakyModel(responses=[AIMessage(content="x")], failures=99)
-    out = run_agent(role="S3", model=down, tools=[], system="s", user="u", parse=results.parse_algorithm, retries=2)
-    assert not out.ok and "failed after 3 attempts" in out.error and "TimeoutError" in out.error
+    with pytest.raises(ProviderUnavailable, match="failed after 3 attempts: TimeoutError"):
+        run_agent(role="S3", model=down, tools=[], system="s", user="u", parse=results.parse_algorithm, retries=2)
 
 
 def test_step_budget_and_unparseable_answers_end_as_failures():
