@@ -39,8 +39,15 @@ def status_code(exc: BaseException) -> int | None:
 
 
 def retry_after(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (``Retry-After`` or ``retry-after-ms``), if it said."""
-    headers = getattr(getattr(exc, "response", None), "headers", None)
+    """Seconds the server asked us to wait (``Retry-After`` or ``retry-after-ms``), if it said.
+
+    openai's errors carry the response; ollama's ``ResponseError`` does not, but it is raised
+    while handling httpx's ``HTTPStatusError``, which does (``__context__``)."""
+    headers = None
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        headers = getattr(getattr(candidate, "response", None), "headers", None)
+        if headers:
+            break
     if not headers:
         return None
     try:
@@ -64,7 +71,9 @@ def classify(exc: BaseException) -> str:
         return "auth"
     if code == 404 or "NotFoundError" in names:
         return "not_found"
-    if names & {"APIConnectionError", "ConnectError", "ConnectionRefusedError"} and "APITimeoutError" not in names:
+    timeout = bool(names & {"APITimeoutError", "TimeoutException", "TimeoutError"})
+    dropped = bool(names & {"ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError"})
+    if names & {"APIConnectionError", "ConnectError", "ConnectionError"} and not timeout and not dropped:
         return "unreachable"
     if code in (408, 409, 425, 429) or (code is not None and code >= 500):
         return "transient"

@@ -253,7 +253,7 @@ def run_agent(
         last_call = step == budget - 1 and step > 0  # must answer: no role tools (some providers ignore "none")
         bound, bound_tools, choice = model, [], None
         if hasattr(model, "bind_tools"):
-            if last_call and answer_tool is not None:
+            if (last_call or reminded) and answer_tool is not None:  # the answer's last chance: forced
                 bound_tools, choice = [answer_tool], SUBMIT
             elif offered and not last_call:
                 bound_tools = offered

@@ -15,7 +15,6 @@ def _csv(value: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)")
     bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench.add_argument("--model", default="heuristic", help="model spec or alias, e.g. qwq-32b, oracle, local")
@@ -128,32 +127,48 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _print_tables(console, folder: Path) -> None:
+    """The per-environment, overall and failure-class tables; at under 150 columns the per-sub-task
+    columns move to a table of their own, so that no cell is cut."""
     import sys
 
     from rich.table import Table
 
-    from eval.report import SUBTASKS, format_ci, format_se, leaderboard, load_current, noise_notes, summarise, write_reports
+    from eval.report import (SUBTASKS, failure_table, format_ci, format_se, leaderboard, load_current, noise_notes,
+                             scored, summarise, write_reports)
     from eval.scoring import GRADER_VERSION
 
-    results, warning = load_current(folder)
+    everything, warning = load_current(folder)
     if warning:
         print(warning, file=sys.stderr)
+    results = scored(everything)
+    narrow = console.width < 150
+
+    def table(title: str, columns: list[str], left: tuple[str, ...] = ("model", "environment", "guidance", "mode",
+                                                                        "class")) -> Table:
+        t = Table(title=title, title_justify="left")
+        for col in columns:
+            t.add_column(col, justify="left" if col in left else "right", overflow="fold")
+        return t
+
     rows = summarise(results)
-    table = Table(title=f"{folder}: per environment (grader {GRADER_VERSION})")
-    for col in ("model", "environment", "guidance", "mode", "tasks", "runs", *SUBTASKS, "overall", "SE (runs)",
-                "pass^k", "tokens", "seconds"):
-        table.add_column(col, justify="right" if col not in ("model", "environment", "guidance", "mode") else "left")
+    per_env = table(f"{folder}: per environment (grader {GRADER_VERSION})",
+                    ["model", "environment", "guidance", "mode", "tasks", "runs", *([] if narrow else SUBTASKS),
+                     "overall", "SE (runs)", "pass^k", "tokens", "seconds"])
     for r in rows:
-        table.add_row(r["model"], r["environment"], r["guidance"], r["mode"], str(r["instances"]), str(r["runs"]),
-                      *[f"{r[s]}/{r['runs']}" for s in SUBTASKS], f"{r['overall']:.2f}", format_se(r),
-                      f"{r['pass^k']:.2f} (k={r['k']})", str(r["tokens"]), f"{r['wall_seconds']:.0f}")
-    console.print(table)
+        per_env.add_row(r["model"], r["environment"], r["guidance"], r["mode"], str(r["instances"]), str(r["runs"]),
+                        *([] if narrow else [f"{r[s]}/{r['runs']}" for s in SUBTASKS]), f"{r['overall']:.2f}",
+                        format_se(r), f"{r['pass^k']:.2f} (k={r['k']})", str(r["tokens"]), f"{r['wall_seconds']:.0f}")
+    console.print(per_env)
+    if narrow:
+        subtasks = table("passes per sub-task", ["environment", "guidance", "mode", *SUBTASKS])
+        for r in rows:
+            subtasks.add_row(r["environment"], r["guidance"], r["mode"], *[f"{r[s]}/{r['runs']}" for s in SUBTASKS])
+        console.print(subtasks)
     board = leaderboard(results)
-    overall = Table(title="overall: mean over task instances; SE from repeated runs of the same task; 95 % CI by "
-                          "bootstrap over instances (paper: their published X-ray score, for comparison)")
-    for col in ("model", "guidance", "mode", "temp.", "instances", "runs/inst.", "overall", "SE (run-to-run)",
-                "95 % CI", "pass^k (all 7)", "paper (X-ray)"):
-        overall.add_column(col)
+    overall = table("overall: mean over task instances; SE from repeated runs of the same task; 95 % CI by "
+                    "bootstrap over instances (paper: their published X-ray score, for comparison)",
+                    ["model", "guidance", "mode", "temp.", "instances", "runs/inst.", "overall", "SE (run-to-run)",
+                     "95 % CI", "pass^k (all 7)", "paper (X-ray)"])
     for b in board:
         paper = f"{b['paper_xray_overall']:.2f}" if b["paper_xray_overall"] is not None else "-"
         overall.add_row(b["model"], b["guidance"], b["mode"], b["temperature"], str(b["instances"]),
@@ -162,5 +177,18 @@ def _print_tables(console, folder: Path) -> None:
     console.print(overall)
     for note in noise_notes(board):
         console.print(f"noise: {note}", highlight=False)
+    failures = failure_table(everything)
+    if failures:
+        why = table("why sub-tasks failed (failure classes; infrastructure failures: whole runs, not scored)",
+                    ["model", "class", *SUBTASKS, "total", "runs"])
+        for f in failures:
+            why.add_row(f["model"], f["class"], *[str(f[s] or "") for s in SUBTASKS], str(f["total"] or ""),
+                        str(f["runs"] or ""))
+        console.print(why)
+    failed = [r for r in everything if r.failed]
+    if failed:
+        console.print(f"[yellow]{len(failed)} run(s) ended on infrastructure errors and are not scored; the next "
+                      f"`fedagentbench bench` with the same options runs them again. First: {failed[0].failed}[/yellow]",
+                      highlight=False)
     paths = write_reports(folder)
-    console.print("reports: " + ", ".join(str(p) for p in paths.values()))
+    console.print("reports: " + ", ".join(str(p) for p in paths.values()), highlight=False)

@@ -15,6 +15,11 @@ The statistics, and what each one measures:
   sub-task, and "all 7 passed"), by the unbiased estimator C(s, k) / C(n, k).
 
 The paper's published X-ray numbers are shown beside ours, marked as theirs.
+
+Runs that ended on an infrastructure error (``failed``: the provider's retries ran out, the
+harness broke) are not scores: they are left out of every statistic, listed apart, and run again
+by the next ``bench``. Every failed sub-task of a scored run carries a failure class
+(:mod:`eval.taxonomy`), tabulated per model and sub-task beside the scores.
 """
 
 from __future__ import annotations
@@ -153,6 +158,45 @@ def group_statistics(results: list[RunResult]) -> dict[str, Any]:
     return stats
 
 
+def scored(results: list[RunResult]) -> list[RunResult]:
+    """The runs that count: those that did not end on an infrastructure error."""
+    return [r for r in results if not r.failed]
+
+
+def failure_table(results: list[RunResult]) -> list[dict[str, Any]]:
+    """One row per (model, failure class): how many failed sub-tasks of each kind, per sub-task.
+    Infrastructure failures are counted once per run (under ``runs``), not per sub-task."""
+    from eval.taxonomy import CLASSES
+
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        if r.failed:
+            row = rows.setdefault((r.key.model, "infrastructure_error"),
+                                  {"model": r.key.model, "class": "infrastructure_error", "runs": 0,
+                                   **{s: 0 for s in SUBTASKS}, "total": 0})
+            row["runs"] += 1
+            continue
+        for subtask, cls in r.failures.items():
+            row = rows.setdefault((r.key.model, cls), {"model": r.key.model, "class": cls, "runs": 0,
+                                                       **{s: 0 for s in SUBTASKS}, "total": 0})
+            if subtask in SUBTASKS:
+                row[subtask] += 1
+                row["total"] += 1
+    order = {c: i for i, c in enumerate(CLASSES)}
+    return sorted(rows.values(), key=lambda x: (x["model"], order.get(x["class"], len(order))))
+
+
+def transcript_link(result: RunResult, folder: Path) -> str | None:
+    """The run's transcript page, relative to ``folder`` when it lies inside it."""
+    if not result.transcript:
+        return None
+    page = Path(result.transcript).with_suffix(".html")
+    try:
+        return str(page.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(page)
+
+
 def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per (model, environment, guidance, mode): per-sub-task passes, statistics, tokens, time."""
     groups: dict[tuple, list[RunResult]] = {}
@@ -259,19 +303,38 @@ def write_reports(folder: str | Path) -> dict[str, Path]:
     from eval.scoring import GRADER_VERSION
 
     folder = Path(folder)
-    results, _ = load_current(folder)
+    everything, _ = load_current(folder)
+    results = scored(everything)
     rows = summarise(results)
     board = leaderboard(results)
+    failures = failure_table(everything)
+    failed = [{"run": r.key.text, "thread": r.thread_id, "failed": r.failed, "transcript": transcript_link(r, folder)}
+              for r in everything if r.failed]
     paths = {"csv": folder / "summary.csv", "json": folder / "summary.json", "markdown": folder / "leaderboard.md",
              "html": folder / "report.html"}
     pd.DataFrame(rows).to_csv(paths["csv"], index=False)
     paths["json"].write_text(json.dumps({
         "grader_version": GRADER_VERSION, "statistics": STATISTICS_NOTE, "noise": noise_notes(board),
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL},
-        "rows": rows, "leaderboard": board}, indent=1) + "\n", "utf-8")
-    paths["markdown"].write_text(_markdown(board, rows), "utf-8")
-    paths["html"].write_text(_html(board, rows, results), "utf-8")
+        "rows": rows, "leaderboard": board, "failure_classes": failures, "infrastructure_failures": failed},
+        indent=1) + "\n", "utf-8")
+    paths["markdown"].write_text(_markdown(board, rows) + _markdown_failures(failures, failed), "utf-8")
+    paths["html"].write_text(_html(board, rows, results, failures, everything, folder), "utf-8")
     return paths
+
+
+def _markdown_failures(failures: list[dict], failed: list[dict]) -> str:
+    lines = ["", "## Why sub-tasks failed (failure classes, eval/taxonomy.py)", "",
+             "| model | class | " + " | ".join(SUBTASKS) + " | total | runs |",
+             "|---|---|" + "---|" * len(SUBTASKS) + "---|---|"]
+    lines += [f"| {f['model']} | {f['class']} | " + " | ".join(str(f[s]) for s in SUBTASKS)
+              + f" | {f['total']} | {f['runs'] or ''} |" for f in failures]
+    if failed:
+        lines += ["", f"## {len(failed)} runs failed on infrastructure errors (not scored; the next bench runs "
+                  "them again)", ""]
+        lines += [f"- `{f['run']}`: {f['failed']}" + (f" ([transcript]({f['transcript']}))" if f["transcript"] else "")
+                  for f in failed]
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(board: list[dict], rows: list[dict]) -> str:
@@ -308,70 +371,74 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _html(board: list[dict], rows: list[dict], results: list[RunResult]) -> str:
+def _html(board: list[dict], rows: list[dict], results: list[RunResult], failures: list[dict],
+          everything: list[RunResult], folder: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from html import escape
+
     figs = []
-    models = sorted({r.key.model for r in results})
-    fig, ax = plt.subplots(figsize=(7, 3))
-    width = 0.8 / max(1, len(models))
-    for i, model in enumerate(models):
-        rs = [r for r in results if r.key.model == model]
-        rates = [100 * sum(r.subtasks.get(s, False) for r in rs) / len(rs) for s in SUBTASKS]
-        ax.bar(np.arange(len(SUBTASKS)) + i * width, rates, width, label=model)
-    ax.set_xticks(np.arange(len(SUBTASKS)) + width * (len(models) - 1) / 2, SUBTASKS)
-    ax.set_ylabel("pass rate (%)")
-    ax.set_title("per-phase pass rate")
-    ax.legend(fontsize=7)
-    figs.append(("Per-phase pass rate", _png(fig)))
-    plt.close(fig)
+    if results:  # every run may have failed on infrastructure: no scores, no plots
+        models = sorted({r.key.model for r in results})
+        fig, ax = plt.subplots(figsize=(7, 3))
+        width = 0.8 / max(1, len(models))
+        for i, model in enumerate(models):
+            rs = [r for r in results if r.key.model == model]
+            rates = [100 * sum(r.subtasks.get(s, False) for r in rs) / len(rs) for s in SUBTASKS]
+            ax.bar(np.arange(len(SUBTASKS)) + i * width, rates, width, label=model)
+        ax.set_xticks(np.arange(len(SUBTASKS)) + width * (len(models) - 1) / 2, SUBTASKS)
+        ax.set_ylabel("pass rate (%)")
+        ax.set_title("per-phase pass rate")
+        ax.legend(fontsize=7)
+        figs.append(("Per-phase pass rate", _png(fig)))
+        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for model in models:
-        picked = [next((b for b in board if b["model"] == model and b["guidance"] == g), None)
-                  for g in ("fine", "goal")]
-        vals = [b["overall"] if b else np.nan for b in picked]
-        errs = [[b["overall"] - b["ci_low"] if b and b["ci_low"] is not None else 0 for b in picked],
-                [b["ci_high"] - b["overall"] if b and b["ci_high"] is not None else 0 for b in picked]]
-        ax.errorbar(["fine-grained", "goal-oriented"], vals, yerr=errs, marker="o", capsize=3, label=model)
-    ax.set_ylabel("overall (%), bars: 95 % CI")
-    ax.set_title("fine-grained vs goal-oriented")
-    ax.legend(fontsize=7)
-    figs.append(("Guidance styles", _png(fig)))
-    plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for model in models:
+            picked = [next((b for b in board if b["model"] == model and b["guidance"] == g), None)
+                      for g in ("fine", "goal")]
+            vals = [b["overall"] if b else np.nan for b in picked]
+            errs = [[b["overall"] - b["ci_low"] if b and b["ci_low"] is not None else 0 for b in picked],
+                    [b["ci_high"] - b["overall"] if b and b["ci_high"] is not None else 0 for b in picked]]
+            ax.errorbar(["fine-grained", "goal-oriented"], vals, yerr=errs, marker="o", capsize=3, label=model)
+        ax.set_ylabel("overall (%), bars: 95 % CI")
+        ax.set_title("fine-grained vs goal-oriented")
+        ax.legend(fontsize=7)
+        figs.append(("Guidance styles", _png(fig)))
+        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for b in board:
-        ax.scatter(b["tokens"] / max(1, b["runs"]), b["overall"], label=f"{b['model']} ({b['guidance']})")
-    ax.set_xlabel("tokens per run")
-    ax.set_ylabel("overall (%)")
-    ax.set_title("tokens vs score")
-    ax.legend(fontsize=6)
-    figs.append(("Tokens vs score", _png(fig)))
-    plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for b in board:
+            ax.scatter(b["tokens"] / max(1, b["runs"]), b["overall"], label=f"{b['model']} ({b['guidance']})")
+        ax.set_xlabel("tokens per run")
+        ax.set_ylabel("overall (%)")
+        ax.set_title("tokens vs score")
+        ax.legend(fontsize=6)
+        figs.append(("Tokens vs score", _png(fig)))
+        plt.close(fig)
 
-    envs = sorted({r["environment"] for r in rows})
-    labels = sorted({(r["model"], r["guidance"]) for r in rows})
-    grid = np.full((len(labels), len(envs)), np.nan)
-    for r in rows:
-        i, j = labels.index((r["model"], r["guidance"])), envs.index(r["environment"])
-        grid[i, j] = r["overall"] if np.isnan(grid[i, j]) else (grid[i, j] + r["overall"]) / 2
-    fig, ax = plt.subplots(figsize=(1 + 1.1 * len(envs), 0.8 + 0.45 * len(labels)))
-    im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
-    ax.set_xticks(range(len(envs)), envs, rotation=30, ha="right")
-    ax.set_yticks(range(len(labels)), [f"{m} ({g})" for m, g in labels])
-    for i in range(len(labels)):
-        for j in range(len(envs)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax, label="overall (%)")
-    ax.set_title("per-environment overall score")
-    figs.append(("Per environment", _png(fig)))
-    plt.close(fig)
+        envs = sorted({r["environment"] for r in rows})
+        labels = sorted({(r["model"], r["guidance"]) for r in rows})
+        grid = np.full((len(labels), len(envs)), np.nan)
+        for r in rows:
+            i, j = labels.index((r["model"], r["guidance"])), envs.index(r["environment"])
+            grid[i, j] = r["overall"] if np.isnan(grid[i, j]) else (grid[i, j] + r["overall"]) / 2
+        fig, ax = plt.subplots(figsize=(1 + 1.1 * len(envs), 0.8 + 0.45 * len(labels)))
+        im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+        ax.set_xticks(range(len(envs)), envs, rotation=30, ha="right")
+        ax.set_yticks(range(len(labels)), [f"{m} ({g})" for m, g in labels])
+        for i in range(len(labels)):
+            for j in range(len(envs)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", color="w", fontsize=8)
+        fig.colorbar(im, ax=ax, label="overall (%)")
+        ax.set_title("per-environment overall score")
+        figs.append(("Per environment", _png(fig)))
+        plt.close(fig)
 
     table = "".join(
         f"<tr><td>{b['model']}</td><td>{b['guidance']}</td><td>{b['mode']}</td><td>{b['temperature']}</td>"
@@ -382,6 +449,17 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult]) -> str:
         + (f"{b['paper_xray_overall']:.2f}" if b["paper_xray_overall"] is not None else "-") + "</td></tr>"
         for b in board)
     notes = "".join(f"<li>{note}</li>" for note in noise_notes(board))
+    failure_rows = "".join(f"<tr><td>{escape(f['model'])}</td><td>{f['class']}</td>"
+                           + "".join(f"<td>{f[s] or ''}</td>" for s in SUBTASKS)
+                           + f"<td>{f['total']}</td><td>{f['runs'] or ''}</td></tr>" for f in failures)
+    run_rows = []
+    for r in sorted(everything, key=lambda r: r.key.text):
+        link = transcript_link(r, folder)
+        score = "failed: " + escape(r.failed[:80]) if r.failed else f"{sum(r.subtasks.values())}/7"
+        why = ", ".join(f"{s}: {c}" for s, c in sorted(r.failures.items())) if not r.failed else "infrastructure_error"
+        run_rows.append(f"<tr><td>{escape(r.key.environment)}</td><td>{escape(r.key.task)}</td><td>{r.key.guidance}"
+                        f"</td><td>{r.key.mode}</td><td>{r.key.run}</td><td>{score}</td><td>{escape(why)}</td><td>"
+                        + (f"<a href='{escape(link)}'>transcript</a>" if link else "-") + "</td></tr>")
     images = "".join(f"<h2>{title}</h2><img src='data:image/png;base64,{data}'>" for title, data in figs)
     return ("<!doctype html><html><head><meta charset=utf-8><title>FedAgentBench report</title><style>"
             "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 8px}"
@@ -392,4 +470,10 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult]) -> str:
             "<table><tr><th>model</th><th>guidance</th><th>mode</th><th>temperature</th><th>instances</th>"
             "<th>runs/instance</th>" + "".join(f"<th>{s}</th>" for s in SUBTASKS)
             + "<th>overall</th><th>SE (run-to-run)</th><th>95 % CI (instances)</th><th>pass^k (all 7)</th>"
-            f"<th class=paper>paper X-ray (theirs)</th></tr>{table}</table>{images}</body></html>")
+            f"<th class=paper>paper X-ray (theirs)</th></tr>{table}</table>"
+            "<h2>Why sub-tasks failed</h2><p>Failure classes (eval/taxonomy.py); infrastructure failures are whole "
+            "runs, not scored, and run again by the next bench.</p><table><tr><th>model</th><th>class</th>"
+            + "".join(f"<th>{s}</th>" for s in SUBTASKS) + f"<th>total</th><th>runs</th></tr>{failure_rows}</table>"
+            f"{images}<h2>Runs</h2><table><tr><th>environment</th><th>task</th><th>guidance</th><th>mode</th>"
+            f"<th>run</th><th>score</th><th>failed sub-tasks</th><th>transcript</th></tr>{''.join(run_rows)}</table>"
+            "</body></html>")

@@ -45,12 +45,12 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--temperature must be >= 0")
     if args.retries < 0 or args.timeout <= 0 or args.budget < 1 or args.rounds < 1:
         raise ValueError("--retries must be >= 0, --timeout > 0, --budget and --rounds >= 1")
+    check_model(args.model, args.timeout)  # the same checks as bench: spec, key, host, model
     if not (args.env / "environment.json").is_file():
         raise FileNotFoundError(f"{args.env} is not a built environment; build one with `fedagentbench envs build`")
     if not (args.env / "server" / "tasks" / f"{args.task}.json").is_file():
         known = sorted(p.stem for p in (args.env / "server" / "tasks").glob("*.json"))
         raise ValueError(f"unknown task {args.task!r} in {args.env}; tasks: {', '.join(known)}")
-    check_model(args.model, args.timeout)  # the same checks as bench: spec, key, host, model
     config = RunConfig(env_dir=str(args.env.resolve()), task_id=args.task, guidance=args.guidance, model=args.model,
                        mode=args.mode, run_id=args.run_id, rounds=args.rounds, budget=args.budget,
                        temperature=args.temperature, seed=args.seed, timeout_s=args.timeout, retries=args.retries,

@@ -48,7 +48,7 @@ def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
             if progress is None:
                 graph.invoke(start, cfg)
             else:
-                for _, _, event in graph.stream(start, cfg, stream_mode="tasks", subgraphs=True):
+                for _, event in graph.stream(start, cfg, stream_mode="tasks", subgraphs=True):
                     if "input" in event and "result" not in event:  # a task starts
                         progress(_describe_task(event))
             return dict(graph.get_state(cfg).values)

@@ -140,7 +140,14 @@ def transcript_writer(config: RunConfig):
             _writers[config.transcript_path] = TranscriptWriter(config.transcript_path)
         writer = _writers[config.transcript_path]
     thread = Path(config.transcript_path).stem
-    return lambda event: writer.write({"thread": thread, **event})
+
+    def write(event: dict[str, Any]) -> None:
+        try:
+            writer.write({"thread": thread, **event})
+        except Exception:  # noqa: BLE001 - a transcript problem must never stop an agent
+            pass
+
+    return write
 
 
 def response_cache(config: RunConfig):
