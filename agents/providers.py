@@ -121,7 +121,16 @@ def preflight(info: Any, timeout_s: float = 10.0) -> None:
 
     Uses the providers' free listing endpoints (``/models``, Ollama's ``/api/tags``), never a
     paid completion. A server without a listing endpoint passes on reachability alone."""
-    if info.provider in ("baseline", "local"):
+    if info.provider == "baseline":
+        return
+    if info.provider == "local":  # llama.cpp and the model file, not a host: both must be at hand
+        from agents.local_llm import LocalModelError, check_llama_cpp, model_path
+
+        try:
+            check_llama_cpp()
+            model_path()
+        except LocalModelError as exc:
+            raise ProviderError(f"the local model cannot start: {exc}") from None
         return
     require_key(info)
     import httpx

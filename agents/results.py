@@ -75,9 +75,9 @@ class TrainingReport(BaseModel):
 
 #: tags reasoning models wrap their thinking in (QwQ, R1 and Qwen3 use ``think``)
 _THINK_TAGS = ("think", "thinking", "reasoning", "thought")
-_THINK_BLOCK = re.compile(rf"<({'|'.join(_THINK_TAGS)})>.*?</\1>", re.S | re.I)
-_THINK_CLOSE = re.compile(rf"</(?:{'|'.join(_THINK_TAGS)})>", re.I)
-_THINK_OPEN = re.compile(rf"<(?:{'|'.join(_THINK_TAGS)})>", re.I)
+_THINK_BLOCK = re.compile(rf"<({'|'.join(_THINK_TAGS)})>.*?</\1>", re.DOTALL | re.IGNORECASE)
+_THINK_CLOSE = re.compile(rf"</(?:{'|'.join(_THINK_TAGS)})>", re.IGNORECASE)
+_THINK_OPEN = re.compile(rf"<(?:{'|'.join(_THINK_TAGS)})>", re.IGNORECASE)
 
 
 def split_reasoning(text: str) -> tuple[str, str]:

@@ -8,8 +8,8 @@ baselines, which are chat models too, know which role they are playing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from agents import results
 

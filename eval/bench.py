@@ -188,13 +188,11 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
     only cores + 4 threads, which capped concurrency on small machines). A fatal provider error
     stops the bench: runs not yet started are skipped and the error is raised once all started
     runs have ended (their checkpoints let the next bench resume them)."""
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
     from agents.providers import ProviderError
     from eval.scoring import GRADER_VERSION
-
-    import os
-
     from tools.training import CACHE_ENV
 
     store = ResultStore(spec.out)

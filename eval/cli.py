@@ -56,7 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     import asyncio
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from eval.bench import BenchSpec, run_matrix
 
@@ -97,7 +103,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         results = asyncio.run(run_matrix(spec, on_done=done, on_note=note))
     _print_tables(console, spec.out)
-    return 0 if results else 1
+    # runs that ended on infrastructure errors are not scores: the exit code says the table is incomplete
+    return 0 if results and not any(r.failed for r in results) else 1
 
 
 def check_model(spec: str, timeout_s: float, max_requests: int = 0) -> None:
@@ -133,8 +140,18 @@ def _print_tables(console, folder: Path) -> None:
 
     from rich.table import Table
 
-    from eval.report import (SUBTASKS, failure_table, format_ci, format_se, leaderboard, load_current, noise_notes,
-                             scored, summarise, write_reports)
+    from eval.report import (
+        SUBTASKS,
+        failure_table,
+        format_ci,
+        format_se,
+        leaderboard,
+        load_current,
+        noise_notes,
+        scored,
+        summarise,
+        write_reports,
+    )
     from eval.scoring import GRADER_VERSION
 
     everything, warning = load_current(folder)

@@ -330,8 +330,8 @@ def _markdown_failures(failures: list[dict], failed: list[dict]) -> str:
     lines += [f"| {f['model']} | {f['class']} | " + " | ".join(str(f[s]) for s in SUBTASKS)
               + f" | {f['total']} | {f['runs'] or ''} |" for f in failures]
     if failed:
-        lines += ["", f"## {len(failed)} runs failed on infrastructure errors (not scored; the next bench runs "
-                  "them again)", ""]
+        heading = f"## {len(failed)} runs failed on infrastructure errors (not scored; the next bench runs them again)"
+        lines += ["", heading, ""]
         lines += [f"- `{f['run']}`: {f['failed']}" + (f" ([transcript]({f['transcript']}))" if f["transcript"] else "")
                   for f in failed]
     return "\n".join(lines) + "\n"
@@ -376,10 +376,10 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
     import matplotlib
 
     matplotlib.use("Agg")
+    from html import escape
+
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from html import escape
 
     figs = []
     if results:  # every run may have failed on infrastructure: no scores, no plots

@@ -7,6 +7,7 @@ pydantic, rich, torch, MONAI and Flower are imported when a command runs.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 from typing import Any
 
@@ -77,10 +78,27 @@ def _parse_hp(items: list[str]) -> dict[str, Any]:
 
 
 def _clients(items: list[str]) -> list[dict[str, str]]:
+    """``NAME=DIR`` or ``DIR`` per client. Unnamed folders are named after the folder; folders that
+    share a name (e.g. ``a/harmonised`` and ``b/harmonised``) get their parent's name in front,
+    then a number, so that every client has its own name."""
     clients = []
     for item in items:
         name, sep, path = item.partition("=")
         clients.append({"name": name, "data_dir": path} if sep and "/" not in name else {"data_dir": item})
+    taken = {c["name"] for c in clients if "name" in c}
+    unnamed = [c for c in clients if "name" not in c]
+    base = [Path(c["data_dir"]).resolve().name or str(c["data_dir"]) for c in unnamed]
+    for client, folder in zip(unnamed, base):
+        name = folder
+        if base.count(folder) > 1 or name in taken:
+            parent = Path(client["data_dir"]).resolve().parent.name
+            name = f"{parent}-{folder}" if parent else folder
+        number = 2
+        candidate = name
+        while candidate in taken:
+            candidate, number = f"{name}-{number}", number + 1
+        client["name"] = candidate
+        taken.add(candidate)
     return clients
 
 

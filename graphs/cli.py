@@ -86,20 +86,21 @@ def print_state(console, state: dict, thread: str) -> None:
     """A run's outcome as tables: clients, agents, scores."""
     from rich.table import Table
 
-    clients = Table(title=f"thread {thread}: clients")
+    clients = Table(title=f"thread {thread}: clients", title_justify="left")
     for col in ("client", "status", "selected", "approved", "cleaned", "harmonised"):
-        clients.add_column(col)
+        clients.add_column(col, overflow="fold")
     for name, rec in sorted(state.get("clients", {}).items()):
         rec = rec if isinstance(rec, dict) else rec.model_dump()
         clients.add_row(name, rec["status"], ", ".join(rec["selected_datasets"]) or "-", str(rec["approved"]),
                         rec["cleaned_path"] or "-", rec["harmonised_path"] or "-")
     console.print(clients)
-    agents = Table(title="agents")
-    for col in ("agent", "client", "ok", "steps", "tool calls", "tokens in/out", "seconds", "error"):
-        agents.add_column(col)
+    agents = Table(title="agents", title_justify="left")
+    for col in ("agent", "client", "ok", "steps", "tool calls", "tokens in/out/thinking", "seconds", "answer", "error"):
+        agents.add_column(col, overflow="fold")
     for a in state.get("agents", []):
         agents.add_row(a["role"], a["client"] or "-", "yes" if a["ok"] else "NO", str(a["steps"]), str(a["tool_calls"]),
-                       f"{a['input_tokens']}/{a['output_tokens']}", f"{a['seconds']:.1f}", (a["error"] or "")[:60])
+                       f"{a['input_tokens']}/{a['output_tokens']}/{a.get('reasoning_tokens', 0)}", f"{a['seconds']:.1f}",
+                       a.get("answered_by") or "-", (a["error"] or "")[:120])
     console.print(agents)
     training = state.get("training")
     training = training if isinstance(training, dict) else (training.model_dump() if training else {})
@@ -107,9 +108,9 @@ def print_state(console, state: dict, thread: str) -> None:
                   f"{training.get('final_metrics') or ''}")
     scores = state.get("scores") or {}
     if "subtasks" in scores:
-        table = Table(title=f"scores (grader {scores.get('grader_version')})")
+        table = Table(title=f"scores (grader {scores.get('grader_version')})", title_justify="left")
         for col in ("sub-task", "pass", "detail"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for name, sub in scores["subtasks"].items():
             table.add_row(name, "PASS" if sub["passed"] else "fail", sub.get("detail", "")[:90])
         console.print(table)

@@ -21,7 +21,14 @@ from pydantic import BaseModel, Field
 from agents.roles import ROLES, answer_tool, system_prompt, user_prompt
 from agents.runner import AgentOutcome, run_agent
 from graphs import runtime
-from graphs.state import ClientRecord, PhaseTiming, RunConfig, RunError, TrainingStatus, WorkflowState
+from graphs.state import (
+    ClientRecord,
+    PhaseTiming,
+    RunConfig,
+    RunError,
+    TrainingStatus,
+    WorkflowState,
+)
 
 
 class ClientTask(BaseModel):
@@ -88,6 +95,8 @@ def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None
     except (ProviderError, ProviderUnavailable):
         raise
     except Exception as exc:  # building the model or tools failed: a recorded failure, never a crash
+        if type(exc).__name__ == "LocalModelError":  # llama.cpp would not start: the machine's failure
+            raise ProviderUnavailable(f"{where}: {exc}") from exc
         outcome = AgentOutcome(role=role_name, client=client, ok=False, error=f"{type(exc).__name__}: {exc}",
                                usage=UsageRecord(role=role_name, client=client))
     privacy = [v.model_dump() for v in auditor.violations]

@@ -187,3 +187,12 @@ def test_cli_train_reports_errors_and_results(fed, tmp_path, monkeypatch, capsys
     assert result["config"]["hp"] == {"mu": 0.1}
     assert main(args) == 0
     assert "global (pooled)" in capsys.readouterr().out
+
+
+def test_train_names_clients_whose_folders_share_a_name():
+    from fl.cli import _clients
+
+    named = _clients(["runs/a/harmonised", "runs/b/harmonised", "x=runs/c", "runs/x", "q/a/h", "r/a/h"])
+    names = [c["name"] for c in named]
+    assert names == ["a-harmonised", "b-harmonised", "x", "runs-x", "a-h", "a-h-2"]
+    assert len(set(names)) == len(names)

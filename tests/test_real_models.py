@@ -374,3 +374,16 @@ def test_failure_classes():
         "C2": "repeated_call_loop", "C3": "bad_path", "S3": "unknown_tool", "S4": "budget_exhausted"}
     assert classify_run({"S1": True, "C1": False}, agents) == {"C1": "unparseable_or_empty_answer"}
     assert set(classify_run(subtasks, agents, failed="boom").values()) == {"infrastructure_error"}
+
+
+def test_a_local_model_that_cannot_start_stops_the_run_instead_of_scoring_zero(monkeypatch):
+    import agents.local_llm as local_llm
+    from agents.providers import ProviderError
+    from eval.cli import check_model
+
+    def missing() -> None:
+        raise local_llm.LocalModelError("the local model needs llama-cpp-python[server] (missing: llama_cpp)")
+
+    monkeypatch.setattr(local_llm, "check_llama_cpp", missing)
+    with pytest.raises(ProviderError, match="local model cannot start.*llama_cpp"):
+        check_model("local", 10.0)
