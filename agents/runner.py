@@ -236,8 +236,17 @@ def run_agent(
                             seconds=round(time.perf_counter() - started, 4), model_seconds=round(timers["model"], 4),
                             tool_seconds=round(timers["tool"], 4), tool_calls=calls, usage=usage,
                             repeated_calls=counters["repeats"], answered_by=answered_by)
-        emit("outcome", steps, ok=ok, error=error, result=done.result, seconds=done.seconds,
-             usage=usage.model_dump(exclude={"id", "role", "client"}))
+        if transcript is not None:
+            from eval.taxonomy import agent_classes
+
+            kinds: dict[str, int] = {}
+            for c in calls:
+                if not c.ok:
+                    kinds[c.kind] = kinds.get(c.kind, 0) + 1
+            found = agent_classes({"ok": ok, "error": error, "repeated_calls": counters["repeats"],
+                                   "tool_error_kinds": kinds})
+            emit("outcome", steps, ok=ok, error=error, result=done.result, seconds=done.seconds,
+                 failure=found[0] if found and not ok else None, usage=usage.model_dump(exclude={"id", "role", "client"}))
         return done
 
     def note(step: int, text: str) -> None:

@@ -52,13 +52,34 @@ class _DeadModel(BaseChatModel):
         raise ConnectionError("the provider did not answer")
 
 
+class _MumblingModel(_DeadModel):
+    """A model that answers every call, never usefully."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="I am not sure."))])
+
+
 @pytest.mark.parametrize("mode", ["e2e", "phase"])
-def test_a_model_that_never_answers_scores_zero(mode, tiny_envs, tmp_path, monkeypatch):
-    monkeypatch.setitem(runtime.MODEL_OVERRIDES, "dead", lambda config: _DeadModel())
-    config = RunConfig(env_dir=str(tiny_envs / "xray"), task_id=TASK, model="dead", mode=mode, run_id=f"dead-{mode}")
+def test_a_model_that_never_answers_usefully_scores_zero(mode, tiny_envs, tmp_path, monkeypatch):
+    monkeypatch.setitem(runtime.MODEL_OVERRIDES, "mumble", lambda config: _MumblingModel())
+    config = RunConfig(env_dir=str(tiny_envs / "xray"), task_id=TASK, model="mumble", mode=mode,
+                       run_id=f"mumble-{mode}")
     state = run_task(config, tmp_path / "cp.sqlite")
     assert _passed(state) == dict.fromkeys(SUBTASKS, False), json.dumps(state["scores"]["subtasks"], default=str)[:2000]
     assert not state["training"].started
+
+
+def test_a_provider_that_never_answers_ends_the_run_unscored(tiny_envs, tmp_path, monkeypatch):
+    """An unreachable provider is the machine's failure, not the model's: no score is made."""
+    from agents.providers import ProviderError
+
+    monkeypatch.setenv("FEDAGENTBENCH_RETRY_BASE_S", "0")
+    monkeypatch.setitem(runtime.MODEL_OVERRIDES, "dead", lambda config: _DeadModel())
+    config = RunConfig(env_dir=str(tiny_envs / "xray"), task_id=TASK, model="dead", run_id="dead", retries=1)
+    with pytest.raises(ProviderError, match="did not answer"):
+        run_task(config, tmp_path / "cp.sqlite")
 
 
 class _Cheater:
