@@ -134,7 +134,7 @@ def test_report_warns_about_older_lines_and_reports_the_current_ones(tmp_path):
 def _fake_run_task(seen: list):
     """Stands in for graphs.run.run_task: records the RunConfig, returns a scored final state."""
 
-    def run_task(config, db, thread_id=None):
+    def run_task(config, db, thread_id=None, progress=None):
         seen.append(config)
         return {"config": config.model_dump(), "agents": [], "errors": [],
                 "scores": {"grader_version": GRADER_VERSION, "passed": 7,
