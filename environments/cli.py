@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = envs.add_subparsers(dest="envs_command", metavar="ACTION")
     envs.set_defaults(func=lambda args: envs.print_help() or 0)
 
-    build = sub.add_parser("build", help="build environments (hospital workspaces + answer keys) on disk")
+    build = sub.add_parser("build", help="build environments (hospital workspaces + answer keys) on disk",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     build.add_argument("--modality", choices=ENV_CHOICES, default="all")
     build.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny")
     build.add_argument("--seed", type=int, default=0)

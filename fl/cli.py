@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     alg.add_argument("--json", action="store_true", help="print JSON instead of a table")
     alg.set_defaults(func=cmd_algorithms)
 
-    tr = subparsers.add_parser("train", help="federated training on harmonised client folders (Flower + MONAI)")
+    tr = subparsers.add_parser("train", help="federated training on harmonised client folders (Flower + MONAI)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--client", action="append", required=True, metavar="DIR",
                     help="a hospital's harmonised dataset <DIR>/<class>/*.png (repeat per client); NAME=DIR names it")  # fmt: skip
     tr.add_argument("--algorithm", required=True, help="registry name, e.g. FedAvg, FedProx, FedBN, FedAdam")
