@@ -41,6 +41,15 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default, except where there is none to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def console():
     """A rich console; wide when the output is a file or a pipe, so that tables are not cut."""
     from rich.console import Console

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from fedagentbench_cli import console as wide_console
+from fedagentbench_cli import DefaultsHelpFormatter, console as wide_console
 
 ISSUE_ABBREV = {"duplicate": "dup", "off_topic": "offtopic", "label_error": "badlabel", "corrupt": "corrupt",
                 "truncated": "trunc", "zero_byte": "empty", "non_image": "junk"}
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     envs.set_defaults(func=lambda args: envs.print_help() or 0)
 
     build = sub.add_parser("build", help="build environments (hospital workspaces + answer keys) on disk",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
     build.add_argument("--modality", choices=ENV_CHOICES, default="all")
     build.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny")
     build.add_argument("--seed", type=int, default=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedagentbench_cli import console as wide_console
+from fedagentbench_cli import DefaultsHelpFormatter, console as wide_console
 
 ENVS = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray")
 
@@ -16,7 +16,7 @@ def _csv(value: str) -> list[str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=DefaultsHelpFormatter)
     bench.add_argument("--model", default="heuristic", help="model spec or alias, e.g. qwq-32b, oracle, local")
     bench.add_argument("--env", type=_csv, default=list(ENVS), help="comma-separated environments")
     bench.add_argument("--task", type=_csv, default=None, help="comma-separated task ids (default: all)")

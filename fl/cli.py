@@ -7,6 +7,8 @@ pydantic, rich, torch, MONAI and Flower are imported when a command runs.
 from __future__ import annotations
 
 import argparse
+
+from fedagentbench_cli import DefaultsHelpFormatter
 from pathlib import Path
 import json
 from typing import Any
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     alg.set_defaults(func=cmd_algorithms)
 
     tr = subparsers.add_parser("train", help="federated training on harmonised client folders (Flower + MONAI)",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsHelpFormatter)
     tr.add_argument("--client", action="append", required=True, metavar="DIR",
                     help="a hospital's harmonised dataset <DIR>/<class>/*.png (repeat per client); NAME=DIR names it")  # fmt: skip
     tr.add_argument("--algorithm", required=True, help="registry name, e.g. FedAvg, FedProx, FedBN, FedAdam")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedagentbench_cli import console as wide_console
+from fedagentbench_cli import DefaultsHelpFormatter, console as wide_console
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="run one task through the agent workflow (resumable)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     run.add_argument("--env", required=True, type=Path, help="a built environment, e.g. out/envs/xray")
     run.add_argument("--task", required=True, help="task id (see the environment's server/tasks/)")
     run.add_argument("--guidance", choices=("fine", "goal"), default="goal",
