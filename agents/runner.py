@@ -223,7 +223,8 @@ def run_agent(
         if transcript is not None:
             event = {"ts": time.time(), "role": role, "client": client, "step": step, "kind": kind, **fields}
             if auditor is not None and fields.get("content"):
-                auditor.check(str(fields["content"]), f"transcript of {where}")
+                # the same label as model inputs: a text seen both ways is one violation, not two
+                auditor.check(str(fields["content"]), f"model input of {where}")
             transcript(event)
 
     emit("system", 0, content=system)
