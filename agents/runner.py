@@ -75,6 +75,14 @@ class AgentOutcome(BaseModel):
     answered_by: str | None = None
     usage: UsageRecord
 
+    def tool_error_kinds(self) -> dict[str, int]:
+        """Failed tool calls by kind (unknown_tool, argument_error, bad_path, tool_error)."""
+        kinds: dict[str, int] = {}
+        for call in self.tool_calls:
+            if not call.ok:
+                kinds[call.kind] = kinds.get(call.kind, 0) + 1
+        return kinds
+
 
 class Auditor:
     """Interface of the privacy auditor (graphs.privacy); the default records nothing."""
@@ -240,12 +248,8 @@ def run_agent(
         if transcript is not None:
             from eval.taxonomy import agent_classes
 
-            kinds: dict[str, int] = {}
-            for c in calls:
-                if not c.ok:
-                    kinds[c.kind] = kinds.get(c.kind, 0) + 1
             found = agent_classes({"ok": ok, "error": error, "repeated_calls": counters["repeats"],
-                                   "tool_error_kinds": kinds})
+                                   "tool_error_kinds": done.tool_error_kinds()})
             emit("outcome", steps, ok=ok, error=error, result=done.result, seconds=done.seconds,
                  failure=found[0] if found and not ok else None, usage=usage.model_dump(exclude={"id", "role", "client"}))
         return done

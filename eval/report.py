@@ -366,8 +366,12 @@ def _markdown(board: list[dict], rows: list[dict]) -> str:
 
 
 def _png(fig) -> str:
+    """The figure as base64 PNG (for an offline page); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -395,7 +399,6 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
         ax.set_title("per-phase pass rate")
         ax.legend(fontsize=7)
         figs.append(("Per-phase pass rate", _png(fig)))
-        plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(5, 3))
         for model in models:
@@ -409,7 +412,6 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
         ax.set_title("fine-grained vs goal-oriented")
         ax.legend(fontsize=7)
         figs.append(("Guidance styles", _png(fig)))
-        plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(5, 3))
         for b in board:
@@ -419,7 +421,6 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
         ax.set_title("tokens vs score")
         ax.legend(fontsize=6)
         figs.append(("Tokens vs score", _png(fig)))
-        plt.close(fig)
 
         envs = sorted({r["environment"] for r in rows})
         labels = sorted({(r["model"], r["guidance"]) for r in rows})
@@ -438,7 +439,6 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
         fig.colorbar(im, ax=ax, label="overall (%)")
         ax.set_title("per-environment overall score")
         figs.append(("Per environment", _png(fig)))
-        plt.close(fig)
 
     table = "".join(
         f"<tr><td>{b['model']}</td><td>{b['guidance']}</td><td>{b['mode']}</td><td>{b['temperature']}</td>"

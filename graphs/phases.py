@@ -12,7 +12,6 @@ import hashlib
 import json
 import shutil
 import time
-from collections import Counter
 from functools import partial
 from typing import Any
 
@@ -106,7 +105,7 @@ def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None
         "seconds": outcome.seconds, "model_seconds": outcome.model_seconds, "tool_seconds": outcome.tool_seconds,
         "tool_calls": len(outcome.tool_calls),
         "tool_errors": sum(1 for c in outcome.tool_calls if not c.ok),
-        "tool_error_kinds": dict(Counter(c.kind for c in outcome.tool_calls if not c.ok)),
+        "tool_error_kinds": outcome.tool_error_kinds(),
         "tools_used": [c.tool for c in outcome.tool_calls],
         "repeated_calls": outcome.repeated_calls, "answered_by": outcome.answered_by,
         "privacy_violations": len(privacy),

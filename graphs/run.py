@@ -21,7 +21,9 @@ def default_thread_id(config: RunConfig) -> str:
 def transcript_path(db: str | Path, thread_id: str) -> Path:
     """Where a thread's transcript goes: ``transcripts/`` beside the checkpoint file, outside every
     workspace (no agent can read another run's conversation)."""
-    return Path(db).resolve().parent / "transcripts" / f"{thread_id}.jsonl"
+    from eval.transcripts import transcript_path as in_folder
+
+    return in_folder(Path(db).resolve().parent / "transcripts", thread_id)
 
 
 def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,

@@ -83,7 +83,7 @@ def server_path(config: RunConfig, rel: str) -> Path:
 
 def chat_model(config: RunConfig) -> Any:
     """The run's chat model (cached per spec, environment, task and seed)."""
-    from agents.models import ModelSettings, make_chat_model, resolve_spec
+    from agents.models import make_chat_model
 
     if config.model in MODEL_OVERRIDES:
         return MODEL_OVERRIDES[config.model](config)
@@ -91,8 +91,7 @@ def chat_model(config: RunConfig) -> Any:
            run_name(config))
     with _lock:
         if key not in _models:
-            info = resolve_spec(config.model, ModelSettings(temperature=config.temperature, seed=config.seed,
-                                                            timeout_s=config.timeout_s))
+            info = model_info(config)
             _models[key] = make_chat_model(info, {"env_dir": config.env_dir, "task_id": config.task_id,
                                                   "seed": config.seed, "run_root": str(run_root(config))})
         return _models[key]
