@@ -13,6 +13,7 @@ builders with no checkpointer at all (the LangGraph server supplies persistence)
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -71,7 +72,10 @@ PHASE_BUILDERS = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def workflow_builder() -> StateGraph:
+    """The whole workflow's graph, built once per process (type-hint resolution makes building it
+    cost more than a short run's own work); each run compiles it with its own checkpointer."""
     g = StateGraph(WorkflowState)
     previous = START
     for name, build in PHASE_BUILDERS.items():

@@ -213,12 +213,13 @@ def organise_by_labels(ws: Workspace, source: str, destination: str, label_file:
     for p, label in labels.items():
         by_class.setdefault(safe_class_name(label), []).append(p)
     origins: dict[str, str] = {}
+    earlier = load_origins(src)
     renamed = 0
     for cls, files in sorted(by_class.items()):
         (dest / cls).mkdir(parents=True, exist_ok=True)
         for p, name in unique_names(files, src).items():
             shutil.copyfile(p, dest / cls / name)
-            origins[f"{cls}/{name}"] = _origin(ws, src, p)
+            origins[f"{cls}/{name}"] = _origin(ws, src, p, earlier)
             renamed += name != p.name
     write_manifest(ws, dest, origins, "organise_by_label_file")
     return {
@@ -232,8 +233,9 @@ def organise_by_labels(ws: Workspace, source: str, destination: str, label_file:
     }
 
 
-def _origin(ws: Workspace, folder: Path, file: Path) -> str:
-    return load_origins(folder).get(file.relative_to(folder).as_posix()) or ws.rel(file)
+def _origin(ws: Workspace, folder: Path, file: Path, earlier: dict[str, str]) -> str:
+    """The original source of ``file`` (from ``folder``'s manifest, ``earlier``), else its own path."""
+    return earlier.get(file.relative_to(folder).as_posix()) or ws.rel(file)
 
 
 def class_folders(ws: Workspace, path: str) -> dict:
@@ -279,6 +281,7 @@ def apply_mapping(ws: Workspace, source: str, mapping: dict[str, str | None], de
                for n, v in lookup.items()}
     dest = ws.new_output(destination, overwrite=overwrite, merge=merge)
     origins: dict[str, str] = {}
+    earlier = load_origins(src)
     counts: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     renamed = 0
@@ -298,7 +301,7 @@ def apply_mapping(ws: Workspace, source: str, mapping: dict[str, str | None], de
                     k += 1
             existing.add(name.lower())
             shutil.copyfile(f, out_dir / name)
-            origins[f"{target}/{name}"] = _origin(ws, src, f)
+            origins[f"{target}/{name}"] = _origin(ws, src, f, earlier)
             counts[target] += 1
             renamed += name != f.name
     for d in folders:
