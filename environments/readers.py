@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -140,7 +141,9 @@ def _decode(path: Path, fmt: str, data: bytes) -> np.ndarray:
     except ImageReadError:
         raise
     except Exception as exc:  # every decoder raises its own types; the agent needs one message
-        raise ImageReadError(f"{path.name}: corrupt or unreadable {fmt} ({type(exc).__name__}: {str(exc)[:120]})") from None
+        # decoders read from memory and name "<_io.BytesIO object at 0x…>": put the file's name back
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", repr(path.name), str(exc))
+        raise ImageReadError(f"{path.name}: corrupt or unreadable {fmt} ({type(exc).__name__}: {reason[:120]})") from None
     return np.array(_to_uint8(pixels))  # an owned copy: the cache hands out read-only views of it
 
 

@@ -225,3 +225,38 @@ def test_every_tool_output_is_metadata_without_patient_identifiers(envs: Path) -
                        ("read_client_statistics", {"hospitals": ["../../etc"]})]:
         out = server[name].invoke(args)
         assert isinstance(out, str) and "answer_key" not in out
+
+
+def test_decode_cache_serves_by_content_and_never_shows_another_files_location(tmp_path: Path) -> None:
+    """Runs share the content-keyed decode cache: a cached failure names the file asked about, never
+    the folder or name of the file that filled the cache (another run's workspace)."""
+    import numpy as np
+    from PIL import Image
+
+    from environments.readers import decode_cache
+
+    broken = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(40)
+    first, second = tmp_path / "run-a" / "first.png", tmp_path / "run-b" / "second.png"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(broken)
+    hits = decode_cache.hits
+    with pytest.raises(ImageReadError) as one:
+        read_image(first)
+    with pytest.raises(ImageReadError) as two:
+        read_image(second)
+    assert decode_cache.hits == hits + 1  # the second answer came from the cache
+    assert str(two.value).startswith("second.png: ") and "run-a" not in str(two.value)
+    assert "first" not in str(two.value) and str(one.value).startswith("first.png: ")
+    assert "BytesIO" not in str(two.value) and "second.png" in str(two.value).split(": ", 1)[1]
+
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(pixels).save(tmp_path / name)
+    a, b = read_image(tmp_path / "a.png"), read_image(tmp_path / "b.png")
+    assert a is b and np.array_equal(a, pixels)
+    with pytest.raises(ValueError):  # cached pixels are shared: read-only
+        a[0, 0] = 1
+    (tmp_path / "a.png").write_bytes((tmp_path / "a.png").read_bytes()[:40])  # same name, new (broken) content
+    with pytest.raises(ImageReadError):
+        read_image(tmp_path / "a.png")
