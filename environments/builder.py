@@ -33,13 +33,14 @@ from environments.answer_key import (
 )
 from environments.catalogue import load_catalogue
 from environments.concepts import ENVIRONMENTS
+from environments.heldout import draw_heldout, write_heldout
 from environments.materialise import BuildContext, materialise_dataset, pool_budget
 from environments.planner import SCALES, plan_environment
 from environments.pools import ImagePool
 from environments.site import sample_profile
 from environments.tasks import TaskSpec, tasks_for
 
-GENERATOR_VERSION = "2"  # 2: shuffled injected files, criterion-consistent placement
+GENERATOR_VERSION = "3"  # 2: shuffled injected files, criterion-consistent placement; 3: held-out test set
 CITIES = ("Aarhus", "Bologna", "Coimbra", "Dresden", "Eindhoven", "Freiburg", "Graz", "Haarlem", "Innsbruck",
           "Jena", "Krakow", "Leuven", "Malmo", "Nantes", "Oulu", "Porto", "Quimper", "Rennes", "Salzburg", "Tartu")
 
@@ -78,6 +79,7 @@ def build_environment(
         shutil.rmtree(env_dir)
     rng = np.random.default_rng([seed, ENVIRONMENTS.index(environment), 1])
     pool = ImagePool(environment, seed, data_dir)
+    heldout_images, heldout_labels = draw_heldout(pool, scale)  # before any hospital draws
     tasks = tasks_for(environment)
     cards = load_catalogue().for_environment(environment)
     plan = plan_environment(cards, tasks, scale, rng, grey_formats=not pool.colour)
@@ -113,6 +115,7 @@ def build_environment(
         patients=[Patient(**p) for p in patients], heterogeneity=_heterogeneity(datasets, hospitals),
     )
     write_json(env_dir / "answer_key" / "environment.json", env_key)
+    write_heldout(env_dir, heldout_images, heldout_labels)
     for task in tasks:
         write_json(env_dir / "answer_key" / "tasks" / f"{task.task_id}.json", task_key(task, env_key))
         _write_server_task(env_dir / "server" / "tasks" / f"{task.task_id}.json", task)
@@ -131,6 +134,7 @@ def build_environment(
             "relevant_datasets": sum(1 for d in datasets if d.relevant_to),
             "files": len(files) + 1,
             "images": sum(1 for d in datasets for f in d.files if f.kind == "image"),
+            "heldout_test_images": int(len(heldout_labels)),
             "bytes": sum(p.stat().st_size for p in files),
         },
         "heterogeneity": env_key.heterogeneity,

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="build environments (hospital workspaces + answer keys) on disk",
                            formatter_class=DefaultsHelpFormatter)
     build.add_argument("--modality", choices=ENV_CHOICES, default="all")
-    build.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny")
+    build.add_argument("--scale", choices=("tiny", "small", "full", "real"), default="tiny",
+                       help="images per site: tiny 6-9 per class ... real: 150-300, as the pools allow")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--out", type=Path, default=Path("out/envs"))
     build.add_argument("--data-dir", default=None,

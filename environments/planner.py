@@ -36,6 +36,8 @@ SCALES: dict[str, ScaleSpec] = {
     "tiny": ScaleSpec(3, (1, 1), (1, 2), (6, 9), (3, 5), 0.04),
     "small": ScaleSpec(5, (2, 2), (2, 4), (18, 30), (5, 8), 0.05),
     "full": ScaleSpec(None, (1, 3), (1, 4), (18, 30), (5, 8), 0.05),
+    # hundreds of images per site, as many as the real pools allow (the pool budget scales them down)
+    "real": ScaleSpec(4, (2, 2), (2, 3), (150, 300), (5, 8), 0.04),
 }
 
 

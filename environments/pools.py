@@ -99,7 +99,9 @@ class ImagePool:
         self.size, self.colour = native_shape(environment)
         self.n_classes = len(vocabulary(environment).pool_class_names)
         self._rng = np.random.default_rng([seed, 7919])
+        self._seed = seed
         self._images: np.ndarray | None = None
+        self._splits: np.ndarray | None = None
         self._queues: dict[int, list[int]] = {}
         self.info = self._load(resolve_data_dir(data_dir))
 
@@ -112,11 +114,11 @@ class ImagePool:
             reason = verify_real_file(data_dir, filename)
         if reason is None:
             try:
-                images, labels = _read_npz(data_dir / filename)
+                images, labels, splits = _read_npz(data_dir / filename)
             except (OSError, ValueError, KeyError) as exc:
                 reason = f"{filename} could not be read: {exc}"
             else:
-                self._images = images
+                self._images, self._splits = images, splits
                 distinct = _distinct(images)
                 for cls in range(self.n_classes):
                     idx = np.flatnonzero((labels == cls) & distinct)
@@ -145,6 +147,25 @@ class ImagePool:
             return self._images[np.asarray(picked, dtype=int)]
         return self.generate(pool_class, n)
 
+    def take_heldout(self, pool_class: int, n: int) -> np.ndarray:
+        """``n`` images of ``pool_class`` for the server's held-out test set: the pool file's official
+        test split first, then its validation split, then training images (none reach a hospital)."""
+        if not self.is_real:  # its own stream: holding out leaves the hospitals' procedural images as they were
+            rng, self._rng = self._rng, np.random.default_rng([self._seed, 104729, pool_class])
+            try:
+                return self.generate(pool_class, n)
+            finally:
+                self._rng = rng
+        queue = self._queues[pool_class]
+        rank = {"test": 0, "val": 1}
+        order = sorted(range(len(queue)), key=lambda i: (rank.get(str(self._splits[queue[i]]), 2), i))
+        chosen = set(order[:n])
+        if len(chosen) < n:
+            raise ValueError(f"{self.environment} pool has {len(queue)} unused images of class {pool_class}, {n} requested")
+        picked = [queue[i] for i in sorted(chosen)]
+        self._queues[pool_class] = [q for i, q in enumerate(queue) if i not in chosen]
+        return self._images[np.asarray(picked, dtype=int)]
+
     def generate(self, pool_class: int, n: int, environment: str | None = None) -> np.ndarray:
         """``n`` procedural images (of another environment when given: off-topic images)."""
         env = environment or self.environment
@@ -156,15 +177,17 @@ class ImagePool:
         return np.stack(out).reshape(shape) if out else np.zeros(shape, np.uint8)
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All splits of a pool file concatenated: images uint8 (N,H,W[,3]), labels int (N,)."""
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All splits of a pool file concatenated: images uint8 (N,H,W[,3]), labels int (N,), and the
+    split each image came from (N,) ("train", "val", "test")."""
     with np.load(path, allow_pickle=False) as data:
         splits = sorted({k.rsplit("_", 1)[0] for k in data.files if k.endswith("_images")})
         if not splits:
             raise ValueError("no *_images arrays")
         images = np.concatenate([data[f"{s}_images"] for s in splits])
         labels = np.concatenate([data[f"{s}_labels"].reshape(-1) for s in splits]).astype(int)
-    return images, labels
+        names = np.concatenate([np.full(len(data[f"{s}_labels"].reshape(-1)), s) for s in splits])
+    return images, labels, names
 
 
 def _distinct(images: np.ndarray, min_corr: float = 0.99, block: int = 1024) -> np.ndarray:

@@ -133,7 +133,27 @@ def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
                          transcript=transcript if Path(transcript).is_file() else None)
     result = result_from_state(key, thread, state, time.perf_counter() - started,
                                sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
-    return result.model_copy(update={"transcript": transcript if Path(transcript).is_file() else None})
+    return result.model_copy(update={"transcript": transcript if Path(transcript).is_file() else None,
+                                     "outcome": _with_reference(config, result.outcome)})
+
+
+def _with_reference(config, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's outcome with the oracle pipeline's on the same environment, task, seed and rounds
+    (the oracle's own e2e run is that reference: its ratio is 1 by construction)."""
+    from eval.outcome import Outcome, reference_outcome, store_reference, with_ratio
+
+    if outcome is None:
+        return None
+    env_dir = Path(config.env_dir)
+    if config.model == "oracle" and config.mode == "e2e":
+        reference = store_reference(env_dir, config.task_id, config.rounds, config.local_epochs, config.seed,
+                                    Outcome.model_validate(outcome))
+    else:
+        try:
+            reference = reference_outcome(env_dir, config.task_id, config.rounds, config.local_epochs, config.seed)
+        except Exception as exc:  # noqa: BLE001 - a missing reference leaves the ratio open, not the run
+            return {**outcome, "ratio": None, "note": (outcome.get("note") or "") + f" no reference: {str(exc)[:120]}"}
+    return with_ratio(outcome, reference)
 
 
 def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: float,
@@ -161,7 +181,7 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
         wall_seconds=round(seconds, 2), privacy_violations=int(scores.get("privacy_violations", 0)),
         errors=[e[:200] for e in errors][:20],
         sampling_seed=used.get("seed", sampling_seed), temperature=used.get("temperature", temperature),
-        env_seed=env_seed,
+        env_seed=env_seed, outcome=scores.get("outcome"),
     )
 
 

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--guidance", type=_csv, default=["fine", "goal"], help="fine, goal or fine,goal")
     bench.add_argument("--runs", type=int, default=1,
                        help="repeats of every task (each with its own sampling seed); SE and pass^k need >= 2")
-    bench.add_argument("--scale", choices=("tiny", "small", "full"), default="tiny", help="environment size")
+    bench.add_argument("--scale", choices=("tiny", "small", "full", "real"), default="tiny",
+                       help="environment size (real: hundreds of images per site, a learnable held-out outcome)")
     bench.add_argument("--seed", type=int, default=0,
                        help="environment seed (a new seed: unseen environments); repeat r samples with seed + r")
     bench.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
@@ -144,6 +145,7 @@ def _print_tables(console, folder: Path) -> None:
         SUBTASKS,
         failure_table,
         format_ci,
+        format_outcome,
         format_se,
         leaderboard,
         load_current,
@@ -185,12 +187,12 @@ def _print_tables(console, folder: Path) -> None:
     overall = table("overall: mean over task instances; SE from repeated runs of the same task; 95 % CI by "
                     "bootstrap over instances (paper: their published X-ray score, for comparison)",
                     ["model", "guidance", "mode", "temp.", "instances", "runs/inst.", "overall", "SE (run-to-run)",
-                     "95 % CI", "pass^k (all 7)", "paper (X-ray)"])
+                     "95 % CI", "pass^k (all 7)", "outcome ÷ oracle", "paper (X-ray)"])
     for b in board:
         paper = f"{b['paper_xray_overall']:.2f}" if b["paper_xray_overall"] is not None else "-"
         overall.add_row(b["model"], b["guidance"], b["mode"], b["temperature"], str(b["instances"]),
                         b["runs_per_instance"], f"{b['overall']:.2f}", format_se(b), format_ci(b),
-                        f"{b['pass^k']:.2f} (k={b['k']})", paper)
+                        f"{b['pass^k']:.2f} (k={b['k']})", format_outcome(b), paper)
     console.print(overall)
     for note in noise_notes(board):
         console.print(f"noise: {note}", highlight=False)

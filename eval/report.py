@@ -153,9 +153,26 @@ def group_statistics(results: list[RunResult]) -> dict[str, Any]:
     stats["wall_seconds"] = round(sum(r.wall_seconds for r in results), 1)
     stats["privacy_violations"] = sum(r.privacy_violations for r in results)
     stats["failed_runs"] = sum(1 for r in results if r.failed)
+    stats.update(outcome_statistics(results))
     temperatures = sorted({r.temperature for r in results if r.temperature is not None})
     stats["temperature"] = ",".join(f"{t:g}" for t in temperatures) or "unrecorded"
     return stats
+
+
+def outcome_statistics(results: list[RunResult]) -> dict[str, Any]:
+    """Mean held-out balanced accuracy and mean ratio to the oracle's (runs with no trained model
+    count 0 in the ratio: nothing learned), and over how many runs each mean is taken."""
+    ratios = [r.outcome["ratio"] for r in results if r.outcome and r.outcome.get("ratio") is not None]
+    bas = [r.outcome["balanced_accuracy"] for r in results if r.outcome and r.outcome.get("balanced_accuracy") is not None]
+    return {"outcome_ratio": round(sum(ratios) / len(ratios), 3) if ratios else None, "outcome_ratio_runs": len(ratios),
+            "outcome_balanced_accuracy": round(sum(bas) / len(bas), 3) if bas else None, "outcome_runs": len(bas)}
+
+
+def format_outcome(row: dict[str, Any]) -> str:
+    if row.get("outcome_ratio") is None:
+        return "-"
+    ba = row.get("outcome_balanced_accuracy")
+    return f"{row['outcome_ratio']:.2f}" + (f" (BA {ba:.2f})" if ba is not None else "")
 
 
 def scored(results: list[RunResult]) -> list[RunResult]:
@@ -342,14 +359,14 @@ def _markdown(board: list[dict], rows: list[dict]) -> str:
              "published X-ray score for the same model and guidance (their numbers, their environments).", "",
              *[f"- {note}" for note in noise_notes(board)], "",
              "| model | guidance | mode | temperature | instances | runs/instance | " + " | ".join(SUBTASKS)
-             + " | overall | SE (run-to-run) | 95 % CI (instances) | pass^k (all 7) | paper (X-ray) |",
-             "|---|---|---|---|---|---|" + "---|" * len(SUBTASKS) + "---|---|---|---|---|"]
+             + " | overall | SE (run-to-run) | 95 % CI (instances) | pass^k (all 7) | outcome ÷ oracle | paper (X-ray) |",
+             "|---|---|---|---|---|---|" + "---|" * len(SUBTASKS) + "---|---|---|---|---|---|"]
     for a in board:
         paper = f"{a['paper_xray_overall']:.2f}" if a["paper_xray_overall"] is not None else "-"
         lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {a['temperature']} | {a['instances']} | "
                      f"{a['runs_per_instance']} | " + " | ".join(f"{a[s]}/{a['runs']}" for s in SUBTASKS)
                      + f" | {a['overall']:.2f} | {format_se(a)} | {format_ci(a)} | {a['pass^k']:.2f} (k={a['k']}) "
-                     f"| {paper} |")
+                     f"| {format_outcome(a)} | {paper} |")
     lines += ["", "## pass^k per sub-task (k = runs per instance)", "",
               "| model | guidance | mode | k | " + " | ".join(SUBTASKS) + " | all 7 |",
               "|---|---|---|---|" + "---|" * len(SUBTASKS) + "---|"]
@@ -422,6 +439,21 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
         ax.legend(fontsize=6)
         figs.append(("Tokens vs score", _png(fig)))
 
+        measured = [r for r in results if r.outcome and r.outcome.get("ratio") is not None]
+        if measured:
+            fig, ax = plt.subplots(figsize=(5, 3))
+            for model in models:
+                rs = [r for r in measured if r.key.model == model]
+                if rs:
+                    ax.scatter([100 * sum(r.subtasks.values()) / len(SUBTASKS) for r in rs],
+                               [r.outcome["ratio"] for r in rs], label=model, alpha=0.7)
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            ax.set_xlabel("sub-tasks passed in the run (%)")
+            ax.set_ylabel("held-out balanced accuracy ÷ oracle's")
+            ax.set_title("outcome vs sub-task score (one point per run)")
+            ax.legend(fontsize=7)
+            figs.append(("Outcome vs sub-task score", _png(fig)))
+
         envs = sorted({r["environment"] for r in rows})
         labels = sorted({(r["model"], r["guidance"]) for r in rows})
         grid = np.full((len(labels), len(envs)), np.nan)
@@ -445,7 +477,7 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
         f"<td>{b['instances']}</td><td>{b['runs_per_instance']}</td>"
         + "".join(f"<td>{b[s]}/{b['runs']}</td>" for s in SUBTASKS)
         + f"<td><b>{b['overall']:.2f}</b></td><td>{format_se(b)}</td><td>{format_ci(b)}</td>"
-        f"<td>{b['pass^k']:.2f} (k={b['k']})</td><td class=paper>"
+        f"<td>{b['pass^k']:.2f} (k={b['k']})</td><td>{format_outcome(b)}</td><td class=paper>"
         + (f"{b['paper_xray_overall']:.2f}" if b["paper_xray_overall"] is not None else "-") + "</td></tr>"
         for b in board)
     notes = "".join(f"<li>{note}</li>" for note in noise_notes(board))
@@ -457,8 +489,10 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
         link = transcript_link(r, folder)
         score = "failed: " + escape(r.failed[:80]) if r.failed else f"{sum(r.subtasks.values())}/7"
         why = ", ".join(f"{s}: {c}" for s, c in sorted(r.failures.items())) if not r.failed else "infrastructure_error"
+        ratio = (r.outcome or {}).get("ratio")
         run_rows.append(f"<tr><td>{escape(r.key.environment)}</td><td>{escape(r.key.task)}</td><td>{r.key.guidance}"
-                        f"</td><td>{r.key.mode}</td><td>{r.key.run}</td><td>{score}</td><td>{escape(why)}</td><td>"
+                        f"</td><td>{r.key.mode}</td><td>{r.key.run}</td><td>{score}</td>"
+                        f"<td>{'-' if ratio is None else f'{ratio:.2f}'}</td><td>{escape(why)}</td><td>"
                         + (f"<a href='{escape(link)}'>transcript</a>" if link else "-") + "</td></tr>")
     images = "".join(f"<h2>{title}</h2><img src='data:image/png;base64,{data}'>" for title, data in figs)
     return ("<!doctype html><html><head><meta charset=utf-8><title>FedAgentBench report</title><style>"
@@ -470,10 +504,11 @@ def _html(board: list[dict], rows: list[dict], results: list[RunResult], failure
             "<table><tr><th>model</th><th>guidance</th><th>mode</th><th>temperature</th><th>instances</th>"
             "<th>runs/instance</th>" + "".join(f"<th>{s}</th>" for s in SUBTASKS)
             + "<th>overall</th><th>SE (run-to-run)</th><th>95 % CI (instances)</th><th>pass^k (all 7)</th>"
+            "<th>outcome ÷ oracle (held-out BA)</th>"
             f"<th class=paper>paper X-ray (theirs)</th></tr>{table}</table>"
             "<h2>Why sub-tasks failed</h2><p>Failure classes (eval/taxonomy.py); infrastructure failures are whole "
             "runs, not scored, and run again by the next bench.</p><table><tr><th>model</th><th>class</th>"
             + "".join(f"<th>{s}</th>" for s in SUBTASKS) + f"<th>total</th><th>runs</th></tr>{failure_rows}</table>"
             f"{images}<h2>Runs</h2><table><tr><th>environment</th><th>task</th><th>guidance</th><th>mode</th>"
-            f"<th>run</th><th>score</th><th>failed sub-tasks</th><th>transcript</th></tr>{''.join(run_rows)}</table>"
+            f"<th>run</th><th>score</th><th>outcome ÷ oracle</th><th>failed sub-tasks</th><th>transcript</th></tr>{''.join(run_rows)}</table>"
             "</body></html>")

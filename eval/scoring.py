@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GRADER_VERSION = "2"
+GRADER_VERSION = "3"  # 3: held-out outcome; at real scale S4 needs better than chance
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 _MODALITY_WORDS = {
@@ -355,5 +355,25 @@ def score_state(state, key) -> dict[str, Any]:
         "S3": score_s3(state.algorithm, key),
         "S4": score_s4(state.training, state.training_plan),
     }
-    return {"grader_version": GRADER_VERSION, "subtasks": subtasks,
+    outcome = score_outcome(config, state.training)
+    if env_key.scale == "real" and subtasks["S4"]["passed"]:  # at real scale a trained model must also learn
+        ba, chance = outcome.get("balanced_accuracy"), outcome.get("chance")
+        if ba is None or chance is None or ba <= chance:
+            subtasks["S4"] = {**subtasks["S4"], "passed": False,
+                              "detail": subtasks["S4"]["detail"] + f" (held-out balanced accuracy {ba} not above chance {chance})"}
+    return {"grader_version": GRADER_VERSION, "subtasks": subtasks, "outcome": outcome,
             "passed": sum(s["passed"] for s in subtasks.values())}
+
+
+def score_outcome(config, training: Any) -> dict[str, Any]:
+    """The trained model on the held-out test set (``eval.outcome``); never raises."""
+    from eval.outcome import Outcome, evaluate_training
+    from graphs import runtime
+
+    t = training if isinstance(training, dict) else (training.model_dump() if training is not None else {})
+    if not t.get("started"):
+        return Outcome(note="no training").model_dump()
+    try:
+        return evaluate_training(Path(config.env_dir), config.task_id, runtime.server_path(config, "work/training")).model_dump()
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        return Outcome(note=f"not evaluated: {str(exc)[:200]}").model_dump()

@@ -61,6 +61,8 @@ class RunResult(BaseModel):
     #: the environment seed: runs of one task on environments of different seeds are different task
     #: instances, never repeats of one (None: recorded before it was)
     env_seed: int | None = None
+    #: the trained model on the held-out test set, with the ratio to the oracle's (eval.outcome.Outcome)
+    outcome: dict[str, Any] | None = None
 
 
 class ResultStore:

@@ -116,3 +116,19 @@ def print_state(console, state: dict, thread: str) -> None:
         console.print(table)
         console.print(f"score: {scores['passed']}/{len(scores['subtasks'])}   privacy violations: "
                       f"{scores.get('privacy_violations', 0)}")
+        console.print(outcome_line(scores.get("outcome") or {}))
+
+
+def outcome_line(outcome: dict) -> str:
+    """One line on what the trained model learned (held-out test set; ``eval.outcome``)."""
+    if outcome.get("balanced_accuracy") is None:
+        return f"outcome: not measured ({outcome.get('note') or 'no trained model'})"
+    auroc = outcome.get("auroc")
+    text = (f"outcome on {outcome['test_images']} held-out test images: balanced accuracy "
+            f"{outcome['balanced_accuracy']:.3f} (chance {outcome['chance']:.3f}), AUROC "
+            f"{'-' if auroc is None else f'{auroc:.3f}'}")
+    if outcome.get("ratio") is not None:
+        text += f", {outcome['ratio']:.2f}x the oracle's"
+    if outcome.get("missing_classes"):
+        text += f"; the model lacks {', '.join(outcome['missing_classes'])}"
+    return text + (f" ({outcome['note']})" if outcome.get("note") else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from pydantic import BaseModel, Field
 _TRAINING_LOCK = threading.Lock()
 #: a folder for results of identical trainings (same data bytes, algorithm and settings); unset: none
 CACHE_ENV = "FEDAGENTBENCH_TRAINING_CACHE"
+#: the server's trained global model, in the training's Flower output folder (fl.server)
+MODEL_FILE = "global_model.pt"
 #: "0": a fresh Flower simulation per training instead of the process's warm one (fl.service)
 WARM_ENV = "FEDAGENTBENCH_WARM_TRAINING"
 
@@ -64,14 +67,23 @@ def _train(config, fingerprint: str) -> dict:
     train = run_training if os.environ.get(WARM_ENV, "1") == "0" else run_training_warm
     cache_dir = os.environ.get(CACHE_ENV)
     cached = Path(cache_dir) / f"{fingerprint}.json" if cache_dir else None
-    if cached is not None and cached.is_file():
-        result = json.loads(cached.read_text("utf-8"))
+    model = Path(config.out_dir) / MODEL_FILE
+    result = json.loads(cached.read_text("utf-8")) if cached is not None and cached.is_file() else None
+    if result is not None and "model_saved" in result:  # entries from before models were kept: train again
         result["cached"] = True
+        if cached.with_suffix(".pt").is_file():  # the trained model too: the outcome is scored on it
+            model.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached.with_suffix(".pt"), model)
         return result
     with _TRAINING_LOCK:
         result = train(config).model_dump(mode="json", by_alias=True)
+    result["model_saved"] = model.is_file()
     if cached is not None and result.get("status") == "completed":
         cached.parent.mkdir(parents=True, exist_ok=True)
+        if model.is_file():  # the model first: a result in the cache promises its model is there
+            tmp = cached.with_suffix(f".{os.getpid()}.pt.tmp")
+            shutil.copyfile(model, tmp)
+            tmp.replace(cached.with_suffix(".pt"))
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result), "utf-8")
         tmp.replace(cached)

@@ -1,0 +1,190 @@
+"""Outcome scoring: what the federation learned, measured on the server's held-out test set.
+
+After S4, the trained global model (``global_model.pt`` beside the training's ``result.json``) is
+evaluated on the task's held-out images (``environments.heldout``; no agent or tool can read them).
+Test images go through the harmonisation schema of the task (the key's target size and mode, as
+``convert_images`` writes them) and then through the very MONAI transform the clients trained
+with, so a model sees test images exactly as it saw its training images.
+
+The model's classes are the class folders the agents built. A test image whose target class the
+model does not have can only be misclassified; AUROC is reported only when the model's classes
+are exactly the task's target classes. Personalised algorithms keep part of each model at the
+hospitals: their *global* model is what is scored here, and the outcome says so.
+
+The reference is the oracle's pipeline on the same environment, seed, rounds and epochs (one oracle
+run, kept under ``answer_key/reference/``); ``ratio`` = balanced accuracy ÷ the oracle's.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+REFERENCE_DIR = "reference"
+_reference_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+class Outcome(BaseModel):
+    """The trained model on the held-out test set; ``None`` metrics when there was nothing to score."""
+
+    balanced_accuracy: float | None = None
+    auroc: float | None = None
+    accuracy: float | None = None
+    #: balanced accuracy of always answering one class: 1 / number of target classes
+    chance: float | None = None
+    test_images: int = 0
+    algorithm: str | None = None
+    #: "global" (the server's model) or "none"
+    model: str = "none"
+    #: target classes the trained model cannot output (its classes came from the agents' folders)
+    missing_classes: list[str] = []
+    extra_classes: list[str] = []
+    reference_balanced_accuracy: float | None = None
+    ratio: float | None = None
+    note: str = ""
+
+
+def evaluate_training(env_dir: Path, task_id: str, training_dir: Path) -> Outcome:
+    """The outcome of the training whose ``result.json`` and ``global_model.pt`` are in ``training_dir``."""
+    from environments.answer_key import load_task_key
+    from environments.heldout import task_test_set
+    from environments.tasks import tasks_for
+
+    env_dir = Path(env_dir)
+    result_file = Path(training_dir) / "result.json"
+    if not result_file.is_file():
+        return Outcome(note="no training result")
+    result = json.loads(result_file.read_text("utf-8"))
+    algorithm = result.get("algorithm")
+    if result.get("status") != "completed":
+        return Outcome(algorithm=algorithm, note=f"training {result.get('status')}")
+    model_file = Path(training_dir) / "flower" / "global_model.pt"
+    if not model_file.is_file():
+        return Outcome(algorithm=algorithm, note=f"{algorithm} keeps no global model to evaluate")
+    task = next(t for t in tasks_for(load_task_key(env_dir, task_id).environment) if t.task_id == task_id)
+    schema = load_task_key(env_dir, task_id).target_schema
+    images, y, targets = task_test_set(env_dir, task)
+    config = result.get("config") or {}
+    classes = list(result.get("classes") or config.get("classes") or [])
+    probs = _predict(model_file, algorithm, classes, int(config["channels"]), int(config["image_size"]),
+                     int(config.get("seed", 0)), images, schema.image_size, schema.mode)
+    return _metrics(y, probs, targets, classes, algorithm)
+
+
+def _predict(model_file: Path, algorithm: str, classes: list[str], channels: int, image_size: int, seed: int,
+             images, schema_size: int, schema_mode: str):
+    """Class probabilities of the saved global model for every held-out image."""
+    import logging
+
+    import numpy as np
+    import torch
+
+    # MONAI announces on import that a GPU DICOM codec is absent; nothing here decodes DICOM
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    from monai.data import MetaTensor
+
+    from fl.data import monai_transform
+    from fl.models import build_model
+    from fl.registry import get_algorithm
+    from tools.images import to_schema
+
+    torch.set_num_threads(1)
+    model = build_model(get_algorithm(algorithm).name, channels, len(classes), image_size, seed)
+    weights = torch.load(model_file, map_location="cpu", weights_only=True)
+    model.load_state_dict(weights, strict=False)
+    model.eval()
+    transform = monai_transform(image_size, channels)
+    tensors = []
+    with tempfile.TemporaryDirectory(prefix="fedagentbench-heldout-") as tmp:
+        for i, img in enumerate(images):  # as the hospitals' converted PNGs, then the clients' transform
+            path = Path(tmp) / f"{i}.png"
+            to_schema(img, schema_size, schema_mode).save(path, format="PNG", compress_level=1)
+            t = transform(str(path))
+            tensors.append(t.as_tensor() if isinstance(t, MetaTensor) else torch.as_tensor(t))
+    with torch.no_grad():
+        x = torch.stack(tensors).float()
+        probs = torch.cat([torch.softmax(model(x[i:i + 256]), dim=1) for i in range(0, len(x), 256)])
+    return np.asarray(probs.numpy(), dtype=np.float64)
+
+
+def _metrics(y, probs, targets: list[str], classes: list[str], algorithm: str) -> Outcome:
+    import numpy as np
+
+    from fl.metrics import auroc
+    from fl.registry import get_algorithm
+
+    index = {c: i for i, c in enumerate(targets)}
+    predicted = np.array([index.get(classes[i], -1) for i in probs.argmax(axis=1)])  # -1: a class the task has not
+    recalls = [float(np.mean(predicted[y == k] == k)) for k in range(len(targets)) if np.any(y == k)]
+    same = sorted(classes) == sorted(targets)
+    roc = None
+    if same:
+        ordered = probs[:, [classes.index(t) for t in targets]]
+        value = auroc(y, ordered)
+        roc = round(value, 4) if np.isfinite(value) else None
+    personalised = get_algorithm(algorithm).category.value == "personalised"
+    return Outcome(
+        balanced_accuracy=round(float(np.mean(recalls)), 4) if recalls else None, auroc=roc,
+        accuracy=round(float(np.mean(predicted == y)), 4) if len(y) else None, chance=round(1 / len(targets), 4),
+        test_images=int(len(y)), algorithm=algorithm, model="global",
+        missing_classes=sorted(set(targets) - set(classes)), extra_classes=sorted(set(classes) - set(targets)),
+        note=("global model only: the hospitals keep their personal parts" if personalised else ""),
+    )
+
+
+def _reference_file(env_dir: Path, task_id: str, rounds: int, local_epochs: int, seed: int) -> Path:
+    folder = Path(env_dir).resolve() / "answer_key" / REFERENCE_DIR
+    return folder / f"{task_id}.r{rounds}.e{local_epochs}.s{seed}.json"
+
+
+def _lock(path: Path) -> threading.Lock:
+    with _locks_guard:
+        return _reference_locks.setdefault(str(path), threading.Lock())
+
+
+def store_reference(env_dir: Path, task_id: str, rounds: int, local_epochs: int, seed: int,
+                    outcome: Outcome) -> Outcome:
+    """Keep an oracle e2e run's outcome as the reference (the first one kept stays)."""
+    path = _reference_file(env_dir, task_id, rounds, local_epochs, seed)
+    with _lock(path):
+        if path.is_file():
+            return Outcome.model_validate_json(path.read_text("utf-8"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(outcome.model_dump_json(indent=1), "utf-8")
+        tmp.replace(path)
+        return outcome
+
+
+def reference_outcome(env_dir: Path, task_id: str, rounds: int, local_epochs: int = 1, seed: int = 0) -> Outcome:
+    """The oracle pipeline's outcome on this environment and task: one oracle run (in a folder of
+    the answer key, so no agent sees it), kept and read back afterwards."""
+    from graphs.run import run_task
+    from graphs.state import RunConfig
+
+    path = _reference_file(env_dir, task_id, rounds, local_epochs, seed)
+    with _lock(path):
+        if path.is_file():
+            return Outcome.model_validate_json(path.read_text("utf-8"))
+        config = RunConfig(env_dir=str(Path(env_dir).resolve()), task_id=task_id, guidance="fine", model="oracle",
+                           mode="e2e", run_id="reference", rounds=rounds, local_epochs=local_epochs, seed=seed)
+        state = run_task(config, path.parent / "checkpoints.sqlite",
+                         f"reference-{task_id}-r{rounds}-e{local_epochs}-s{seed}")
+        outcome = Outcome.model_validate((state.get("scores") or {}).get("outcome") or {})
+    return store_reference(env_dir, task_id, rounds, local_epochs, seed, outcome)
+
+
+def with_ratio(outcome: dict[str, Any] | None, reference: Outcome) -> dict[str, Any] | None:
+    """``outcome`` with the oracle's balanced accuracy and the ratio to it."""
+    if outcome is None:
+        return None
+    ref = reference.balanced_accuracy
+    mine = outcome.get("balanced_accuracy")
+    ratio = round(mine / ref, 4) if mine is not None and ref else (0.0 if ref else None)
+    return {**outcome, "reference_balanced_accuracy": ref, "ratio": ratio}

@@ -1,0 +1,114 @@
+"""Outcome scoring: the held-out test set no hospital holds, and the trained model measured on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from environments.heldout import HELDOUT_FILE, target_of_pool_class, task_test_set
+from environments.pools import REAL_POOL_FILES, ImagePool, _read_npz
+from environments.tasks import tasks_for
+from eval.outcome import evaluate_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_held_out_images_come_from_the_official_test_split_and_never_reach_a_hospital(data_dir) -> None:
+    if data_dir is None:
+        pytest.skip("needs the real pools (../shared/datasets)")
+    pool = ImagePool("xray", seed=3, data_dir=data_dir)
+    images, labels, splits = _read_npz(data_dir / REAL_POOL_FILES["xray"][0])
+    before = {c: pool.available(c) for c in range(pool.n_classes)}
+    held = pool.take_heldout(0, 40)
+    assert pool.available(0) == before[0] - 40
+    test_rows = {images[i].tobytes() for i in np.flatnonzero((splits == "test") & (labels == 0))}
+    assert all(img.tobytes() in test_rows for img in held)  # the official test split first
+    rest = pool.take(0, pool.available(0))  # everything the hospitals could still get
+    held_bytes = {img.tobytes() for img in held}
+    assert not any(img.tobytes() in held_bytes for img in rest)
+
+
+def test_every_environment_keeps_a_held_out_set_in_its_answer_key(tiny_envs: Path) -> None:
+    for env_dir in sorted(p for p in tiny_envs.iterdir() if (p / "environment.json").is_file()):
+        assert (env_dir / "answer_key" / HELDOUT_FILE).is_file()
+        assert not any(p.name == HELDOUT_FILE for p in (env_dir / "clients").rglob("*"))
+        for task in tasks_for(env_dir.name):
+            images, y, classes = task_test_set(env_dir, task)
+            assert classes == task.target_classes and len(images) == len(y) > 0
+            assert set(y.tolist()) == set(range(len(classes)))  # every target class is tested
+            assert set(target_of_pool_class(task).values()) == set(classes)
+
+
+def _training_dir(tmp_path: Path, classes: list[str], always: int) -> Path:
+    """A finished training whose saved global model always answers class index ``always``."""
+    import torch
+
+    from fl.models import build_model
+
+    model = build_model("FedAvg", 1, len(classes), 28, 0)
+    state = model.state_dict()
+    last_w = [k for k in state if k.endswith("weight")][-1]
+    last_b = last_w.replace("weight", "bias")
+    state[last_w] = torch.zeros_like(state[last_w])
+    state[last_b] = torch.full_like(state[last_b], -10.0)
+    state[last_b][always] = 10.0
+    folder = tmp_path / f"training-{always}-{'-'.join(classes)}"
+    (folder / "flower").mkdir(parents=True)
+    torch.save(state, folder / "flower" / "global_model.pt")
+    result = {"status": "completed", "algorithm": "FedAvg", "classes": classes,
+              "config": {"channels": 1, "image_size": 28, "seed": 0, "classes": classes}}
+    (folder / "result.json").write_text(json.dumps(result))
+    return folder
+
+
+def test_outcome_scores_the_saved_model_by_class_name(tiny_envs: Path, tmp_path: Path) -> None:
+    env = tiny_envs / "xray"
+    task = tasks_for("xray")[0]
+    _, y, targets = task_test_set(env, task)
+    first, second = targets
+    # a constant model: balanced accuracy exactly chance, accuracy the share of its class
+    out = evaluate_training(env, task.task_id, _training_dir(tmp_path, [second, first], always=0))
+    assert out.balanced_accuracy == 0.5 and out.chance == 0.5 and out.test_images == len(y)
+    assert out.accuracy == pytest.approx(float(np.mean(y == 1)), abs=1e-4)  # index 0 of the model = targets[1]
+    assert out.missing_classes == [] and out.model == "global"
+    # a model whose classes are not the task's (the agents named a folder wrongly) cannot be right on them
+    wrong = evaluate_training(env, task.task_id, _training_dir(tmp_path, [first, "other"], always=1))
+    assert wrong.missing_classes == [second] and wrong.extra_classes == ["other"]
+    assert wrong.balanced_accuracy == 0.0 and wrong.auroc is None
+    # no model file (an algorithm that keeps every model at the hospitals): nothing to score, said why
+    none = _training_dir(tmp_path, [first, second], always=0)
+    (none / "flower" / "global_model.pt").unlink()
+    assert evaluate_training(env, task.task_id, none).balanced_accuracy is None
+
+
+def test_bench_results_carry_the_outcome_and_the_oracle_is_its_own_reference(tiny_envs: Path, tmp_path: Path) -> None:
+    """Oracle and heuristic benches on one environment copy, as a user runs them (CLI subprocess)."""
+    import shutil
+
+    task = tasks_for("xray")[0].task_id
+    for model in ("oracle", "heuristic"):
+        out = tmp_path / model
+        target = out / "envs" / "tiny-seed0" / "xray"
+        shutil.copytree(tiny_envs / "xray", target, ignore=shutil.ignore_patterns("work", "reference"))
+        proc = subprocess.run([sys.executable, "-m", "fedagentbench_cli", "bench", "--model", model, "--env", "xray",
+                               "--task", task, "--guidance", "fine", "--out", str(out)],
+                              cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "outcome ÷ oracle" in proc.stdout
+        line = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+        outcome = line["outcome"]
+        assert outcome["test_images"] > 0 and 0 <= outcome["balanced_accuracy"] <= 1
+        assert outcome["reference_balanced_accuracy"] is not None
+        references = list((target / "answer_key" / "reference").glob(f"{task}.*.json"))
+        assert len(references) == 1
+        if model == "oracle":
+            assert outcome["ratio"] == 1.0
+        else:  # the reference came from an oracle run in the answer key's folder, not from the agents' runs
+            assert (target / "answer_key" / "reference" / "checkpoints.sqlite").is_file()
+            ref = json.loads(references[0].read_text())
+            assert outcome["ratio"] == pytest.approx(outcome["balanced_accuracy"] / ref["balanced_accuracy"], abs=1e-3)
