@@ -16,6 +16,7 @@ import sys
 #: subcommand modules, in the order they appear in --help
 COMMAND_MODULES: tuple[str, ...] = (
     "environments.cli",
+    "environments.data_cli",
     "fl.cli",
     "graphs.cli",
     "eval.cli",

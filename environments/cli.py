@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def _build(args: argparse.Namespace) -> int:
 
     from environments.builder import build_environment
     from environments.concepts import ENVIRONMENTS
+    from environments.pools import fallback_line
 
     names = ENVIRONMENTS if args.modality == "all" else (args.modality,)
     console = wide_console()
@@ -72,6 +74,9 @@ def _build(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"total {time.perf_counter() - started:.1f} s, "
                   f"{sum(s.bytes for s, _ in summaries) / 1e6:.1f} MB")
+    line = fallback_line({s.environment: s.fallback_reason for s, _ in summaries if s.fallback_reason})
+    if line:
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -42,10 +42,14 @@ def native_shape(environment: str) -> tuple[int, bool]:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The data directory from the argument, else the environment variable; None when unset."""
+    """The data directory from the argument, else the environment variable, else the pools that
+    ``fedagentbench data fetch`` keeps in the user's cache; None when there are none."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_ENV_VAR)
     if not chosen:
-        return None
+        from environments.fetch import default_data_dir
+
+        fetched = default_data_dir()
+        return fetched if (fetched / "SHA256SUMS").is_file() else None
     return Path(chosen).expanduser().resolve()
 
 
@@ -109,7 +113,7 @@ class ImagePool:
         if self.environment not in REAL_POOL_FILES:
             return PoolInfo(self.environment, "procedural", "procedural generator (no real labelled pool exists)")
         filename = REAL_POOL_FILES[self.environment][0]
-        reason = "no data directory given (--data-dir or FEDAGENTBENCH_DATA)"
+        reason = "no real pools: none fetched (`fedagentbench data fetch`), no --data-dir, no FEDAGENTBENCH_DATA"
         if data_dir is not None:
             reason = verify_real_file(data_dir, filename)
         if reason is None:
@@ -217,3 +221,26 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def fallback_line(fallbacks: dict[str, str]) -> str | None:
+    """One visible line naming the environments built from procedural instead of real images."""
+    if not fallbacks:
+        return None
+    reasons = sorted(set(fallbacks.values()))
+    return (f"warning: procedural images, not real ones, for {', '.join(sorted(fallbacks))} "
+            f"({'; '.join(reasons)}); get the real pools with `fedagentbench data fetch`")
+
+
+def manifest_fallbacks(env_dirs: list[Path]) -> dict[str, str]:
+    """Environment -> why its build fell back to procedural pixels (from the build manifests)."""
+    import json
+
+    out = {}
+    for env_dir in env_dirs:
+        manifest = env_dir / "environment.json"
+        if manifest.is_file():
+            pool = json.loads(manifest.read_text("utf-8")).get("pool") or {}
+            if pool.get("fallback_reason"):
+                out[env_dir.name] = pool["fallback_reason"]
+    return out

@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     import asyncio
+    import sys
 
     from rich.progress import (
         BarColumn,
@@ -65,7 +66,8 @@ def _bench(args: argparse.Namespace) -> int:
         TimeElapsedColumn,
     )
 
-    from eval.bench import BenchSpec, run_matrix
+    from environments.pools import fallback_line, manifest_fallbacks
+    from eval.bench import BenchSpec, environments_dir, run_matrix
 
     if args.runs < 1:
         raise ValueError("--runs must be at least 1")
@@ -104,6 +106,9 @@ def _bench(args: argparse.Namespace) -> int:
 
         results = asyncio.run(run_matrix(spec, on_done=done, on_note=note))
     _print_tables(console, spec.out)
+    line = fallback_line(manifest_fallbacks([environments_dir(spec) / e for e in spec.environments]))
+    if line:
+        print(line, file=sys.stderr)
     # runs that ended on infrastructure errors are not scores: the exit code says the table is incomplete
     return 0 if results and not any(r.failed for r in results) else 1
 

@@ -317,6 +317,7 @@ def write_reports(folder: str | Path) -> dict[str, Path]:
     """Write leaderboard.md, summary.csv, summary.json and report.html into ``folder``."""
     import pandas as pd
 
+    from environments.pools import fallback_line, manifest_fallbacks
     from eval.scoring import GRADER_VERSION
 
     folder = Path(folder)
@@ -335,7 +336,9 @@ def write_reports(folder: str | Path) -> dict[str, Path]:
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL},
         "rows": rows, "leaderboard": board, "failure_classes": failures, "infrastructure_failures": failed},
         indent=1) + "\n", "utf-8")
-    paths["markdown"].write_text(_markdown(board, rows) + _markdown_failures(failures, failed), "utf-8")
+    fallback = fallback_line(manifest_fallbacks(sorted(p.parent for p in folder.glob("envs/*/*/environment.json"))))
+    paths["markdown"].write_text((f"> {fallback}\n\n" if fallback else "") + _markdown(board, rows)
+                                 + _markdown_failures(failures, failed), "utf-8")
     paths["html"].write_text(_html(board, rows, results, failures, everything, folder), "utf-8")
     return paths
 
