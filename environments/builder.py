@@ -79,7 +79,6 @@ def build_environment(
         shutil.rmtree(env_dir)
     rng = np.random.default_rng([seed, ENVIRONMENTS.index(environment), 1])
     pool = ImagePool(environment, seed, data_dir)
-    heldout_images, heldout_labels = draw_heldout(pool, scale)  # before any hospital draws
     tasks = tasks_for(environment)
     cards = load_catalogue().for_environment(environment)
     plan = plan_environment(cards, tasks, scale, rng, grey_formats=not pool.colour)
@@ -115,6 +114,7 @@ def build_environment(
         patients=[Patient(**p) for p in patients], heterogeneity=_heterogeneity(datasets, hospitals),
     )
     write_json(env_dir / "answer_key" / "environment.json", env_key)
+    heldout_images, heldout_labels = draw_heldout(pool, scale)  # what the hospitals left: none of theirs
     write_heldout(env_dir, heldout_images, heldout_labels)
     for task in tasks:
         write_json(env_dir / "answer_key" / "tasks" / f"{task.task_id}.json", task_key(task, env_key))

@@ -1,8 +1,10 @@
 """The server's held-out test set: clean, correctly labelled images that no agent or tool can read.
 
 It exists to score what the federation learned (``eval.outcome``), not only whether training ran.
-The builder draws it from the pool *before* any hospital draws, so no test image sits in any
-hospital; a real pool gives its official test split first (then validation, then training images).
+The builder draws it from what the pool has left once every hospital has drawn its images (the
+pool budget leaves at least 40 % of each class unused), so no test image sits in any hospital and
+the hospitals get exactly what they got before the held-out set existed; among what is left, a
+real pool gives its official test split first (then validation, then training images).
 It is stored under ``answer_key/`` (outside every workspace; the tools refuse that name) as
 ``heldout.npz``: ``images`` uint8 ``(N, H, W[, 3])`` at the pool's native size and ``pool_labels``.
 A task's test set is the subset whose pool class maps onto exactly one of its target classes.
@@ -24,12 +26,12 @@ PER_CLASS: dict[str, int] = {"tiny": 40, "small": 60, "full": 80, "real": 300}
 
 
 def draw_heldout(pool: ImagePool, scale: str) -> tuple[np.ndarray, np.ndarray]:
-    """Take the held-out images out of ``pool`` (they can no longer reach a hospital)."""
+    """Take the held-out images out of ``pool``, after the hospitals have drawn theirs."""
     wanted = PER_CLASS[scale]
     images, labels = [], []
     for cls in range(pool.n_classes):
         available = pool.available(cls)
-        n = wanted if available is None else min(wanted, available // 3)  # two thirds stay for the hospitals
+        n = wanted if available is None else min(wanted, available)
         if n <= 0:
             continue
         images.append(pool.take_heldout(cls, n))

@@ -152,8 +152,9 @@ class ImagePool:
         return self.generate(pool_class, n)
 
     def take_heldout(self, pool_class: int, n: int) -> np.ndarray:
-        """``n`` images of ``pool_class`` for the server's held-out test set: the pool file's official
-        test split first, then its validation split, then training images (none reach a hospital)."""
+        """``n`` images of ``pool_class`` for the server's held-out test set, taken after the hospitals
+        drew theirs (so none of them holds one): the pool file's official test split first, then its
+        validation split, then training images."""
         if not self.is_real:  # its own stream: holding out leaves the hospitals' procedural images as they were
             rng, self._rng = self._rng, np.random.default_rng([self._seed, 104729, pool_class])
             try:
@@ -161,11 +162,11 @@ class ImagePool:
             finally:
                 self._rng = rng
         queue = self._queues[pool_class]
+        if n > len(queue):
+            raise ValueError(f"{self.environment} pool has {len(queue)} unused images of class {pool_class}, {n} requested")
         rank = {"test": 0, "val": 1}
         order = sorted(range(len(queue)), key=lambda i: (rank.get(str(self._splits[queue[i]]), 2), i))
         chosen = set(order[:n])
-        if len(chosen) < n:
-            raise ValueError(f"{self.environment} pool has {len(queue)} unused images of class {pool_class}, {n} requested")
         picked = [queue[i] for i in sorted(chosen)]
         self._queues[pool_class] = [q for i, q in enumerate(queue) if i not in chosen]
         return self._images[np.asarray(picked, dtype=int)]

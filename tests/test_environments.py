@@ -201,7 +201,8 @@ def test_real_pools_are_used_when_present(data_dir):
 
 def test_corrupt_or_missing_pool_falls_back_with_a_reason(tmp_path, data_dir, monkeypatch):
     monkeypatch.delenv("FEDAGENTBENCH_DATA", raising=False)
-    assert "no data directory" in ImagePool("xray", 0).info.fallback_reason
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # no fetched pools either
+    assert "no real pools" in ImagePool("xray", 0).info.fallback_reason
     assert "does not exist" in ImagePool("xray", 0, tmp_path / "nowhere").info.fallback_reason
     bad = tmp_path / "bad"
     bad.mkdir()
