@@ -9,7 +9,9 @@ with, so a model sees test images exactly as it saw its training images.
 The model's classes are the class folders the agents built. A test image whose target class the
 model does not have can only be misclassified; AUROC is reported only when the model's classes
 are exactly the task's target classes. Personalised algorithms keep part of each model at the
-hospitals: their *global* model is what is scored here, and the outcome says so.
+hospitals: their *global* model is reported but marked not comparable (no ratio, no real-scale
+gate): measured on X-ray, FedBN's global model sits at chance (its BatchNorm statistics stay at the
+hospitals) while its hospitals' own models match FedAvg's (scripts/outcome_matters.py).
 
 The reference is the oracle's pipeline on the same environment, seed, rounds and epochs (one oracle
 run, kept under ``answer_key/reference/``); ``ratio`` = balanced accuracy ÷ the oracle's.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,9 @@ class Outcome(BaseModel):
     #: target classes the trained model cannot output (its classes came from the agents' folders)
     missing_classes: list[str] = []
     extra_classes: list[str] = []
+    #: False for personalised algorithms: their global model lacks the parts each hospital keeps
+    #: (FedBN's BatchNorm statistics, FedPer's head, ...), so it is reported but not compared or gated
+    comparable: bool = True
     reference_balanced_accuracy: float | None = None
     ratio: float | None = None
     note: str = ""
@@ -67,8 +73,9 @@ def evaluate_training(env_dir: Path, task_id: str, training_dir: Path) -> Outcom
     model_file = Path(training_dir) / "flower" / "global_model.pt"
     if not model_file.is_file():
         return Outcome(algorithm=algorithm, note=f"{algorithm} keeps no global model to evaluate")
-    task = next(t for t in tasks_for(load_task_key(env_dir, task_id).environment) if t.task_id == task_id)
-    schema = load_task_key(env_dir, task_id).target_schema
+    key = load_task_key(env_dir, task_id)
+    task = next(t for t in tasks_for(key.environment) if t.task_id == task_id)
+    schema = key.target_schema
     images, y, targets = task_test_set(env_dir, task)
     config = result.get("config") or {}
     classes = list(result.get("classes") or config.get("classes") or [])
@@ -99,9 +106,10 @@ def _predict(model_file: Path, algorithm: str, classes: list[str], channels: int
     weights = torch.load(model_file, map_location="cpu", weights_only=True)
     model.load_state_dict(weights, strict=False)
     model.eval()
-    transform = monai_transform(image_size, channels)
     tensors = []
-    with tempfile.TemporaryDirectory(prefix="fedagentbench-heldout-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fedagentbench-heldout-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nvImageCodec")  # no GPU codec here, and no DICOM
+        transform = monai_transform(image_size, channels)
         for i, img in enumerate(images):  # as the hospitals' converted PNGs, then the clients' transform
             path = Path(tmp) / f"{i}.png"
             to_schema(img, schema_size, schema_mode).save(path, format="PNG", compress_level=1)
@@ -134,7 +142,9 @@ def _metrics(y, probs, targets: list[str], classes: list[str], algorithm: str) -
         accuracy=round(float(np.mean(predicted == y)), 4) if len(y) else None, chance=round(1 / len(targets), 4),
         test_images=int(len(y)), algorithm=algorithm, model="global",
         missing_classes=sorted(set(targets) - set(classes)), extra_classes=sorted(set(classes) - set(targets)),
-        note=("global model only: the hospitals keep their personal parts" if personalised else ""),
+        comparable=not personalised,
+        note=("global model only, not compared: the hospitals keep their personal parts (their own models "
+              "are not scored yet)" if personalised else ""),
     )
 
 
@@ -184,6 +194,8 @@ def with_ratio(outcome: dict[str, Any] | None, reference: Outcome) -> dict[str, 
     """``outcome`` with the oracle's balanced accuracy and the ratio to it."""
     if outcome is None:
         return None
+    if outcome.get("comparable") is False:
+        return {**outcome, "reference_balanced_accuracy": reference.balanced_accuracy, "ratio": None}
     ref = reference.balanced_accuracy
     mine = outcome.get("balanced_accuracy")
     ratio = round(mine / ref, 4) if mine is not None and ref else (0.0 if ref else None)

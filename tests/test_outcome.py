@@ -13,7 +13,7 @@ import pytest
 from environments.heldout import HELDOUT_FILE, target_of_pool_class, task_test_set
 from environments.pools import REAL_POOL_FILES, ImagePool, _read_npz
 from environments.tasks import tasks_for
-from eval.outcome import evaluate_training
+from eval.outcome import evaluate_training, with_ratio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,23 +45,23 @@ def test_every_environment_keeps_a_held_out_set_in_its_answer_key(tiny_envs: Pat
             assert set(target_of_pool_class(task).values()) == set(classes)
 
 
-def _training_dir(tmp_path: Path, classes: list[str], always: int) -> Path:
+def _training_dir(tmp_path: Path, classes: list[str], always: int, algorithm: str = "FedAvg") -> Path:
     """A finished training whose saved global model always answers class index ``always``."""
     import torch
 
     from fl.models import build_model
 
-    model = build_model("FedAvg", 1, len(classes), 28, 0)
+    model = build_model(algorithm, 1, len(classes), 28, 0)
     state = model.state_dict()
     last_w = [k for k in state if k.endswith("weight")][-1]
     last_b = last_w.replace("weight", "bias")
     state[last_w] = torch.zeros_like(state[last_w])
     state[last_b] = torch.full_like(state[last_b], -10.0)
     state[last_b][always] = 10.0
-    folder = tmp_path / f"training-{always}-{'-'.join(classes)}"
+    folder = tmp_path / f"training-{algorithm}-{always}-{'-'.join(classes)}"
     (folder / "flower").mkdir(parents=True)
     torch.save(state, folder / "flower" / "global_model.pt")
-    result = {"status": "completed", "algorithm": "FedAvg", "classes": classes,
+    result = {"status": "completed", "algorithm": algorithm, "classes": classes,
               "config": {"channels": 1, "image_size": 28, "seed": 0, "classes": classes}}
     (folder / "result.json").write_text(json.dumps(result))
     return folder
@@ -81,6 +81,11 @@ def test_outcome_scores_the_saved_model_by_class_name(tiny_envs: Path, tmp_path:
     wrong = evaluate_training(env, task.task_id, _training_dir(tmp_path, [first, "other"], always=1))
     assert wrong.missing_classes == [second] and wrong.extra_classes == ["other"]
     assert wrong.balanced_accuracy == 0.0 and wrong.auroc is None
+    assert out.comparable and with_ratio(out.model_dump(), out)["ratio"] == 1.0
+    # a personalised algorithm's global model lacks what the hospitals keep: reported, never compared
+    personal = evaluate_training(env, task.task_id, _training_dir(tmp_path, [first, second], 0, "FedBN"))
+    assert personal.balanced_accuracy == 0.5 and not personal.comparable and "not compared" in personal.note
+    assert with_ratio(personal.model_dump(), out)["ratio"] is None
     # no model file (an algorithm that keeps every model at the hospitals): nothing to score, said why
     none = _training_dir(tmp_path, [first, second], always=0)
     (none / "flower" / "global_model.pt").unlink()
