@@ -144,6 +144,9 @@ def _with_reference(config, outcome: dict[str, Any] | None) -> dict[str, Any] | 
 
     if outcome is None:
         return None
+    if config.mode == "phase":  # S4 trained on the key's data with the key's algorithm: not the model's outcome
+        return {**outcome, "comparable": False, "ratio": None,
+                "note": "per-phase mode: trained on the answer key's inputs, not compared"}
     env_dir = Path(config.env_dir)
     if config.model == "oracle" and config.mode == "e2e":
         reference = store_reference(env_dir, config.task_id, config.rounds, config.local_epochs, config.seed,

@@ -118,3 +118,14 @@ def test_bench_results_carry_the_outcome_and_the_oracle_is_its_own_reference(tin
             assert (target / "answer_key" / "reference" / "checkpoints.sqlite").is_file()
             ref = json.loads(references[0].read_text())
             assert outcome["ratio"] == pytest.approx(outcome["balanced_accuracy"] / ref["balanced_accuracy"], abs=1e-3)
+
+
+def test_per_phase_runs_are_not_credited_with_the_keys_outcome(tmp_path: Path) -> None:
+    """In per-phase mode S4 trains the key's harmonised data with the key's algorithm: whatever that
+    model learns is the key's doing, so it is reported but never compared with the oracle's."""
+    from eval.bench import _with_reference
+    from graphs.state import RunConfig
+
+    config = RunConfig(env_dir=str(tmp_path), task_id="t", model="heuristic", mode="phase")
+    out = _with_reference(config, {"balanced_accuracy": 0.9, "comparable": True, "note": ""})
+    assert out["ratio"] is None and out["comparable"] is False and "answer key" in out["note"]
