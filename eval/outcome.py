@@ -72,7 +72,8 @@ def evaluate_training(env_dir: Path, task_id: str, training_dir: Path) -> Outcom
         return Outcome(algorithm=algorithm, note=f"training {result.get('status')}")
     model_file = Path(training_dir) / "flower" / "global_model.pt"
     if not model_file.is_file():
-        return Outcome(algorithm=algorithm, note=f"{algorithm} keeps no global model to evaluate")
+        return Outcome(algorithm=algorithm, comparable=False,  # FedProto, Local-Only: nothing to score, no fault
+                       note=f"{algorithm} keeps no global model to evaluate")
     key = load_task_key(env_dir, task_id)
     task = next(t for t in tasks_for(key.environment) if t.task_id == task_id)
     schema = key.target_schema

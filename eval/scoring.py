@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GRADER_VERSION = "3"  # 3: held-out outcome; at real scale S4 needs better than chance
+GRADER_VERSION = "3"  # 3: the held-out outcome reported beside the sub-tasks
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 _MODALITY_WORDS = {
@@ -355,13 +355,10 @@ def score_state(state, key) -> dict[str, Any]:
         "S3": score_s3(state.algorithm, key),
         "S4": score_s4(state.training, state.training_plan),
     }
+    # the outcome is reported beside the sub-tasks, never folded into S4: an absolute "better than
+    # chance" gate failed the oracle itself at real scale (MRI tumour presence at 3 rounds: the
+    # trained model answers the majority class), so it would have made S4 unsolvable there
     outcome = score_outcome(config, state.training)
-    if env_key.scale == "real" and subtasks["S4"]["passed"] and outcome.get("comparable", True):
-        # at real scale a trained model must also learn (personalised global models are not comparable)
-        ba, chance = outcome.get("balanced_accuracy"), outcome.get("chance")
-        if ba is None or chance is None or ba <= chance:
-            subtasks["S4"] = {**subtasks["S4"], "passed": False,
-                              "detail": subtasks["S4"]["detail"] + f" (held-out balanced accuracy {ba} not above chance {chance})"}
     return {"grader_version": GRADER_VERSION, "subtasks": subtasks, "outcome": outcome,
             "passed": sum(s["passed"] for s in subtasks.values())}
 

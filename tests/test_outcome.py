@@ -89,7 +89,9 @@ def test_outcome_scores_the_saved_model_by_class_name(tiny_envs: Path, tmp_path:
     # no model file (an algorithm that keeps every model at the hospitals): nothing to score, said why
     none = _training_dir(tmp_path, [first, second], always=0)
     (none / "flower" / "global_model.pt").unlink()
-    assert evaluate_training(env, task.task_id, none).balanced_accuracy is None
+    gone = evaluate_training(env, task.task_id, none)
+    assert gone.balanced_accuracy is None and not gone.comparable  # a right choice of FedProto costs nothing
+    assert with_ratio(gone.model_dump(), out)["ratio"] is None
 
 
 def test_bench_results_carry_the_outcome_and_the_oracle_is_its_own_reference(tiny_envs: Path, tmp_path: Path) -> None:
