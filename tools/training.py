@@ -81,10 +81,10 @@ def _train(config, fingerprint: str) -> dict:
     if cached is not None and result.get("status") == "completed":
         cached.parent.mkdir(parents=True, exist_ok=True)
         if model.is_file():  # the model first: a result in the cache promises its model is there
-            tmp = cached.with_suffix(f".{os.getpid()}.pt.tmp")
+            tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.pt.tmp")
             shutil.copyfile(model, tmp)
             tmp.replace(cached.with_suffix(".pt"))
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(result), "utf-8")
         tmp.replace(cached)
     return result
