@@ -19,6 +19,7 @@ run, kept under ``answer_key/reference/``); ``ratio`` = balanced accuracy ÷ the
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import threading
@@ -77,36 +78,39 @@ def evaluate_training(env_dir: Path, task_id: str, training_dir: Path) -> Outcom
     key = load_task_key(env_dir, task_id)
     task = next(t for t in tasks_for(key.environment) if t.task_id == task_id)
     schema = key.target_schema
-    images, y, targets = task_test_set(env_dir, task)
+    _, y, targets = task_test_set(env_dir, task)
     config = result.get("config") or {}
     classes = list(result.get("classes") or config.get("classes") or [])
+    x = _test_tensors(str(env_dir), task_id, schema.image_size, schema.mode, int(config["image_size"]),
+                      int(config["channels"]), (env_dir / "answer_key" / "heldout.npz").stat().st_mtime_ns)
     probs = _predict(model_file, algorithm, classes, int(config["channels"]), int(config["image_size"]),
-                     int(config.get("seed", 0)), images, schema.image_size, schema.mode)
+                     int(config.get("seed", 0)), x)
     return _metrics(y, probs, targets, classes, algorithm)
 
 
-def _predict(model_file: Path, algorithm: str, classes: list[str], channels: int, image_size: int, seed: int,
-             images, schema_size: int, schema_mode: str):
-    """Class probabilities of the saved global model for every held-out image."""
+@functools.lru_cache(maxsize=8)
+def _test_tensors(env_dir: str, task_id: str, schema_size: int, schema_mode: str, image_size: int, channels: int,
+                  _version: int):
+    """The task's held-out images as the clients' transform gives them: converted once per process
+    and setting (every run of a task is scored on the same tensors; ``_version`` is the file's mtime)."""
     import logging
 
-    import numpy as np
     import torch
+
+    from environments.answer_key import load_task_key
+    from environments.heldout import task_test_set
+    from environments.tasks import tasks_for
 
     # MONAI announces on import that a GPU DICOM codec is absent; nothing here decodes DICOM
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     from monai.data import MetaTensor
 
     from fl.data import monai_transform
-    from fl.models import build_model
-    from fl.registry import get_algorithm
     from tools.images import to_schema
 
-    torch.set_num_threads(1)
-    model = build_model(get_algorithm(algorithm).name, channels, len(classes), image_size, seed)
-    weights = torch.load(model_file, map_location="cpu", weights_only=True)
-    model.load_state_dict(weights, strict=False)
-    model.eval()
+    key = load_task_key(Path(env_dir), task_id)
+    task = next(t for t in tasks_for(key.environment) if t.task_id == task_id)
+    images, _, _ = task_test_set(Path(env_dir), task)
     tensors = []
     with tempfile.TemporaryDirectory(prefix="fedagentbench-heldout-") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*nvImageCodec")  # no GPU codec here, and no DICOM
@@ -116,8 +120,22 @@ def _predict(model_file: Path, algorithm: str, classes: list[str], channels: int
             to_schema(img, schema_size, schema_mode).save(path, format="PNG", compress_level=1)
             t = transform(str(path))
             tensors.append(t.as_tensor() if isinstance(t, MetaTensor) else torch.as_tensor(t))
+    return torch.stack(tensors).float()
+
+
+def _predict(model_file: Path, algorithm: str, classes: list[str], channels: int, image_size: int, seed: int, x):
+    """Class probabilities of the saved global model for every held-out image (tensors ``x``)."""
+    import numpy as np
+    import torch
+
+    from fl.models import build_model
+    from fl.registry import get_algorithm
+
+    torch.set_num_threads(1)
+    model = build_model(get_algorithm(algorithm).name, channels, len(classes), image_size, seed)
+    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True), strict=False)
+    model.eval()
     with torch.no_grad():
-        x = torch.stack(tensors).float()
         probs = torch.cat([torch.softmax(model(x[i:i + 256]), dim=1) for i in range(0, len(x), 256)])
     return np.asarray(probs.numpy(), dtype=np.float64)
 
