@@ -8,6 +8,7 @@ or server workspace whose name or text carries key material.
     python scripts/check_leaks.py runs/seed9890/oracle/envs/tiny-seed9890
 """
 
+import re
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -63,10 +64,8 @@ for env_dir in sorted(root.iterdir()):
     for ws in [*(env_dir / "clients").iterdir(), env_dir / "server"]:
         for p in ws.rglob("*"):
             low = p.name.lower()
-            if any(
-                w in low
-                for w in ("answer", "gold", "key", "input_cleaned", "input_harmonised")
-            ):
+            # whole words only: "Monkeypox" (a real dataset's name) holds "key" but gives nothing away
+            if re.search(r"(?<![a-z])(answer|gold|key|input_cleaned|input_harmonised)(?![a-z])", low):
                 leaks.append(str(p))
             if (
                 p.is_file()
