@@ -9,9 +9,10 @@ with, so a model sees test images exactly as it saw its training images.
 The model's classes are the class folders the agents built. A test image whose target class the
 model does not have can only be misclassified; AUROC is reported only when the model's classes
 are exactly the task's target classes. Personalised algorithms keep part of each model at the
-hospitals: their *global* model is reported but marked not comparable (no ratio, no real-scale
-gate): measured on X-ray, FedBN's global model sits at chance (its BatchNorm statistics stay at the
-hospitals) while its hospitals' own models match FedAvg's (scripts/outcome_matters.py).
+hospitals, so their *global* model is not what they deploy (measured on X-ray, FedBN's global model
+sits at chance while its hospitals' own models match FedAvg's; scripts/outcome_matters.py). After
+their last round each hospital saves the model it would deploy (``fl.client``); the outcome is the
+mean over those models on the same held-out set, compared with the oracle like any other.
 
 The reference is the oracle's pipeline on the same environment, seed, rounds and epochs (one oracle
 run, kept under ``answer_key/reference/``); ``ratio`` = balanced accuracy ÷ the oracle's.
@@ -30,6 +31,8 @@ from typing import Any
 from pydantic import BaseModel
 
 REFERENCE_DIR = "reference"
+#: the hospitals' own models of a personalised training (fl.server.CLIENT_MODELS_DIR)
+CLIENT_MODELS_DIR = "clients"
 _reference_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -44,13 +47,16 @@ class Outcome(BaseModel):
     chance: float | None = None
     test_images: int = 0
     algorithm: str | None = None
-    #: "global" (the server's model) or "none"
+    #: "global" (the server's model), "hospitals" (a personalised algorithm: the mean over each
+    #: hospital's own model) or "none"
     model: str = "none"
+    #: balanced accuracy of each hospital's own model (personalised algorithms)
+    hospitals: dict[str, float | None] = {}
     #: target classes the trained model cannot output (its classes came from the agents' folders)
     missing_classes: list[str] = []
     extra_classes: list[str] = []
-    #: False for personalised algorithms: their global model lacks the parts each hospital keeps
-    #: (FedBN's BatchNorm statistics, FedPer's head, ...), so it is reported but not compared or gated
+    #: False when there is no model to compare (or only a personalised algorithm's global model, which
+    #: lacks the parts each hospital keeps: FedBN's BatchNorm statistics, FedPer's head, ...)
     comparable: bool = True
     reference_balanced_accuracy: float | None = None
     ratio: float | None = None
@@ -71,21 +77,55 @@ def evaluate_training(env_dir: Path, task_id: str, training_dir: Path) -> Outcom
     algorithm = result.get("algorithm")
     if result.get("status") != "completed":
         return Outcome(algorithm=algorithm, note=f"training {result.get('status')}")
-    model_file = Path(training_dir) / "flower" / "global_model.pt"
-    if not model_file.is_file():
-        return Outcome(algorithm=algorithm, comparable=False,  # FedProto, Local-Only: nothing to score, no fault
-                       note=f"{algorithm} keeps no global model to evaluate")
+    from fl.registry import get_algorithm
+
+    flower = Path(training_dir) / "flower"
+    personalised = get_algorithm(algorithm).category.value == "personalised"
+    hospital_models = sorted((flower / CLIENT_MODELS_DIR).glob("*.pt")) if personalised else []
+    model_file = flower / "global_model.pt"
+    if not hospital_models and not model_file.is_file():
+        return Outcome(algorithm=algorithm, comparable=False, note=f"{algorithm} left no model to evaluate")
     key = load_task_key(env_dir, task_id)
     task = next(t for t in tasks_for(key.environment) if t.task_id == task_id)
     schema = key.target_schema
     _, y, targets = task_test_set(env_dir, task)
     config = result.get("config") or {}
     classes = list(result.get("classes") or config.get("classes") or [])
-    x = _test_tensors(str(env_dir), task_id, schema.image_size, schema.mode, int(config["image_size"]),
-                      int(config["channels"]), (env_dir / "answer_key" / "heldout.npz").stat().st_mtime_ns)
-    probs = _predict(model_file, algorithm, classes, int(config["channels"]), int(config["image_size"]),
-                     int(config.get("seed", 0)), x)
-    return _metrics(y, probs, targets, classes, algorithm)
+    channels, image_size = int(config["channels"]), int(config["image_size"])
+    x = _test_tensors(str(env_dir), task_id, schema.image_size, schema.mode, image_size, channels,
+                      (env_dir / "answer_key" / "heldout.npz").stat().st_mtime_ns)
+
+    def measure(file: Path) -> Outcome:
+        probs = _predict(file, algorithm, classes, channels, image_size, int(config.get("seed", 0)), x)
+        return _metrics(y, probs, targets, classes, algorithm)
+
+    if hospital_models:
+        return _mean_of_hospitals({f.stem: measure(f) for f in hospital_models})
+    outcome = measure(model_file)
+    if personalised:  # a personalised training that left no hospital models (a run from before they were kept)
+        return outcome.model_copy(update={"comparable": False, "note": (
+            "global model only, not compared: the hospitals keep their personal parts and their own "
+            "models were not saved")})
+    return outcome
+
+
+def _mean_of_hospitals(outcomes: dict[str, Outcome]) -> Outcome:
+    """A personalised algorithm's outcome: each hospital's own model on the same held-out set, averaged
+    (the model each hospital would deploy; the server's global model lacks their personal parts)."""
+    import numpy as np
+
+    def mean(values: list[float | None]) -> float | None:
+        return round(float(np.mean(values)), 4) if values and all(v is not None for v in values) else None
+
+    first = next(iter(outcomes.values()))
+    return first.model_copy(update={
+        "balanced_accuracy": mean([o.balanced_accuracy for o in outcomes.values()]),
+        "auroc": mean([o.auroc for o in outcomes.values()]),
+        "accuracy": mean([o.accuracy for o in outcomes.values()]),
+        "model": "hospitals", "comparable": True,
+        "hospitals": {name: o.balanced_accuracy for name, o in sorted(outcomes.items())},
+        "note": f"mean of the {len(outcomes)} hospitals' own models",
+    })
 
 
 @functools.lru_cache(maxsize=8)
@@ -144,7 +184,6 @@ def _metrics(y, probs, targets: list[str], classes: list[str], algorithm: str) -
     import numpy as np
 
     from fl.metrics import auroc
-    from fl.registry import get_algorithm
 
     index = {c: i for i, c in enumerate(targets)}
     predicted = np.array([index.get(classes[i], -1) for i in probs.argmax(axis=1)])  # -1: a class the task has not
@@ -155,15 +194,11 @@ def _metrics(y, probs, targets: list[str], classes: list[str], algorithm: str) -
         ordered = probs[:, [classes.index(t) for t in targets]]
         value = auroc(y, ordered)
         roc = round(value, 4) if np.isfinite(value) else None
-    personalised = get_algorithm(algorithm).category.value == "personalised"
     return Outcome(
         balanced_accuracy=round(float(np.mean(recalls)), 4) if recalls else None, auroc=roc,
         accuracy=round(float(np.mean(predicted == y)), 4) if len(y) else None, chance=round(1 / len(targets), 4),
         test_images=int(len(y)), algorithm=algorithm, model="global",
         missing_classes=sorted(set(targets) - set(classes)), extra_classes=sorted(set(classes) - set(targets)),
-        comparable=not personalised,
-        note=("global model only, not compared: the hospitals keep their personal parts (their own models "
-              "are not scored yet)" if personalised else ""),
     )
 
 

@@ -3,7 +3,10 @@
 In simulation the app is bound to the list of (name, data_dir) and picks its own by Flower's
 ``partition-id``; on the deployment runtime each SuperNode says where its data is with
 ``--node-config 'data-dir="/data/harmonised" client-name="hospital_a"'``.
-Only weights (or prototypes / control variates), counts and metrics leave the client.
+Only weights (or prototypes / control variates), counts and metrics leave the client. After the
+last round of a personalised algorithm each hospital saves its own model (``--node-config
+'model-dir="..."'`` on a SuperNode; in simulation the training's ``clients/`` folder), which the
+outcome scoring evaluates on the held-out set.
 """
 
 from __future__ import annotations
@@ -79,7 +82,21 @@ def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | Non
             probs = torch.softmax(logits, dim=1).numpy()
         report = client_metrics(data.val_y.numpy(), probs, loss)
         content = RecordDict({"metrics": MetricRecord(report), "client": info})
+        model_dir = context.node_config.get("model-dir") or config.get("export-dir")
+        if model_dir:  # the last round of a personalised algorithm: the hospital keeps its own model
+            _keep_model(predict, Path(str(model_dir)) / f"{name}.pt")
     return Message(content=content, reply_to=msg)
+
+
+def _keep_model(model, path: Path) -> None:
+    """Save the model this hospital deploys (its personalised one) where it keeps its models; written
+    whole or not at all. It stays on the hospital's side: nothing of it is sent to the server."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
 
 
 def make_client_app(clients: list[tuple[str, str]] | None = None) -> ClientApp:

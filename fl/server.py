@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 ProgressFn = Callable[[dict[str, Any]], None]
+#: where, under a plan's out_dir, the hospitals of a personalised algorithm keep their own models
+CLIENT_MODELS_DIR = "clients"
 
 
 def client_spec(plan: dict[str, Any]) -> str:
@@ -64,6 +67,7 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
 
     from fl.metrics import pooled_metrics
     from fl.models import build_model, shareable_keys
+    from fl.registry import get_algorithm
     from fl.strategies import build_strategy, initial_arrays, model_arrays
 
     torch.set_num_threads(1)
@@ -75,6 +79,7 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     )  # fmt: skip
     arrays = initial_arrays(plan["algorithm"], model, len(plan["classes"]))
     spec = client_spec(plan)
+    keeps_client_models = get_algorithm(plan["algorithm"]).category.value == "personalised"
     round_config = {"spec": spec}
     if getattr(grid, "roster", None):  # a warm simulation's view: tell each node which hospital it is
         round_config["roster"] = json.dumps(grid.roster)
@@ -85,6 +90,7 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     }  # fmt: skip
     start = time.perf_counter()
     _write(result, path)  # replaces any result of an earlier run in this folder
+    shutil.rmtree(Path(plan["out_dir"]) / CLIENT_MODELS_DIR, ignore_errors=True)  # and its hospitals' models
     if progress:
         progress({"kind": "start", "algorithm": plan["algorithm"], "round": 0, "rounds": plan["rounds"]})
     for rnd in range(1, plan["rounds"] + 1):
@@ -95,7 +101,10 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
         new_arrays, train_metrics = strategy.aggregate_train(rnd, train_replies)
         if new_arrays is not None:
             arrays = new_arrays
-        messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(round_config), grid)
+        evaluate_config = dict(round_config)
+        if rnd == plan["rounds"] and keeps_client_models:  # each hospital saves its own model at the end
+            evaluate_config["export-dir"] = str(Path(plan["out_dir"]) / CLIENT_MODELS_DIR)
+        messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(evaluate_config), grid)
         t1 = time.perf_counter()
         eval_replies = _replies(list(grid.send_and_receive(messages, timeout=plan["timeout_s"])), "evaluation")
         t_eval = time.perf_counter() - t1

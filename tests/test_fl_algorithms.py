@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from fl.registry import query
+from fl.registry import get_algorithm, query
 from fl.runner import TrainConfig, TrainResult, load_result, resolve
 from fl.simulation import simulate
 from fl.testing import make_federation
 
 ALGORITHMS = [a.name for a in query(executable=True)] + ["FedYogi", "FedAdagrad"]
 METRICS = ("loss", "accuracy", "balanced_accuracy", "auroc")
+#: the federation's hospitals (name, data_dir), set by the ``results`` fixture
+_CLIENT_DIRS: list[dict] = []
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,7 @@ def results(tmp_path_factory, flower_env):
     dirs, source = make_federation(root / "data", n_clients=4, per_class=20)
     print(f"federation source: {source}")
     clients = [{"name": f"hospital_{i}", "data_dir": d} for i, d in enumerate(dirs)]
+    _CLIENT_DIRS[:] = clients
     plans = [
         resolve(
             TrainConfig(clients=clients, algorithm=name, rounds=2, batch_size=16, out_dir=root / "runs" / name),
@@ -97,6 +100,35 @@ def test_two_rounds_with_finite_metrics(results, algorithm):
     assert (Path(result.result_path).parent / "global_model.pt").exists() == (
         algorithm not in ("Local-Only", "FedProto")
     )  # no global weights
+    kept = Path(result.result_path).parent / "clients"
+    if get_algorithm(algorithm).category.value != "personalised":
+        assert not kept.exists()  # every hospital deploys the global model
+        return
+    # each hospital kept the model it deploys, and it is the model that gave its reported metrics
+    assert sorted(p.stem for p in kept.glob("*.pt")) == sorted(result.final.clients)
+    for name, reported in result.final.clients.items():
+        assert abs(_balanced_accuracy_of(kept / f"{name}.pt", result, name) - reported.balanced_accuracy) < 1e-6
+
+
+def _balanced_accuracy_of(model_file: Path, result: TrainResult, client: str) -> float:
+    """A saved hospital model on that hospital's own validation split, as the client measured it."""
+    import torch
+
+    from fl.data import load_client_data
+    from fl.metrics import client_metrics
+    from fl.models import build_model
+
+    config = result.config
+    data_dir = next(c["data_dir"] for c in _CLIENT_DIRS if c["name"] == client)
+    data = load_client_data(data_dir, result.classes, config["image_size"], config["channels"],
+                            config["val_fraction"], config["seed"], config["max_images"])
+    model = build_model(result.algorithm, config["channels"], len(result.classes), config["image_size"], 0)
+    model.load_state_dict(torch.load(model_file, weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.val_x)
+    report = client_metrics(data.val_y.numpy(), torch.softmax(logits, 1).numpy(), 0.0)
+    return float(report["balanced_accuracy"])
 
 
 def test_payloads_keep_personal_parts_local():
@@ -181,6 +213,53 @@ def test_client_rules_use_their_state_and_hyperparameters():
     apfl_state = RecordDict()
     client("APFL", apfl_state).train(received, {})
     assert 0.0 <= StateStore(apfl_state, "t").scalar("alpha", -1.0) <= 1.0
+
+
+def test_apfl_and_fedrod_deploy_one_network_that_predicts_as_their_two_parts():
+    """The model a hospital keeps is one plain network: APFL's mixture alpha*v + (1-alpha)*w with v's
+    BatchNorm statistics, FedRoD's generic + personal head summed into one head."""
+    import torch
+    from flwr.app import RecordDict
+
+    from fl.algorithms import client_algorithm
+    from fl.algorithms.base import RunSpec, StateStore, param_dict
+    from fl.algorithms.personalised import APFL
+    from fl.data import LocalData
+    from fl.models import build_model, shareable_keys
+
+    torch.manual_seed(0)
+    data = LocalData(torch.rand(16, 1, 28, 28), torch.tensor([0, 1] * 8), torch.rand(6, 1, 28, 28), torch.tensor([0, 1] * 3), ["a", "b"])  # fmt: skip
+    spec = RunSpec(run_tag="t", algorithm="APFL", classes=["a", "b"], channels=1, image_size=28, batch_size=4, lr=0.1)
+    model = build_model("FedAvg", 1, 2, 28, 0)
+    received = {k: v for k, v in model.state_dict().items() if k in shareable_keys(model)}
+
+    state = RecordDict()
+    client_algorithm("APFL")(spec, data, StateStore(state, "t"), 1).train(received, {})
+    store = StateStore(state, "t")
+    deployed = client_algorithm("APFL")(spec, data, store, 2).predictor(received)
+    v = build_model("APFL", 1, 2, 28, 0)
+    v.load_state_dict(store.load("personal"))
+    v.eval()
+    w = build_model("APFL", 1, 2, 28, 0)
+    w.load_state_dict(received, strict=False)
+    alpha = torch.tensor(store.scalar("alpha", -1.0))
+    assert 0.0 < float(alpha) < 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(data.val_x), APFL._mixed(v, param_dict(w), alpha)(data.val_x))
+        assert not torch.allclose(deployed(data.val_x), v(data.val_x))  # the mixture, not v alone
+
+    rod = RunSpec(**{**spec.__dict__, "algorithm": "FedRoD"})
+    state = RecordDict()
+    client_algorithm("FedRoD")(rod, data, StateStore(state, "t"), 1).train(received, {})
+    deployed = client_algorithm("FedRoD")(rod, data, StateStore(state, "t"), 2).predictor(received)
+    generic = build_model("FedRoD", 1, 2, 28, 0)
+    generic.load_state_dict(received, strict=False)
+    generic.eval()
+    personal = torch.nn.Linear(generic.head.in_features, 2)
+    personal.load_state_dict(StateStore(state, "t").load("p_head"))
+    with torch.no_grad():
+        features = generic.features(data.val_x)
+        torch.testing.assert_close(deployed(data.val_x), generic.head(features) + personal(features))
 
 
 def test_warm_simulation_matches_a_fresh_one_and_serves_any_clients(results, tmp_path):

@@ -82,15 +82,40 @@ def test_outcome_scores_the_saved_model_by_class_name(tiny_envs: Path, tmp_path:
     assert wrong.missing_classes == [second] and wrong.extra_classes == ["other"]
     assert wrong.balanced_accuracy == 0.0 and wrong.auroc is None
     assert out.comparable and with_ratio(out.model_dump(), out)["ratio"] == 1.0
-    # a personalised algorithm's global model lacks what the hospitals keep: reported, never compared
-    personal = evaluate_training(env, task.task_id, _training_dir(tmp_path, [first, second], 0, "FedBN"))
-    assert personal.balanced_accuracy == 0.5 and not personal.comparable and "not compared" in personal.note
-    assert with_ratio(personal.model_dump(), out)["ratio"] is None
-    # no model file (an algorithm that keeps every model at the hospitals): nothing to score, said why
-    none = _training_dir(tmp_path, [first, second], always=0)
+    # a personalised algorithm whose hospitals' models were not kept: its global model is reported only
+    personal = _training_dir(tmp_path, [first, second], 0, "FedBN")
+    alone = evaluate_training(env, task.task_id, personal)
+    assert alone.balanced_accuracy == 0.5 and not alone.comparable and "not compared" in alone.note
+    assert with_ratio(alone.model_dump(), out)["ratio"] is None
+    # with the hospitals' own models: each is scored on the same held-out set and the mean compared
+    import shutil
+
+    import torch
+
+    from fl.models import build_model
+
+    informative = build_model("FedAvg", 1, 2, 28, 1)  # untrained, but its answers vary with the image
+    plain = _training_dir(tmp_path, [first, second], 0)
+    torch.save(informative.state_dict(), plain / "flower" / "global_model.pt")
+    alone_ba = evaluate_training(env, task.task_id, plain).balanced_accuracy
+    assert alone_ba != 0.5  # so the mean below tells the two hospitals apart
+    kept = personal / "flower" / "clients"
+    kept.mkdir()
+    shutil.copyfile(plain / "flower" / "global_model.pt", kept / "hospital_a.pt")
+    shutil.copyfile(personal / "flower" / "global_model.pt", kept / "hospital_b.pt")  # always class 0
+    mean = evaluate_training(env, task.task_id, personal)
+    assert mean.model == "hospitals" and mean.comparable
+    assert mean.hospitals == {"hospital_a": alone_ba, "hospital_b": 0.5}
+    assert mean.balanced_accuracy == pytest.approx((alone_ba + 0.5) / 2, abs=1e-4)
+    assert with_ratio(mean.model_dump(), out)["ratio"] == pytest.approx(mean.balanced_accuracy / 0.5, abs=1e-3)
+    # a non-personalised algorithm's stray client files are not what it deploys: its global model is scored
+    shutil.copytree(kept, plain / "flower" / "clients")
+    assert evaluate_training(env, task.task_id, plain).model == "global"
+    # no model at all: nothing to score, said why, and never a ratio
+    none = _training_dir(tmp_path, [first, second], always=1)
     (none / "flower" / "global_model.pt").unlink()
     gone = evaluate_training(env, task.task_id, none)
-    assert gone.balanced_accuracy is None and not gone.comparable  # a right choice of FedProto costs nothing
+    assert gone.balanced_accuracy is None and not gone.comparable and "no model" in gone.note
     assert with_ratio(gone.model_dump(), out)["ratio"] is None
 
 

@@ -23,6 +23,8 @@ _TRAINING_LOCK = threading.Lock()
 CACHE_ENV = "FEDAGENTBENCH_TRAINING_CACHE"
 #: the server's trained global model, in the training's Flower output folder (fl.server)
 MODEL_FILE = "global_model.pt"
+#: where the hospitals of a personalised algorithm keep their own models (fl.server.CLIENT_MODELS_DIR)
+CLIENT_MODELS_DIR = "clients"
 #: "0": a fresh Flower simulation per training instead of the process's warm one (fl.service)
 WARM_ENV = "FEDAGENTBENCH_WARM_TRAINING"
 
@@ -68,23 +70,35 @@ def _train(config, fingerprint: str) -> dict:
     cache_dir = os.environ.get(CACHE_ENV)
     cached = Path(cache_dir) / f"{fingerprint}.json" if cache_dir else None
     model = Path(config.out_dir) / MODEL_FILE
+    client_models = Path(config.out_dir) / CLIENT_MODELS_DIR
     result = json.loads(cached.read_text("utf-8")) if cached is not None and cached.is_file() else None
-    if result is not None and "model_saved" in result:  # entries from before models were kept: train again
+    if result is not None and "client_models" in result:  # entries from before models were kept: train again
         result["cached"] = True
-        if cached.with_suffix(".pt").is_file():  # the trained model too: the outcome is scored on it
+        if cached.with_suffix(".pt").is_file():  # the trained models too: the outcome is scored on them
             model.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cached.with_suffix(".pt"), model)
+        if result["client_models"]:
+            shutil.rmtree(client_models, ignore_errors=True)
+            shutil.copytree(cached.with_suffix(".clients"), client_models)
         return result
     with _TRAINING_LOCK:
         result = train(config).model_dump(mode="json", by_alias=True)
-    result["model_saved"] = model.is_file()
+    result["client_models"] = sorted(p.stem for p in client_models.glob("*.pt")) if client_models.is_dir() else []
     if cached is not None and result.get("status") == "completed":
         cached.parent.mkdir(parents=True, exist_ok=True)
-        if model.is_file():  # the model first: a result in the cache promises its model is there
-            tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.pt.tmp")
+        tag = f"{os.getpid()}.{threading.get_ident()}"
+        if model.is_file():  # the models first: a result in the cache promises its models are there
+            tmp = cached.with_suffix(f".{tag}.pt.tmp")
             shutil.copyfile(model, tmp)
             tmp.replace(cached.with_suffix(".pt"))
-        tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        if result["client_models"] and not cached.with_suffix(".clients").is_dir():
+            tmp = cached.with_suffix(f".{tag}.clients.tmp")
+            shutil.copytree(client_models, tmp)
+            try:
+                tmp.rename(cached.with_suffix(".clients"))
+            except OSError:  # an identical training of another run got there first
+                shutil.rmtree(tmp, ignore_errors=True)
+        tmp = cached.with_suffix(f".{tag}.tmp")
         tmp.write_text(json.dumps(result), "utf-8")
         tmp.replace(cached)
     return result

@@ -1,7 +1,9 @@
 """Client side of the personalised algorithms: each client ends up with its own model.
 
 Personal parts are kept in Flower's ``context.state`` and never sent; evaluation uses the client's
-personalised model on its own validation split.
+personalised model on its own validation split. Every ``predictor`` is one plain network of the
+algorithm's architecture (APFL's mixture and FedRoD's two heads are folded into one), so after the
+last round each hospital can keep its model as a file that the outcome scoring evaluates.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ class APFL(ClientAlgorithm):
         v.train()
         loss = self.run_epochs(model, self.spec.local_epochs, loss_fn, opt_w)[0]
         self.store.save("personal", v.state_dict())
-        self.store.set_scalar("alpha", float(alpha))
+        self.store.set_scalar("alpha", float(alpha.detach()))
         return loss
 
     def predictor(self, received):
@@ -170,9 +172,14 @@ class APFL(ClientAlgorithm):
             return w.eval()
         v = self.new_model()
         v.load_state_dict(stored)
-        v.eval()
-        alpha = torch.tensor(self.store.scalar("alpha", float(self.hp.get("alpha", 0.5))))
-        return self._mixed(v, param_dict(w), alpha)
+        alpha = self.store.scalar("alpha", float(self.hp.get("alpha", 0.5)))
+        # the mixture as one network: alpha*v + (1-alpha)*w for parameters, v's BatchNorm statistics
+        # (exactly what ``_mixed`` computes, so the model can be saved and scored like any other)
+        w_params = param_dict(w)
+        with torch.no_grad():
+            for name, p in v.named_parameters():
+                p.copy_(alpha * p + (1 - alpha) * w_params[name])
+        return v.eval()
 
 
 class FedRoD(ClientAlgorithm):
@@ -209,13 +216,13 @@ class FedRoD(ClientAlgorithm):
 
     def predictor(self, received):
         model = self.assemble(received).eval()
-        p_head = self._personal_head(model).eval()
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            features = model.features(x)
-            return model.head(features) + p_head(features)
-
-        return predict
+        p_head = self._personal_head(model)
+        # generic + personal logits of one feature vector: both heads are linear, so one head whose
+        # weights are their sums gives the same logits (and a model that saves like any other)
+        with torch.no_grad():
+            model.head.weight.add_(p_head.weight)
+            model.head.bias.add_(p_head.bias)
+        return model
 
 
 class FedProto(ClientAlgorithm):
