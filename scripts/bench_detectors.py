@@ -5,6 +5,7 @@ files, as a client finds them) and prints precision and recall per environment a
 
     python scripts/bench_detectors.py                 # builds all six at small scale in a temp dir
     python scripts/bench_detectors.py --envs /tmp/small --json out/bench_detectors.json
+    python scripts/bench_detectors.py --scale real --data-dir ../shared/datasets   # the label-error comparison
 
 Counting: an injected duplicate pair (copy, original) is found when both land in one predicted
 duplicate group; a flagged duplicate is correct when it belongs to such a pair. Off-topic and label
@@ -28,10 +29,17 @@ from tools import detectors
 from tools.labels import dataset_labels, is_image_name
 from tools.sandbox import walk_files
 
-DETECTORS = ("duplicates", "off_topic", "label_errors")
+#: label-error detectors compared: (method, probability model) of ``detectors.label_errors``;
+#: "label_errors" is the one the agents' tool runs (its defaults)
+LABEL_VARIANTS = {
+    "label_errors": ("cleanlab", "features"),
+    "label_errors (old threshold rule)": ("threshold", "features"),
+    "label_errors (cleanlab on a CNN)": ("cleanlab", "cnn"),
+}
+DETECTORS = ("duplicates", "off_topic", *LABEL_VARIANTS)
 
 
-def bench_dataset(ws: Path, ds: DatasetKey) -> dict[str, dict[str, float]]:
+def bench_dataset(ws: Path, ds: DatasetKey, label_variants: list[str]) -> dict[str, dict[str, float]]:
     """tp / flagged / positives counts for each detector on one raw dataset."""
     root = ws / ds.path
     files = [p for p in walk_files(root) if is_image_name(p)]
@@ -60,27 +68,36 @@ def bench_dataset(ws: Path, ds: DatasetKey) -> dict[str, dict[str, float]]:
     labels, _ = dataset_labels(root)
     keep = [i for i in range(len(rel)) if i not in flagged_off and data.files[i] in labels]
     sub = detectors.Loaded([data.files[i] for i in keep], data.grey[keep], data.rgb[keep], {})
-    flags = {keep[i] for i, _, _ in detectors.label_errors(sub, [labels[data.files[i]] for i in keep])}
     positives = {i for i, p in enumerate(rel) if issue.get(p) == "label_error"}
-    out["label_errors"] = {"flagged": len(flags), "tp": len(flags & positives), "positives": len(positives),
-                           "found": len(flags & positives)}
+    for name in label_variants:
+        method, probabilities = LABEL_VARIANTS[name]
+        started = time.perf_counter()
+        found_at = detectors.label_errors(sub, [labels[data.files[i]] for i in keep], method=method,
+                                          probabilities=probabilities)
+        flags = {keep[i] for i, _, _ in found_at}
+        out[name] = {"flagged": len(flags), "tp": len(flags & positives), "positives": len(positives),
+                     "found": len(flags & positives), "seconds": time.perf_counter() - started}
     return out
 
 
-def run(envs_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+def run(envs_dir: Path, label_variants: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Counts per environment and detector; ``label_variants``: the label-error detectors to compare
+    (default: all of LABEL_VARIANTS)."""
+    label_variants = list(label_variants or LABEL_VARIANTS)
+    detectors_run = ("duplicates", "off_topic", *label_variants)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for env_dir in sorted(p for p in envs_dir.iterdir() if (p / "answer_key").is_dir()):
         key = load_environment_key(env_dir)
-        totals = {d: {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "kept_original": 0} for d in DETECTORS}
-        started = time.perf_counter()
+        totals = {d: {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "kept_original": 0, "seconds": 0.0}
+                  for d in detectors_run}
         for ds in key.datasets:
             if not ds.relevant_to:
                 continue
-            for det, counts in bench_dataset(env_dir / "clients" / ds.hospital, ds).items():
+            for det, counts in bench_dataset(env_dir / "clients" / ds.hospital, ds, label_variants).items():
                 for k, v in counts.items():
                     totals[det][k] += v
-        for det in DETECTORS:
-            totals[det]["seconds"] = round(time.perf_counter() - started, 1)
+        for det in detectors_run:
+            totals[det]["seconds"] = round(totals[det]["seconds"], 1)
         results[env_dir.name] = totals
     return results
 
@@ -96,20 +113,21 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], title: str) -> 
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("detector", "environment", "injected", "flagged", "correct", "precision", "recall"):
+    for col in ("detector", "environment", "injected", "flagged", "correct", "precision", "recall", "seconds"):
         table.add_column(col, justify="left" if col in ("detector", "environment") else "right")
-    for det in DETECTORS:
-        total = {"flagged": 0, "tp": 0, "positives": 0, "found": 0}
+    for det in next(iter(results.values()), {}):
+        total = {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "seconds": 0.0}
         for env, by_det in results.items():
             c = by_det[det]
             for k in total:
                 total[k] += c[k]
             p, r = metrics(c)
-            table.add_row(det, env, str(c["positives"]), str(c["flagged"]), str(c["tp"]), f"{p:.2f}", f"{r:.2f}")
+            table.add_row(det, env, str(c["positives"]), str(c["flagged"]), str(c["tp"]), f"{p:.2f}", f"{r:.2f}",
+                          f"{c['seconds']:.1f}")
         p, r = metrics(total)
         table.add_row(f"[bold]{det}[/]", "[bold]all[/]", str(total["positives"]), str(total["flagged"]), str(total["tp"]),
-                      f"[bold]{p:.2f}[/]", f"[bold]{r:.2f}[/]", end_section=True)
-    Console(width=110).print(table)
+                      f"[bold]{p:.2f}[/]", f"[bold]{r:.2f}[/]", f"{total['seconds']:.1f}", end_section=True)
+    Console(width=140).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

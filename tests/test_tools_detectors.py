@@ -35,7 +35,7 @@ def small_two(tmp_path_factory: pytest.TempPathFactory, data_dir: Path | None) -
 
 @pytest.fixture(scope="module")
 def results(small_two: Path) -> dict:
-    return _bench().run(small_two)
+    return _bench().run(small_two, ["label_errors"])
 
 
 def test_benchmark_meets_targets_on_xray_and_mri(results: dict) -> None:
@@ -84,7 +84,9 @@ def test_off_topic_flags_grey_images_in_a_colour_dataset(tmp_path: Path) -> None
     assert [data.files[i].name for i, _, _ in detectors.off_topic(data)] == ["grey.png"]
 
 
-def test_label_errors_found_where_classes_are_separable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method, probabilities", [("cleanlab", "features"), ("threshold", "features"),
+                                                   ("cleanlab", "cnn")])
+def test_label_errors_found_where_classes_are_separable(tmp_path: Path, method: str, probabilities: str) -> None:
     rng = np.random.default_rng(3)
     labels = []
     for i in range(40):
@@ -95,8 +97,11 @@ def test_label_errors_found_where_classes_are_separable(tmp_path: Path) -> None:
         labels.append("b" if i % 2 else "a")
     labels[4], labels[9] = "b", "a"  # two wrong labels
     data = detectors.load_images(sorted(tmp_path.iterdir()))
-    flagged = {i for i, _, _ in detectors.label_errors(data, labels)}
+    found = detectors.label_errors(data, labels, method=method, probabilities=probabilities)
+    flagged = {i for i, _, _ in found}
     assert {4, 9} <= flagged and len(flagged) <= 4
+    suggested = {i: s for i, s, _ in found}
+    assert suggested[4] == "a" and suggested[9] == "b"  # the class the image shows
 
 
 def test_detectors_handle_tiny_and_unreadable_inputs(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ benchmark (``scripts/bench_detectors.py``), which measures them against the answ
   statistics plus an 8x8 thumbnail, robust z-scored per dataset; an image whose nearest neighbour
   among the dataset's typical half is far away (relative to the other images) is flagged.
   Thresholds favour precision: a wrongly flagged image is lost data.
-* Label errors: confident learning (Northcutt et al. 2021) on out-of-fold class probabilities from
-  a logistic regression on image features (standardised thumbnails + statistics, PCA-reduced);
-  an image is flagged when another class is confidently predicted and its given label is not.
+* Label errors: confident learning (Northcutt et al. 2021, through cleanlab) on out-of-fold class
+  probabilities from a model trained on the dataset's own images: a logistic regression on image
+  features (standardised thumbnails + statistics, PCA-reduced), or the federation's CNN.
 """
 
 from __future__ import annotations
@@ -278,16 +278,67 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = 5, seed
     return probs
 
 
-def label_errors(data: Loaded, labels: Sequence[str], min_per_class: int = 4,
+#: how out-of-fold probabilities are obtained: a logistic regression on image features (fast), or
+#: the federation's own CNN (fl.models) trained on the site's images, fold by fold (slower, sharper)
+PROBABILITY_MODELS = ("features", "cnn")
+#: ``cleanlab``: cleanlab's confident learning (prune by noise rate); ``threshold``: this module's
+#: earlier rule (another class above its per-class threshold, the given label below 5 %)
+LABEL_METHODS = ("cleanlab", "threshold")
+
+
+def cnn_out_of_fold_probabilities(data: Loaded, y: np.ndarray, folds: int = 3, epochs: int = 8,
+                                  seed: int = 0) -> np.ndarray:
+    """Class probabilities of every image from the federation's CNN trained on the other folds of the
+    site's own images (32x32, grey or colour as the site's images are)."""
+    import torch
+    from sklearn.model_selection import StratifiedKFold
+    from torch.nn import functional as F
+
+    from fl.models import build_model
+
+    colour = bool(np.any(np.abs(data.rgb - data.rgb.mean(axis=3, keepdims=True)) > 0.02))
+    pixels = data.rgb if colour else data.grey[..., None]
+    x = torch.from_numpy(np.ascontiguousarray(pixels[:, ::2, ::2].transpose(0, 3, 1, 2))).float()
+    x = (x - x.mean()) / (x.std() + 1e-6)
+    target = torch.from_numpy(y).long()
+    n_classes = int(y.max()) + 1
+    probs = np.zeros((len(y), n_classes))
+    k = max(2, min(folds, int(np.bincount(y).min())))
+    generator = torch.Generator().manual_seed(seed)
+    for fold, (train, test) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)):
+        model = build_model("FedAvg", x.shape[1], n_classes, x.shape[-1], seed + fold)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        train_t = torch.from_numpy(train)
+        for _ in range(epochs):
+            model.train()
+            order = train_t[torch.randperm(len(train_t), generator=generator)]
+            for batch in order.split(32):
+                if len(batch) < 2:
+                    continue
+                optimiser.zero_grad()
+                F.cross_entropy(model(x[batch]), target[batch]).backward()
+                optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            probs[test] = torch.softmax(model(x[torch.from_numpy(test)]), dim=1).numpy()
+    return probs
+
+
+def label_errors(data: Loaded, labels: Sequence[str], min_per_class: int = 4, method: str = "cleanlab",
+                 probabilities: str = "features",
                  max_given_probability: float = 0.05) -> list[tuple[int, str, float]]:
     """(index, suggested label, margin) by confident learning on out-of-fold probabilities.
 
-    An image is flagged when (1) its confidently predicted class, using per-class thresholds (the
-    mean self-confidence of each class), differs from its label, and (2) the probability of its
-    given label is below ``max_given_probability`` (conservative: a false flag deletes good data).
+    ``cleanlab`` (default): ``cleanlab.filter.find_label_issues`` pruning by noise rate, the
+    library's reference implementation of confident learning. ``threshold``: an image is flagged
+    when its confidently predicted class (per-class thresholds, the mean self-confidence of each
+    class) differs from its label and its given label's probability is below
+    ``max_given_probability``. Both favour precision: a false flag deletes good data.
     """
-    from sklearn.decomposition import PCA
-
+    if method not in LABEL_METHODS:
+        raise ValueError(f"method {method!r}: choose from {LABEL_METHODS}")
+    if probabilities not in PROBABILITY_MODELS:
+        raise ValueError(f"probabilities {probabilities!r}: choose from {PROBABILITY_MODELS}")
     labels_arr = np.asarray([str(v) for v in labels])
     classes, counts = np.unique(labels_arr, return_counts=True)
     usable = classes[counts >= min_per_class]
@@ -295,17 +346,35 @@ def label_errors(data: Loaded, labels: Sequence[str], min_per_class: int = 4,
     if len(usable) < 2 or len(idx) < 10:
         return []
     y = np.searchsorted(usable, labels_arr[idx])
-    feats = label_features(data)[idx]
-    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
-    x = PCA(min(20, len(idx) - 1), random_state=0).fit_transform(feats)
-    probs = out_of_fold_probabilities(x, y)
-    thresholds = np.array([probs[y == k, k].mean() for k in range(len(usable))])
+    if probabilities == "cnn":
+        sub = Loaded([data.files[i] for i in idx], data.grey[idx], data.rgb[idx], {})
+        probs = cnn_out_of_fold_probabilities(sub, y)
+    else:
+        from sklearn.decomposition import PCA
+
+        feats = label_features(data)[idx]
+        feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
+        probs = out_of_fold_probabilities(PCA(min(20, len(idx) - 1), random_state=0).fit_transform(feats), y)
+    if method == "cleanlab":
+        from cleanlab.filter import find_label_issues
+
+        rows = find_label_issues(labels=y, pred_probs=probs, filter_by="prune_by_noise_rate")
+        rows = np.flatnonzero(rows)
+    else:
+        thresholds = np.array([probs[y == k, k].mean() for k in range(len(usable))])
+        rows = [r for r in range(len(y)) if probs[r, y[r]] < max_given_probability
+                and np.any(probs[r] >= thresholds)]
     flagged = []
-    for row, (i, given) in enumerate(zip(idx, y)):
-        above = np.flatnonzero(probs[row] >= thresholds)
-        if len(above) == 0 or probs[row, given] >= max_given_probability:
-            continue
-        confident = int(above[np.argmax(probs[row, above])])
-        if confident != given:
-            flagged.append((int(i), str(usable[confident]), round(float(probs[row, confident] - probs[row, given]), 3)))
+    for row in rows:
+        given = y[row]
+        others = probs[row].copy()
+        others[given] = -1.0
+        suggested = int(np.argmax(others))
+        if method == "threshold":
+            above = np.flatnonzero(probs[row] >= thresholds)
+            suggested = int(above[np.argmax(probs[row, above])])
+            if suggested == given:
+                continue
+        flagged.append((int(idx[row]), str(usable[suggested]),
+                        round(float(probs[row, suggested] - probs[row, given]), 3)))
     return sorted(flagged, key=lambda t: -t[2])

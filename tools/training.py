@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -81,8 +82,11 @@ def _train(config, fingerprint: str) -> dict:
             shutil.rmtree(client_models, ignore_errors=True)
             shutil.copytree(cached.with_suffix(".clients"), client_models)
         return result
+    asked = time.perf_counter()
     with _TRAINING_LOCK:
+        waited = time.perf_counter() - asked
         result = train(config).model_dump(mode="json", by_alias=True)
+    result["queue_wait_s"] = round(waited, 2)  # behind other runs' trainings (scripts/bench_real_scale.py)
     result["client_models"] = sorted(p.stem for p in client_models.glob("*.pt")) if client_models.is_dir() else []
     if cached is not None and result.get("status") == "completed":
         cached.parent.mkdir(parents=True, exist_ok=True)
