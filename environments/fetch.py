@@ -12,8 +12,10 @@ look when neither ``--data-dir`` nor ``FEDAGENTBENCH_DATA`` is given. ``--mirror
 ``FEDAGENTBENCH_DATA_MIRROR``) serves the same file names from elsewhere: an institutional mirror,
 or the tests' local server.
 
-Not fetched (no single verifiable file exists): the ISIC 2017 images behind the dermatoscopy pool
-and the brain-tumour MRI set; their official locations are in ``docs/data.md``. Histopathology
+Dermatoscopy: the ISIC 2017 challenge images behind ``../shared/datasets``' pool have no single
+verifiable file, so ``fetch`` installs DermaMNIST (HAM10000 at 64 px) relabelled to the same two
+classes, as a second pool file the builder uses when the ISIC one is absent. Not fetched: the
+brain-tumour MRI set (no published checksum; its location is in ``docs/data.md``). Histopathology
 stays procedural (PathMNIST's colon tissue classes do not fit the environment's breast task).
 """
 
@@ -45,6 +47,8 @@ class Source(BaseModel):
     md5: str
     licence: str
     citation: str
+    #: source label -> pool label; labels not listed are left out (None: labels kept as they are)
+    relabel: dict[int, int] | None = None
 
 
 SOURCES: dict[str, Source] = {s.environment: s for s in (
@@ -57,6 +61,13 @@ SOURCES: dict[str, Source] = {s.environment: s for s in (
     Source(environment="fundus", remote="retinamnist.npz", pool_file="fundus_retinamnist_28.npz",
            md5="bd4c0672f1bba3e3a89f0e4e876791e4", licence="CC BY 4.0",
            citation="MedMNIST v2 (Yang et al., Sci Data 2023); DeepDRiD challenge"),
+    # HAM10000 dermatoscopy at 64 px (MedMNIST+), relabelled as the ISIC 2017 melanoma pool is:
+    # melanoma (4) -> 1; melanocytic naevi (5) and benign keratosis-like lesions (2) -> 0; the other
+    # four diagnoses are left out. Used when the ISIC 2017 pool is absent (environments.pools).
+    Source(environment="dermatoscopy", remote="dermamnist_64.npz", pool_file="dermatoscopy_dermamnist_melanoma_64.npz",
+           md5="b70a2f5635c6199aeaa28c31d7202e1f", licence="CC BY-NC 4.0",
+           citation="MedMNIST+ (Yang et al., Sci Data 2023); Tschandl et al., HAM10000, Sci Data 2018",
+           relabel={4: 1, 5: 0, 2: 0}),
 )}
 
 Progress = Callable[[str, int, int | None], None]
@@ -126,6 +137,10 @@ def _convert(source: Source, downloaded: Path) -> bytes:
                 images, labels = data[f"{split}_images"], data[f"{split}_labels"].reshape(-1)
                 if images.dtype != np.uint8 or len(images) != len(labels):
                     raise ValueError(f"{split}: unexpected arrays {images.dtype} {images.shape} / {labels.shape}")
+                if source.relabel is not None:
+                    keep = np.isin(labels, list(source.relabel))
+                    images = images[keep]
+                    labels = np.array([source.relabel[int(v)] for v in labels[keep]], dtype=np.int64)
                 arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.astype(np.uint8)
     except (OSError, ValueError, KeyError) as exc:
         raise FetchError(f"{source.remote}: not a MedMNIST file ({exc})") from None
@@ -173,4 +188,10 @@ def pool_status(folder: Path) -> dict[str, str]:
     """Environment -> "ok", or why its real pool in ``folder`` cannot be used."""
     from environments.pools import REAL_POOL_FILES, verify_real_file
 
-    return {env: verify_real_file(folder, filename) or "ok" for env, (filename, _, _) in REAL_POOL_FILES.items()}
+    from environments.pools import pool_files
+
+    status = {}
+    for env in REAL_POOL_FILES:
+        reasons = [verify_real_file(folder, filename) for filename in pool_files(env)]
+        status[env] = "ok" if None in reasons else reasons[0]
+    return status

@@ -27,6 +27,11 @@ REAL_POOL_FILES: dict[str, tuple[str, int, bool]] = {
     "mri": ("mri_brain_tumor_sartaj_64.npz", 64, False),
     "xray": ("xray_pneumoniamnist_28.npz", 28, False),
 }
+#: other pool files an environment can use, in order, when its first one is absent (same classes,
+#: size and colour; installed by ``fedagentbench data fetch``)
+ALTERNATIVE_POOL_FILES: dict[str, tuple[str, ...]] = {
+    "dermatoscopy": ("dermatoscopy_dermamnist_melanoma_64.npz",),
+}
 #: native size and colour of pools without a real file
 PROCEDURAL_ONLY: dict[str, tuple[int, bool]] = {"histopathology": (64, True)}
 
@@ -39,6 +44,13 @@ def native_shape(environment: str) -> tuple[int, bool]:
         _, size, colour = REAL_POOL_FILES[environment]
         return size, colour
     return PROCEDURAL_ONLY[environment]
+
+
+def pool_files(environment: str) -> list[str]:
+    """The real pool files ``environment`` can use, preferred first."""
+    if environment not in REAL_POOL_FILES:
+        return []
+    return [REAL_POOL_FILES[environment][0], *ALTERNATIVE_POOL_FILES.get(environment, ())]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
@@ -112,10 +124,13 @@ class ImagePool:
     def _load(self, data_dir: Path | None) -> PoolInfo:
         if self.environment not in REAL_POOL_FILES:
             return PoolInfo(self.environment, "procedural", "procedural generator (no real labelled pool exists)")
-        filename = REAL_POOL_FILES[self.environment][0]
+        candidates = pool_files(self.environment)
+        filename = candidates[0]
         reason = "no real pools: none fetched (`fedagentbench data fetch`), no --data-dir, no FEDAGENTBENCH_DATA"
         if data_dir is not None:
-            reason = verify_real_file(data_dir, filename)
+            reasons = {name: verify_real_file(data_dir, name) for name in candidates}
+            filename = next((name for name, why in reasons.items() if why is None), filename)
+            reason = reasons[filename]
         if reason is None:
             try:
                 images, labels, splits = _read_npz(data_dir / filename)

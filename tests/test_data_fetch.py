@@ -143,3 +143,32 @@ def test_cli_names_the_mismatch_and_builds_find_fetched_pools_by_default(server,
                            timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     assert "warning: procedural images, not real ones, for ultrasound" in built.stderr
+
+
+def test_dermamnist_is_relabelled_to_melanoma_and_used_when_the_isic_pool_is_absent(tmp_path: Path) -> None:
+    """HAM10000's seven diagnoses become the dermatoscopy pool's two classes (melanoma 1; naevi and
+    benign keratoses 0; the rest left out), and a build without the ISIC 2017 file draws from it."""
+    rng = np.random.default_rng(4)
+    arrays = {}
+    for split, n in (("train", 70), ("val", 14), ("test", 28)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 7).reshape(n, 1).astype(np.uint8)  # akiec..vasc in turn
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    payload = buf.getvalue()
+    srv = FixtureServer({"dermamnist_64.npz": payload})
+    try:
+        source = SOURCES["dermatoscopy"].model_copy(update={"md5": hashlib.md5(payload).hexdigest()})
+        path = fetch_pool(source, tmp_path / "pools", mirror=srv.url)
+    finally:
+        srv.close()
+    assert path.name == "dermatoscopy_dermamnist_melanoma_64.npz"
+    with np.load(path) as pool:
+        for split, n in (("train", 70), ("val", 14), ("test", 28)):
+            original = np.arange(n) % 7
+            kept = np.isin(original, [2, 4, 5])
+            assert pool[f"{split}_labels"].tolist() == [1 if v == 4 else 0 for v in original[kept]]
+            assert (pool[f"{split}_images"] == arrays[f"{split}_images"][kept]).all()
+    pool = ImagePool("dermatoscopy", seed=0, data_dir=tmp_path / "pools")
+    assert pool.is_real and pool.info.source == path.name
+    assert pool.available(1) == 10 + 2 + 4 and pool.available(0) == 20 + 4 + 8
