@@ -29,12 +29,13 @@ from tools import detectors
 from tools.labels import dataset_labels, is_image_name
 from tools.sandbox import walk_files
 
-#: label-error detectors compared: (method, probability model) of ``detectors.label_errors``;
+#: label-error detectors compared: (method, probability model, guard) of ``detectors.label_errors``;
 #: "label_errors" is the one the agents' tool runs (its defaults)
 LABEL_VARIANTS = {
-    "label_errors": ("cleanlab", "features"),
-    "label_errors (old threshold rule)": ("threshold", "features"),
-    "label_errors (cleanlab on a CNN)": ("cleanlab", "cnn"),
+    "label_errors": ("cleanlab", "features", 0.05),
+    "label_errors (cleanlab alone, no guard)": ("cleanlab", "features", None),
+    "label_errors (old threshold rule)": ("threshold", "features", 0.05),
+    "label_errors (cleanlab on a CNN)": ("cleanlab", "cnn", 0.05),
 }
 DETECTORS = ("duplicates", "off_topic", *LABEL_VARIANTS)
 
@@ -70,10 +71,10 @@ def bench_dataset(ws: Path, ds: DatasetKey, label_variants: list[str]) -> dict[s
     sub = detectors.Loaded([data.files[i] for i in keep], data.grey[keep], data.rgb[keep], {})
     positives = {i for i, p in enumerate(rel) if issue.get(p) == "label_error"}
     for name in label_variants:
-        method, probabilities = LABEL_VARIANTS[name]
+        method, probabilities, guard = LABEL_VARIANTS[name]
         started = time.perf_counter()
         found_at = detectors.label_errors(sub, [labels[data.files[i]] for i in keep], method=method,
-                                          probabilities=probabilities)
+                                          probabilities=probabilities, max_given_probability=guard)
         flags = {keep[i] for i, _, _ in found_at}
         out[name] = {"flagged": len(flags), "tp": len(flags & positives), "positives": len(positives),
                      "found": len(flags & positives), "seconds": time.perf_counter() - started}
