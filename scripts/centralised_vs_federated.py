@@ -11,9 +11,10 @@ For each environment with a real pool, on its first task at ``real`` scale:
 
 both scored on the environment's held-out test set (``eval.outcome``; no training image is in it).
 MedMNIST v2's published test AUC/ACC (ResNet-18 at 28 px, Yang et al., Sci Data 2023, Table 2) are
-shown beside for reference only: their task is the dataset's own label set (5 DR grades for
-RetinaMNIST, where our fundus task is referable vs not), their network is a ResNet-18 trained for
-100 epochs, and their test split is the whole official one.
+shown beside for reference only: the labels are the same as the first tasks' for PneumoniaMNIST,
+BreastMNIST and RetinaMNIST (5 DR grades), but their network is a ResNet-18 trained for 100 epochs,
+their test split is the whole official one (ours: a class-balanced draw from it, 300 per class at
+most, topped up from the validation split), and their ACC is plain accuracy where ours is balanced.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/centralised_vs_federated.py --seeds 0,1 --rounds 3
 """

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from environments.readers import ContentCache, ImageReadError, image_format, read_image, read_image_keyed
+from environments.readers import (
+    ContentCache,
+    ImageReadError,
+    decode_notes,
+    image_format,
+    read_image,
+    read_image_keyed,
+)
 from tools.labels import image_stem, is_image_name
 from tools.sandbox import (
     ToolError,
@@ -40,16 +47,17 @@ def copy_dataset(ws: Workspace, source: str, destination: str, overwrite: bool =
     src = ws.resolve(source)
     if not src.is_dir():
         raise ToolError(f"{source!r} is not a folder")
-    dest = ws.new_output(destination, overwrite=overwrite)
+    dest = ws.output_path(destination, overwrite=overwrite)
     if dest.is_relative_to(src):
         raise ToolError("the destination cannot lie inside the source")
     origins: dict[str, str] = {}
     earlier = load_origins(src)
-    for f in walk_files(src):
-        rel = f.relative_to(src).as_posix()
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, dest / rel)
-        origins[rel] = earlier.get(rel) or ws.rel(f)
+    with ws.staged_output(dest) as stage:
+        for f in walk_files(src):
+            rel = f.relative_to(src).as_posix()
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, stage / rel)
+            origins[rel] = earlier.get(rel) or ws.rel(f)
     skipped = sorted(ws.rel(p) for p in src.rglob("*") if p.is_symlink())
     write_manifest(ws, dest, origins, "copy_dataset")
     kinds = Counter(image_format(Path(r)) or "other" for r in origins)
@@ -190,7 +198,7 @@ def convert_images(ws: Workspace, source: str, destination: str, size: int = 224
     src = ws.resolve(source)
     if not src.is_dir():
         raise ToolError(f"{source!r} is not a folder")
-    dest = ws.new_output(destination, overwrite=overwrite)
+    dest = ws.output_path(destination, overwrite=overwrite)
     if dest.is_relative_to(src):
         raise ToolError("the destination cannot lie inside the source")
     files = [f for f in walk_files(src) if is_image_name(f)]
@@ -199,17 +207,29 @@ def convert_images(ws: Workspace, source: str, destination: str, size: int = 224
     origins: dict[str, str] = {}
     formats: Counter[str] = Counter()
     failed: list[str] = []
-    for f, rel in sorted(_out_names(files, src).items()):
-        try:
-            img, key = read_image_keyed(f)
-        except ImageReadError as exc:
-            failed.append(f"{f.relative_to(src).as_posix()}: {str(exc).split(': ', 1)[-1][:100]}")
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).write_bytes(_png(img, key, int(size), mode))
-        origins[rel] = earlier.get(f.relative_to(src).as_posix()) or ws.rel(f)
-        formats[image_format(f) or "?"] += 1
+    notes: list[str] = []
+    with ws.staged_output(dest) as stage:  # one bad file never stops the batch; a dying batch leaves nothing
+        for f, rel in sorted(_out_names(files, src).items()):
+            name = f.relative_to(src).as_posix()
+            try:
+                img, key = read_image_keyed(f)
+                png = _png(img, key, int(size), mode)
+            except ImageReadError as exc:
+                failed.append(f"{name}: {str(exc).split(': ', 1)[-1][:160]}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - listed with its reason; the other files go on
+                failed.append(f"{name}: could not be converted ({type(exc).__name__}: {str(exc)[:120]})")
+                continue
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage / rel).write_bytes(png)
+            origins[rel] = earlier.get(name) or ws.rel(f)
+            formats[image_format(f) or "?"] += 1
+            if decode_notes(key):
+                notes.append(f"{name}: {'; '.join(decode_notes(key))}")
     write_manifest(ws, dest, origins, "convert_images")
-    return {"destination": ws.rel(dest), "converted": len(origins), "from_formats": dict(formats),
-            "schema": f"PNG {size}x{size} {mode}", "skipped_unreadable": {"count": len(failed), "files": cap_list(failed, 15)},
-            "skipped_non_image_files": others}
+    out = {"destination": ws.rel(dest), "converted": len(origins), "from_formats": dict(formats),
+           "schema": f"PNG {size}x{size} {mode}", "skipped_unreadable": {"count": len(failed), "files": cap_list(failed, 15)},
+           "skipped_non_image_files": others}
+    if notes:
+        out["decoding_notes"] = {"count": len(notes), "files": cap_list(notes, 10)}
+    return out

@@ -11,6 +11,7 @@ that same-named files from different folders never overwrite each other.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -208,19 +209,20 @@ def organise_by_labels(ws: Workspace, source: str, destination: str, label_file:
     labels, info = dataset_labels(src, lf, file_column, label_column)
     if not labels:
         raise ToolError(f"none of the entries of {lf.name} matches an image under {ws.rel(src)}")
-    dest = ws.new_output(destination, overwrite=overwrite)
+    dest = ws.output_path(destination, overwrite=overwrite)
     by_class: dict[str, list[Path]] = {}
     for p, label in labels.items():
         by_class.setdefault(safe_class_name(label), []).append(p)
     origins: dict[str, str] = {}
     earlier = load_origins(src)
     renamed = 0
-    for cls, files in sorted(by_class.items()):
-        (dest / cls).mkdir(parents=True, exist_ok=True)
-        for p, name in unique_names(files, src).items():
-            shutil.copyfile(p, dest / cls / name)
-            origins[f"{cls}/{name}"] = _origin(ws, src, p, earlier)
-            renamed += name != p.name
+    with ws.staged_output(dest) as stage:
+        for cls, files in sorted(by_class.items()):
+            (stage / cls).mkdir(parents=True, exist_ok=True)
+            for p, name in unique_names(files, src).items():
+                shutil.copyfile(p, stage / cls / name)
+                origins[f"{cls}/{name}"] = _origin(ws, src, p, earlier)
+                renamed += name != p.name
     write_manifest(ws, dest, origins, "organise_by_label_file")
     return {
         "destination": ws.rel(dest), "label_file": ws.rel(lf), "copied": len(labels),
@@ -259,31 +261,12 @@ def class_folders(ws: Workspace, path: str) -> dict:
     return out
 
 
-def apply_mapping(ws: Workspace, source: str, mapping: dict[str, str | None], destination: str,
-                  merge: bool = False, overwrite: bool = False) -> dict:
-    """Rebuild ``source``'s class folders under target classes; ``None`` drops a class."""
-    src = ws.resolve(source)
-    if not src.is_dir():
-        raise ToolError(f"{source!r} is not a folder")
-    folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.is_symlink())
-    if not folders:
-        raise ToolError(f"{ws.rel(src)} has no class folders; organise it first")
-    names = {p.name for p in folders}
-    lookup = {str(k).strip(): v for k, v in mapping.items()}
-    unknown = sorted(k for k in lookup if k not in names)
-    unmapped = sorted(n for n in names if n not in lookup)
-    if unknown:
-        raise ToolError(f"mapping names classes that {ws.rel(src)} does not have: {unknown}; "
-                        f"its class folders are {sorted(names)}")
-    if unmapped:
-        raise ToolError(f"every class folder needs an entry (use null to drop a class); missing: {unmapped}")
-    targets = {n: (safe_class_name(v) if v not in (None, "", "null", "None", "drop") else None)
-               for n, v in lookup.items()}
-    dest = ws.new_output(destination, overwrite=overwrite, merge=merge)
-    origins: dict[str, str] = {}
+def _copy_mapped(ws: Workspace, src: Path, folders: list[Path], targets: dict[str, str | None],
+                 dest: Path) -> tuple[dict[str, str], Counter[str], int]:
+    """Copy each class folder's images into its target's folder under ``dest``; (origins, counts, renamed)."""
     earlier = load_origins(src)
+    origins: dict[str, str] = {}
     counts: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
     renamed = 0
     for target in sorted({t for t in targets.values() if t}):
         out_dir = dest / target
@@ -304,6 +287,38 @@ def apply_mapping(ws: Workspace, source: str, mapping: dict[str, str | None], de
             origins[f"{target}/{name}"] = _origin(ws, src, f, earlier)
             counts[target] += 1
             renamed += name != f.name
+    return origins, counts, renamed
+
+
+def apply_mapping(ws: Workspace, source: str, mapping: dict[str, str | None], destination: str,
+                  merge: bool = False, overwrite: bool = False) -> dict:
+    """Rebuild ``source``'s class folders under target classes; ``None`` drops a class."""
+    src = ws.resolve(source)
+    if not src.is_dir():
+        raise ToolError(f"{source!r} is not a folder")
+    folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.is_symlink())
+    if not folders:
+        raise ToolError(f"{ws.rel(src)} has no class folders; organise it first")
+    names = {p.name for p in folders}
+    lookup = {str(k).strip(): v for k, v in mapping.items()}
+    unknown = sorted(k for k in lookup if k not in names)
+    unmapped = sorted(n for n in names if n not in lookup)
+    if unknown:
+        raise ToolError(f"mapping names classes that {ws.rel(src)} does not have: {unknown}; "
+                        f"its class folders are {sorted(names)}")
+    if unmapped:
+        raise ToolError(f"every class folder needs an entry (use null to drop a class); missing: {unmapped}")
+    targets = {n: (safe_class_name(v) if v not in (None, "", "null", "None", "drop") else None)
+               for n, v in lookup.items()}
+    if merge:  # adds to a folder that may already hold other datasets' files
+        dest = ws.new_output(destination, overwrite=overwrite, merge=True)
+        staging = contextlib.nullcontext(dest)
+    else:  # built aside and moved into place whole
+        dest = ws.output_path(destination, overwrite=overwrite)
+        staging = ws.staged_output(dest)
+    with staging as stage:
+        origins, counts, renamed = _copy_mapped(ws, src, folders, targets, stage)
+    dropped: Counter[str] = Counter()
     for d in folders:
         if targets[d.name] is None:
             dropped[d.name] = sum(1 for f in walk_files(d) if is_image_name(f))

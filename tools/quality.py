@@ -15,7 +15,7 @@ from pathlib import Path
 from tools import detectors
 from tools.images import _prune_manifest, _remove_empty_dirs
 from tools.labels import dataset_labels, is_image_name
-from tools.sandbox import ToolError, Workspace, cap_list, walk_files
+from tools.sandbox import ToolError, Workspace, cap_list, walk_files, write_atomic
 
 CHECKS = ("duplicates", "off_topic", "label_errors")
 
@@ -52,7 +52,7 @@ def detect_issues(ws: Workspace, path: str, checks: list[str] | None = None) -> 
         flags["label_errors"] = _label_errors(root, data, rel, {i for i, _, _ in off})
     target = flags_path(ws, root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(flags, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    write_atomic(target, json.dumps(flags, indent=1, ensure_ascii=False) + "\n")
     out: dict = {"folder": flags["folder"], "images_checked": len(data.files), "flags_file": ws.rel(target)}
     if data.failed:
         out["unreadable_images"] = {"count": len(data.failed), "files": cap_list(flags["unreadable"], 10)}
@@ -60,8 +60,8 @@ def detect_issues(ws: Workspace, path: str, checks: list[str] | None = None) -> 
         if kind in flags:
             out[kind] = {"count": len(flags[kind]), "files": cap_list([e["file"] for e in flags[kind]], 25)}
     if "label_errors" in checks:
-        out["label_errors_note"] = ("label-error flags are uncertain (measured precision is low); "
-                                   "check the suggested classes before removing them")
+        out["label_errors_note"] = ("label-error flags are uncertain (confident learning; about half of them "
+                                   "are real errors): check the suggested classes before removing them")
     out["next"] = "remove_flagged_files with this flags_file removes them from a copy under work/"
     return out
 

@@ -10,10 +10,12 @@ output size, because the result goes straight into a model's context.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,23 +105,44 @@ class Workspace:
         except ValueError:
             return path.name
 
-    def new_output(self, path: str, overwrite: bool = False, merge: bool = False) -> Path:
-        """A destination folder under work/: refused if it exists (unless told to replace or merge)."""
+    def output_path(self, path: str, overwrite: bool = False, merge: bool = False) -> Path:
+        """A destination folder under work/, checked but left as it is: refused if it exists and is not
+        empty (unless told to replace or merge)."""
         dest = self.resolve(path, must_exist=False, write=True)
         if dest == self.work:
             raise ToolError(f"choose a sub-folder of {WORK}/ as destination, e.g. {WORK}/cleaned/<name>")
         if dest.exists() and not dest.is_dir():
             raise ToolError(f"{self.rel(dest)} exists and is a file")
+        if dest.exists() and any(dest.iterdir()) and not merge and not overwrite:
+            raise ToolError(f"{self.rel(dest)} already exists and is not empty; choose another destination "
+                            "or pass overwrite=true to replace it")
+        return dest
+
+    def new_output(self, path: str, overwrite: bool = False, merge: bool = False) -> Path:
+        """A destination folder under work/, created (an existing one replaced when ``overwrite``)."""
+        dest = self.output_path(path, overwrite, merge)
         if dest.exists() and any(dest.iterdir()) and not merge:
-            if not overwrite:
-                raise ToolError(f"{self.rel(dest)} already exists and is not empty; choose another destination "
-                                "or pass overwrite=true to replace it")
-            shutil.rmtree(dest)
-            sidecar = manifest_path(dest)
-            if sidecar.is_file():
-                sidecar.unlink()
+            _remove_output(dest)
         dest.mkdir(parents=True, exist_ok=True)
         return dest
+
+    @contextlib.contextmanager
+    def staged_output(self, dest: Path) -> Iterator[Path]:
+        """Build the output folder ``dest`` (from :meth:`output_path`) in a hidden folder beside it and
+        move it into place only once complete: a tool that fails or dies half-way leaves no
+        half-written folder, and a folder it was to replace stays as it was."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        stage = dest.parent / f".{dest.name}.partial-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        if dest.exists():
+            _remove_output(dest)
+        stage.rename(dest)
 
 
 def walk_files(root: Path) -> Iterator[Path]:
@@ -153,6 +176,14 @@ def _walk(folder: str) -> Iterator[Path]:
         yield from _walk(sub)
 
 
+def _remove_output(dest: Path) -> None:
+    """Delete an output folder and its provenance sidecar."""
+    shutil.rmtree(dest)
+    sidecar = manifest_path(dest)
+    if sidecar.is_file():
+        sidecar.unlink()
+
+
 def manifest_path(folder: Path) -> Path:
     """Provenance sidecar of an output folder: ``<folder>.manifest.json`` beside it, never inside."""
     return folder.with_name(folder.name + ".manifest.json")
@@ -179,7 +210,14 @@ def write_manifest(ws: Workspace, dest: Path, origins: dict[str, str], step: str
     """Record for every output file its original source, so results stay traceable."""
     old = load_origins(dest) if merge else {}
     payload = {"step": step, "origin": dict(sorted({**old, **origins}.items()))}
-    manifest_path(dest).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    write_atomic(manifest_path(dest), json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file whole or not at all (beside it, then renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp.write_text(text, "utf-8")
+    tmp.replace(path)
 
 
 def cap_list(items: list[Any], limit: int = LIST_CAP) -> list[Any]:

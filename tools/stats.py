@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from environments.readers import ImageReadError, image_format, read_image
 from tools.labels import is_image_name
-from tools.sandbox import ToolError, Workspace, walk_files
+from tools.sandbox import ToolError, Workspace, cap_list, walk_files, write_atomic
 
 STATS_NAME = "stats.json"
 #: as the client agent sees it
@@ -41,7 +41,9 @@ class ClientStatistics(BaseModel):
     unreadable: int = 0
 
 
-def compute_statistics(ws: Workspace, path: str) -> ClientStatistics:
+def compute_statistics(ws: Workspace, path: str) -> tuple[ClientStatistics, list[str]]:
+    """The statistics that cross to the server (counts only), and the unreadable files with their
+    reasons (for the hospital's own agent; they stay local)."""
     root = ws.resolve(path)
     if not root.is_dir():
         raise ToolError(f"{path!r} is not a folder")
@@ -52,13 +54,14 @@ def compute_statistics(ws: Workspace, path: str) -> ClientStatistics:
     sizes: Counter[str] = Counter()
     channels: Counter[str] = Counter()
     formats: Counter[str] = Counter()
-    sums, sq, count, bad = np.zeros(3), np.zeros(3), 0, 0
+    sums, sq, count = np.zeros(3), np.zeros(3), 0
+    failures: list[str] = []
     for files in classes.values():
         for f in files:
             try:
                 img = read_image(f)
-            except ImageReadError:
-                bad += 1
+            except ImageReadError as exc:
+                failures.append(f"{f.relative_to(root).as_posix()}: {str(exc).split(': ', 1)[-1][:160]}")
                 continue
             formats[image_format(f) or "?"] += 1
             sizes[f"{img.shape[1]}x{img.shape[0]}"] += 1
@@ -74,14 +77,17 @@ def compute_statistics(ws: Workspace, path: str) -> ClientStatistics:
         hospital=ws.root.name, dataset_path=ws.rel(root), classes={c: len(v) for c, v in classes.items()},
         total_images=sum(len(v) for v in classes.values()), formats=dict(formats), sizes_WxH=dict(sizes.most_common(5)),
         channels=dict(channels), intensity_mean=[round(float(v), 4) for v in mean],
-        intensity_std=[round(float(v), 4) for v in std], unreadable=bad,
-    )
+        intensity_std=[round(float(v), 4) for v in std], unreadable=len(failures),
+    ), failures
 
 
 def report_statistics(ws: Workspace, path: str) -> dict:
     """Compute the statistics of a prepared dataset and publish them in work/stats.json."""
-    stats = compute_statistics(ws, path)
+    stats, failures = compute_statistics(ws, path)
     target = ws.work / STATS_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(stats.model_dump(), indent=1, ensure_ascii=False) + "\n", "utf-8")
-    return {"written_to": STATS_FILE, "statistics": stats.model_dump()}
+    write_atomic(target, json.dumps(stats.model_dump(), indent=1, ensure_ascii=False) + "\n")
+    out = {"written_to": STATS_FILE, "statistics": stats.model_dump()}
+    if failures:  # for this hospital's agent only: stats.json (what the server sees) holds the count
+        out["unreadable_files"] = cap_list(failures, 15)
+    return out
