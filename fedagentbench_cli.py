@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fl.cli",
     "graphs.cli",
     "eval.cli",
+    "federation.cli",
 )
 
 #: variables that keep LangGraph, LangSmith, Flower and Ray from calling home (see README)

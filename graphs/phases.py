@@ -405,6 +405,7 @@ def evaluate_node(state: WorkflowState) -> dict[str, Any]:
     except ImportError:
         pass
     else:
-        scores.update(score_state(state, runtime.task_key(state.config)))
+        if not runtime.is_federation(state.config):  # a practitioner's federation has no answer key
+            scores.update(score_state(state, runtime.task_key(state.config)))
     scores["evaluation_seconds"] = round(time.perf_counter() - t0, 3)
     return {"scores": scores}

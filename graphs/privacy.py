@@ -8,6 +8,7 @@ Violations are recorded (with a short excerpt, the identifier masked) and report
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class PrivacyAuditor:
         """An auditor that knows the environment's synthetic patients (from its answer key)."""
         from environments.answer_key import load_environment_key
 
+        private = Path(env_dir) / ".private" / "identifiers.json"
+        if private.is_file():  # a practitioner's federation: the patients named in its DICOM headers
+            return cls(json.loads(private.read_text("utf-8")))
         key = load_environment_key(Path(env_dir))
         ids: list[str] = []
         for p in key.patients:

@@ -173,7 +173,28 @@ def task_key(config: RunConfig):
     return _task_key(config.env_dir, config.task_id)
 
 
+#: a practitioner's federation (``fedagentbench federate run``) states its task in this file
+FEDERATION_TASK = "federation.json"
+
+
+def is_federation(config: RunConfig) -> bool:
+    """A practitioner's own federation: no answer key, no scoring."""
+    return (Path(config.env_dir) / FEDERATION_TASK).is_file()
+
+
+@lru_cache(maxsize=16)
+def _federation_task(env: str):
+    import json
+
+    from environments.tasks import TaskSpec
+
+    return TaskSpec.model_validate(json.loads((Path(env) / FEDERATION_TASK).read_text("utf-8"))["task"])
+
+
 def task_spec(config: RunConfig):
+    """The user's request as a task: a generated environment's, or the federation's own."""
+    if is_federation(config):
+        return _federation_task(config.env_dir)
     from environments.tasks import task_by_id
 
     return task_by_id(config.task_id)

@@ -1,0 +1,270 @@
+"""Run the agents' workflow on a practitioner's own federation, and report what they did.
+
+The sites' folders are copied (regular files only) into ``<work>/federation/clients/<site>/datasets``
+with a ``data_cards.json`` each (the site's own card, or one drafted from its contents), the request
+goes to the server's ``tasks/federation.json``, and the same LangGraph workflow runs on it — selection,
+cleaning, harmonisation, algorithm choice, Flower training — checkpointed in
+``<work>/checkpoints.sqlite`` (running the same command again resumes an interrupted run). There is
+no answer key and no scoring. Sources are hashed before and after: the report says they are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from federation.sites import PRIVATE, copy_site, draft_site, sha256_tree
+from federation.spec import FederationError, FederationSpec
+
+TASK_ID = "federation"
+THREAD = "federation"
+
+
+class SiteReport(BaseModel):
+    name: str
+    source: str
+    problems: list[str] = Field(default_factory=list)
+    datasets_offered: list[str] = Field(default_factory=list)
+    datasets_chosen: list[str] = Field(default_factory=list)
+    selection_reason: str = ""
+    approved: bool | None = None
+    cleaning_summary: str = ""
+    files_removed: dict[str, str] = Field(default_factory=dict)
+    label_mappings: dict[str, dict[str, str | None]] = Field(default_factory=dict)
+    class_counts: dict[str, int] = Field(default_factory=dict)
+    sources_unchanged: bool = True
+
+
+class FederationReport(BaseModel):
+    request: str
+    model: str
+    sites: list[SiteReport]
+    algorithm: str | None = None
+    algorithm_reason: str = ""
+    training_status: str = "not started"
+    training_metrics: dict[str, float] = Field(default_factory=dict)
+    model_files: list[str] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
+    work_dir: str
+
+
+def _spec_digest(spec: FederationSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def prepare(spec: FederationSpec, work: Path) -> Path:
+    """The federation folder the workflow runs on (built once; an interrupted run resumes on it)."""
+    for site in spec.sites:
+        if not site.path.is_dir():
+            raise FederationError(f"site {site.name}: {site.path} is not a folder")
+        if site.data_card is not None and not site.data_card.is_file():
+            raise FederationError(f"site {site.name}: data card {site.data_card} does not exist")
+    env = work / "federation"
+    marker = env / "environment.json"
+    if marker.is_file():
+        recorded = json.loads(marker.read_text("utf-8")).get("spec_digest")
+        if recorded == _spec_digest(spec):
+            return env
+        raise FederationError(f"{work} holds a run of a different federation file; use another --work "
+                              "or delete that folder")
+    shutil.rmtree(env, ignore_errors=True)
+    identifiers: set[str] = set()
+    problems: dict[str, list[str]] = {}
+    checksums: dict[str, dict[str, str]] = {}
+    for site in spec.sites:
+        checksums[site.name] = sha256_tree(site.path)
+        cards, found, ids = draft_site(site.path)
+        if site.data_card is not None:
+            cards = _read_card(site.name, site.data_card)
+        problems[site.name] = found
+        identifiers |= ids
+        copy_site(site.path, cards, env / "clients" / site.name)
+    task = {"task_id": TASK_ID, "environment": spec.modality, "title": spec.request[:80],
+            "target_classes": spec.classes, "concept_to_target": {}, "requirement": spec.requirement,
+            "body_part": spec.body_part, "image_size": spec.image_size, "colour": spec.colour,
+            "class_note": spec.class_note}
+    (env / "server" / "tasks").mkdir(parents=True, exist_ok=True)
+    text = server_request(spec)
+    (env / "server" / "tasks" / f"{TASK_ID}.json").write_text(
+        json.dumps({"request": {"fine": text, "goal": text}}, indent=1), "utf-8")
+    (env / "federation.json").write_text(json.dumps({"task": task}, indent=1), "utf-8")
+    (env / PRIVATE).mkdir()
+    (env / PRIVATE / "identifiers.json").write_text(json.dumps(sorted(identifiers)), "utf-8")
+    (env / PRIVATE / "sources.json").write_text(json.dumps(checksums), "utf-8")
+    (env / PRIVATE / "problems.json").write_text(json.dumps(problems, indent=1), "utf-8")
+    marker.write_text(json.dumps({"kind": "federation", "spec_digest": _spec_digest(spec),
+                                  "sites": [s.name for s in spec.sites]}, indent=1), "utf-8")
+    return env
+
+
+def server_request(spec: FederationSpec) -> str:
+    """The request as the server agent reads it: the practitioner's words, then the federation file's
+    modality, organ and classes stated as every task of the benchmark states them."""
+    from environments.tasks import REQUIREMENT_TEXT
+
+    modality = spec.modality.replace("xray", "X-ray").replace("mri", "MRI")
+    note = f" {spec.class_note}" if spec.class_note else ""
+    return (f"{spec.request.strip()} I want to train it on {modality} images of the {spec.body_part}, with "
+            f"classes: {', '.join(spec.classes)}.{note} {REQUIREMENT_TEXT[spec.requirement]}")
+
+
+def _read_card(site: str, path: Path) -> list[dict[str, Any]]:
+    try:
+        cards = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FederationError(f"site {site}: data card {path} is not readable JSON ({exc})") from None
+    if not isinstance(cards, list) or not all(isinstance(c, dict) and "dataset name" in c for c in cards):
+        raise FederationError(f"site {site}: data card {path} must be a list of cards, each with 'dataset name'")
+    return cards
+
+
+def run_federation(spec: FederationSpec, work: Path, model: str | None = None, request: str | None = None,
+                   progress: Callable[[str], None] | None = None) -> FederationReport:
+    """Prepare (or resume) the federation, run the workflow, and write ``report.json``/``report.md``."""
+    from graphs.run import run_task
+    from graphs.state import RunConfig
+
+    if request:
+        spec = spec.model_copy(update={"request": request})
+    if model:
+        spec = spec.model_copy(update={"model": model})
+    if spec.model == "oracle":
+        raise FederationError("the oracle reads an answer key, and a federation of your own has none; "
+                              "use heuristic, skyline or an LLM spec")
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = prepare(spec, work)
+    config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
+                       run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed)
+    state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress)
+    report = build_report(spec, env, config, state)
+    (work / "report.json").write_text(report.model_dump_json(indent=1), "utf-8")
+    (work / "report.md").write_text(report_markdown(report), "utf-8")
+    return report
+
+
+def _removed_files(env: Path, run_clients: Path, site: str, datasets: list[str]) -> dict[str, str]:
+    """Source images of the chosen datasets that are not in the site's cleaned output, with a reason."""
+    from environments.readers import ImageReadError, image_format, read_image
+    from tools.sandbox import load_origins
+
+    workspace = env / "clients" / site
+    work = run_clients / site
+    kept: set[str] = set()
+    cleaned = work / "cleaned"
+    if cleaned.is_dir():
+        for folder in [cleaned, *[p for p in cleaned.rglob("*") if p.is_dir()]]:
+            kept |= set(load_origins(folder).values())
+    def stem_key(path: str) -> str:  # "work/<step>/<dataset>/<class>/<name>.<ext>" -> "<dataset>/<class>/<name>"
+        parts = Path(path).with_suffix("").parts
+        return "/".join(parts[2:] if parts[:1] == ("work",) else parts[1:])
+
+    copies: dict[str, str] = {}  # a work copy (any step, any extension) -> its source, from the manifests
+    for manifest in work.rglob("*.manifest.json"):
+        folder = manifest.with_name(manifest.name[: -len(".manifest.json")])
+        for rel, origin in load_origins(folder).items():
+            copies[stem_key(f"work/{(folder / rel).relative_to(work).as_posix()}")] = origin
+    reasons = {"duplicates": "near-duplicate of another image", "off_topic": "off-topic image",
+               "label_errors": "label error"}
+    flagged: dict[str, str] = {}
+    for flags in work.rglob("*.flags.json"):
+        try:
+            data = json.loads(flags.read_text("utf-8"))
+        except ValueError:
+            continue
+        for kind, reason in reasons.items():
+            for entry in data.get(kind, []):
+                file = str(entry.get("file", ""))
+                flagged[copies.get(stem_key(file), file)] = reason
+    removed: dict[str, str] = {}
+    for name in datasets:
+        root = workspace / "datasets" / name
+        if not root.is_dir():
+            continue
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = f.relative_to(workspace).as_posix()
+            if not image_format(f) or rel in kept:
+                continue
+            reason = flagged.get(rel)
+            if reason is None:
+                try:
+                    read_image(f)
+                    reason = "not kept by the cleaning agent"
+                except ImageReadError as exc:
+                    reason = f"unreadable: {str(exc).split(': ', 1)[-1][:140]}"
+            removed[rel] = reason
+    return removed
+
+
+def build_report(spec: FederationSpec, env: Path, config, state: dict[str, Any]) -> FederationReport:
+    from graphs import runtime
+
+    problems = json.loads((env / PRIVATE / "problems.json").read_text("utf-8"))
+    checksums = json.loads((env / PRIVATE / "sources.json").read_text("utf-8"))
+    clients = state.get("clients") or {}
+    run_clients = runtime.run_root(config) / "clients"
+    sites = []
+    for site in spec.sites:
+        record = clients.get(site.name)
+        record = record.model_dump() if hasattr(record, "model_dump") else (record or {})
+        cards = json.loads((env / "clients" / site.name / "data_cards.json").read_text("utf-8"))
+        chosen = list(record.get("selected_datasets") or [])
+        harmonised = run_clients / site.name / "harmonised"
+        counts = {d.name: sum(1 for f in d.iterdir() if f.is_file()) for d in sorted(harmonised.iterdir())
+                  if d.is_dir()} if harmonised.is_dir() else {}
+        sites.append(SiteReport(
+            name=site.name, source=str(site.path), problems=problems.get(site.name, []),
+            datasets_offered=[c["dataset name"] for c in cards], datasets_chosen=chosen,
+            selection_reason=str(record.get("selection_reason") or "")[:400], approved=record.get("approved"),
+            cleaning_summary=str(record.get("cleaning_summary") or "")[:400],
+            files_removed=_removed_files(env, run_clients, site.name, chosen) if record.get("cleaned_path") else {},
+            label_mappings=record.get("label_mappings") or {}, class_counts=counts,
+            sources_unchanged=sha256_tree(site.path) == checksums.get(site.name)))
+    training = state.get("training")
+    training = training.model_dump() if hasattr(training, "model_dump") else (training or {})
+    flower = runtime.server_work(config) / "training" / "flower"
+    models = sorted(str(p) for p in [flower / "global_model.pt", *sorted((flower / "clients").glob("*.pt"))]
+                    if p.is_file())
+    errors = [e.message if hasattr(e, "message") else str(e.get("message", e)) for e in state.get("errors") or []]
+    return FederationReport(
+        request=spec.request, model=spec.model, sites=sites, algorithm=state.get("algorithm"),
+        algorithm_reason=str(state.get("algorithm_reason") or ""), training_status=training.get("status", "not started"),
+        training_metrics={k: round(float(v), 4) for k, v in (training.get("final_metrics") or {}).items()},
+        model_files=models, errors=errors[:20], work_dir=str(env.parent))
+
+
+def report_markdown(report: FederationReport) -> str:
+    lines = ["# Federation report", "", f"Request: {report.request}", f"Model: `{report.model}`", ""]
+    for site in report.sites:
+        lines += [f"## {site.name}", "", f"Source: `{site.source}` (unchanged: {'yes' if site.sources_unchanged else 'NO'})"]
+        if site.problems:
+            lines += ["", "Problems found in the folder:", *[f"- {p}" for p in site.problems]]
+        lines += ["", f"Datasets offered: {', '.join(site.datasets_offered) or 'none'}",
+                  f"Datasets chosen: {', '.join(site.datasets_chosen) or 'none'}"
+                  + (f" — {site.selection_reason}" if site.selection_reason else ""),
+                  f"Approved by the server: {site.approved}"]
+        if site.files_removed:
+            lines += ["", f"Files removed ({len(site.files_removed)}):", "", "| file | reason |", "|---|---|"]
+            lines += [f"| `{f}` | {r} |" for f, r in list(site.files_removed.items())[:200]]
+        for dataset, mapping in site.label_mappings.items():
+            lines += ["", f"Label mapping of {dataset}: " + ", ".join(f"{k} → {v or 'dropped'}" for k, v in mapping.items())]
+        if site.class_counts:
+            lines += ["", "Images per class after harmonisation: "
+                      + ", ".join(f"{k} {v}" for k, v in site.class_counts.items())]
+        lines.append("")
+    lines += ["## Training", "", f"Algorithm: {report.algorithm or 'none'}"
+              + (f" — {report.algorithm_reason}" if report.algorithm_reason else ""),
+              f"Status: {report.training_status}"]
+    if report.training_metrics:
+        lines.append("Final metrics (hospitals' validation splits): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in report.training_metrics.items()))
+    lines += [f"Model files: {', '.join(f'`{m}`' for m in report.model_files) or 'none'}"]
+    if report.errors:
+        lines += ["", "Errors:", *[f"- {e}" for e in report.errors]]
+    return "\n".join(lines) + "\n"
