@@ -52,11 +52,16 @@ def copy_dataset(ws: Workspace, source: str, destination: str, overwrite: bool =
         raise ToolError("the destination cannot lie inside the source")
     origins: dict[str, str] = {}
     earlier = load_origins(src)
+    failed: list[str] = []
     with ws.staged_output(dest) as stage:
         for f in walk_files(src):
             rel = f.relative_to(src).as_posix()
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, stage / rel)
+            try:
+                shutil.copyfile(f, stage / rel)
+            except OSError as exc:  # listed; the other files are copied
+                failed.append(f"{rel}: could not be read ({exc.strerror or exc})")
+                continue
             origins[rel] = earlier.get(rel) or ws.rel(f)
     skipped = sorted(ws.rel(p) for p in src.rglob("*") if p.is_symlink())
     write_manifest(ws, dest, origins, "copy_dataset")
@@ -64,6 +69,8 @@ def copy_dataset(ws: Workspace, source: str, destination: str, overwrite: bool =
     out = {"destination": ws.rel(dest), "files_copied": len(origins), "by_format": dict(kinds)}
     if skipped:
         out["symbolic_links_skipped"] = cap_list(skipped, 10)
+    if failed:
+        out["not_copied"] = {"count": len(failed), "files": cap_list(failed, 15)}
     return out
 
 

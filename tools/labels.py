@@ -216,22 +216,28 @@ def organise_by_labels(ws: Workspace, source: str, destination: str, label_file:
     origins: dict[str, str] = {}
     earlier = load_origins(src)
     renamed = 0
+    failed: list[str] = []
     with ws.staged_output(dest) as stage:
         for cls, files in sorted(by_class.items()):
             (stage / cls).mkdir(parents=True, exist_ok=True)
             for p, name in unique_names(files, src).items():
-                shutil.copyfile(p, stage / cls / name)
+                try:
+                    shutil.copyfile(p, stage / cls / name)
+                except OSError as exc:  # listed; the other files are copied
+                    failed.append(f"{p.relative_to(src).as_posix()}: could not be read ({exc.strerror or exc})")
+                    continue
                 origins[f"{cls}/{name}"] = _origin(ws, src, p, earlier)
                 renamed += name != p.name
     write_manifest(ws, dest, origins, "organise_by_label_file")
     return {
-        "destination": ws.rel(dest), "label_file": ws.rel(lf), "copied": len(labels),
+        "destination": ws.rel(dest), "label_file": ws.rel(lf), "copied": len(origins),
         "classes": {c: len(v) for c, v in sorted(by_class.items())},
         "renamed_to_avoid_clashes": renamed,
         "label_entries_without_file": {"count": len(info["missing"]), "examples": cap_list(list(info["missing"]), 10)},
         "images_without_label_not_copied": {"count": len(info["unlabelled"]),
                                             "examples": cap_list(list(info["unlabelled"]), 10)},
         "note": "only labelled image files were copied; the source is unchanged",
+        **({"not_copied": {"count": len(failed), "files": cap_list(failed, 15)}} if failed else {}),
     }
 
 
