@@ -62,12 +62,12 @@ def _init(args: argparse.Namespace) -> int:
             modalities[card["modality"]] += 1
             parts[card["body_part"]] += 1
         sites.append((name, folder.resolve(), card_file, problems, cards))
-    from federation.sites import BODY_WORDS, MODALITY_WORDS, _guess
+    from federation.sites import BODY_WORDS, MODALITY_WORDS, guess
 
     words = (args.request or "").lower()  # the request names the modality and organ best, where given
-    modality = _guess(words, MODALITY_WORDS) if _guess(words, MODALITY_WORDS) != "unknown" else \
+    modality = guess(words, MODALITY_WORDS) if guess(words, MODALITY_WORDS) != "unknown" else \
         next((m for m, _ in modalities.most_common() if m != "unknown"), "unknown")
-    body = _guess(words, BODY_WORDS) if _guess(words, BODY_WORDS) != "unknown" else \
+    body = guess(words, BODY_WORDS) if guess(words, BODY_WORDS) != "unknown" else \
         next((b for b, _ in parts.most_common() if b != "unknown"), "unspecified")
     # among datasets of that modality, a class named (in any case) at two or more sites is likely a
     # target; else every class of those datasets

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from environments.readers import image_format
-from tools.labels import LABEL_FILE_NAMES, find_label_file, read_label_rows
+from tools.labels import find_label_file, read_label_rows
 
 #: words in a dataset's folder or class names -> a modality / body part guess for a drafted card
 #: (DICOM headers, where there are some, come first; the practitioner reviews every card)
@@ -112,8 +112,8 @@ def draft_card(name: str, folder: Path, site: Path) -> tuple[dict[str, Any], lis
     modalities, parts, identifiers = _dicom_tags(images)
     words = " ".join([name, *classes]).lower()
     modality = DICOM_MODALITIES.get(modalities.most_common(1)[0][0], modalities.most_common(1)[0][0].lower()) \
-        if modalities else _guess(words, MODALITY_WORDS)
-    body_part = parts.most_common(1)[0][0] if parts else _guess(words, BODY_WORDS)
+        if modalities else guess(words, MODALITY_WORDS)
+    body_part = parts.most_common(1)[0][0] if parts else guess(words, BODY_WORDS)
     source = f"labels in {label_file.name}" if label_file else ("images in one sub-folder per class" if classes else "no labels found")
     card = {
         "dataset name": name,
@@ -134,7 +134,7 @@ def draft_card(name: str, folder: Path, site: Path) -> tuple[dict[str, Any], lis
     return card, problems, identifiers
 
 
-def _guess(words: str, table: dict[str, tuple[str, ...]]) -> str:
+def guess(words: str, table: dict[str, tuple[str, ...]]) -> str:
     return next((value for value, keys in table.items() if any(k in words for k in keys)), "unknown")
 
 
@@ -180,5 +180,5 @@ def copy_site(site: Path, cards: list[dict[str, Any]], dest: Path) -> None:
     (dest / "data_cards.json").write_text(json.dumps(cards, indent=1, ensure_ascii=False) + "\n", "utf-8")
 
 
-__all__ = ["DICOM_MODALITIES", "LABEL_FILE_NAMES", "PRIVATE", "copy_site", "datasets_of", "draft_card",
-           "draft_site", "sha256_tree"]
+__all__ = ["BODY_WORDS", "DICOM_MODALITIES", "MODALITY_WORDS", "PRIVATE", "copy_site", "datasets_of", "draft_card",
+           "draft_site", "guess", "sha256_tree"]
