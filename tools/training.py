@@ -73,8 +73,11 @@ def _train(config, fingerprint: str) -> dict:
     model = Path(config.out_dir) / MODEL_FILE
     client_models = Path(config.out_dir) / CLIENT_MODELS_DIR
     result = json.loads(cached.read_text("utf-8")) if cached is not None and cached.is_file() else None
-    if result is not None and "client_models" in result:  # entries from before models were kept: train again
+    usable = result is not None and "client_models" in result and (  # older entries kept no models
+        not result["client_models"] or cached.with_suffix(".clients").is_dir())
+    if usable:  # else: train again
         result["cached"] = True
+        result["queue_wait_s"] = 0.0
         if cached.with_suffix(".pt").is_file():  # the trained models too: the outcome is scored on them
             model.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cached.with_suffix(".pt"), model)
