@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -47,7 +48,8 @@ def _init(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    names = [f.resolve().name for f in args.folders]
+    # site names as the YAML accepts them: letters, digits, "_", "-", "." (a folder "St Mary's" -> St_Mary_s)
+    names = [re.sub(r"[^A-Za-z0-9_.-]+", "_", f.resolve().name).strip("_.-") or "site" for f in args.folders]
     if len(set(names)) != len(names):
         print(f"error: two sites share a folder name ({names}); rename one", file=sys.stderr)
         return 2

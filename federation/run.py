@@ -58,13 +58,21 @@ def _spec_digest(spec: FederationSpec) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
 
 
-def prepare(spec: FederationSpec, work: Path) -> Path:
-    """The federation folder the workflow runs on (built once; an interrupted run resumes on it)."""
+def check_sites(spec: FederationSpec, work: Path) -> None:
+    """Every site folder and card exists, and the work directory lies outside every site."""
     for site in spec.sites:
         if not site.path.is_dir():
             raise FederationError(f"site {site.name}: {site.path} is not a folder")
         if site.data_card is not None and not site.data_card.is_file():
             raise FederationError(f"site {site.name}: data card {site.data_card} does not exist")
+        if work.resolve().is_relative_to(site.path.resolve()):
+            raise FederationError(f"the work directory {work} lies inside site {site.name}'s folder; choose --work "
+                                  "elsewhere (sources are never written)")
+
+
+def prepare(spec: FederationSpec, work: Path) -> Path:
+    """The federation folder the workflow runs on (built once; an interrupted run resumes on it)."""
+    check_sites(spec, work)
     env = work / "federation"
     marker = env / "environment.json"
     if marker.is_file():
@@ -138,6 +146,7 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
         raise FederationError("the oracle reads an answer key, and a federation of your own has none; "
                               "use heuristic, skyline or an LLM spec")
     work = Path(work).resolve()
+    check_sites(spec, work)  # before anything is written
     work.mkdir(parents=True, exist_ok=True)
     env = prepare(spec, work)
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
