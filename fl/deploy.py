@@ -105,6 +105,15 @@ def marked_pids(marker_value: str) -> list[int]:
     return sorted(found)
 
 
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 class LocalDeployment:
     """SuperLink + one SuperNode per client, as separate processes on one machine."""
 
@@ -182,9 +191,15 @@ class LocalDeployment:
         raise TimeoutError(f"the deployed run did not finish within {timeout:.0f} s (logs in {self.workdir})")
 
     def stop(self, grace: float = 10) -> list[int]:
-        """End every process of this deployment by PID; returns those still alive (should be [])."""
+        """End every process of this deployment by PID; returns those still alive (should be []).
+
+        Waits for every process it signalled (ours and those found by the marker) to be gone, not
+        only for the marker scan to come back empty: a process half-way through exiting may no
+        longer show its environment, yet still be running."""
+        targets: set[int] = set()
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
             pids = set(marked_pids(self.marker)) | {p.pid for p in self.procs if p.poll() is None}
+            targets |= pids
             for pid in pids:
                 try:
                     os.kill(pid, sig)
@@ -194,12 +209,12 @@ class LocalDeployment:
             while time.monotonic() < deadline:
                 for p in self.procs:
                     p.poll()  # reap our own children
-                if not marked_pids(self.marker):
+                if not [pid for pid in targets | set(marked_pids(self.marker)) if _running(pid)]:
                     break
                 time.sleep(0.2)
         for p in self.procs:
             p.poll()
-        return marked_pids(self.marker)
+        return sorted(pid for pid in targets | set(marked_pids(self.marker)) if _running(pid))
 
     def __enter__(self) -> Self:
         return self.start()
