@@ -203,8 +203,11 @@ def _metrics(y, probs, targets: list[str], classes: list[str], algorithm: str) -
 
 
 def _reference_file(env_dir: Path, task_id: str, rounds: int, local_epochs: int, seed: int) -> Path:
+    from eval.scoring import GRADER_VERSION
+
     folder = Path(env_dir).resolve() / "answer_key" / REFERENCE_DIR
-    return folder / f"{task_id}.r{rounds}.e{local_epochs}.s{seed}.json"
+    # the grader version too: a reference measured under other outcome rules is measured again
+    return folder / f"{task_id}.r{rounds}.e{local_epochs}.s{seed}.g{GRADER_VERSION}.json"
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -238,8 +241,7 @@ def reference_outcome(env_dir: Path, task_id: str, rounds: int, local_epochs: in
             return Outcome.model_validate_json(path.read_text("utf-8"))
         config = RunConfig(env_dir=str(Path(env_dir).resolve()), task_id=task_id, guidance="fine", model="oracle",
                            mode="e2e", run_id="reference", rounds=rounds, local_epochs=local_epochs, seed=seed)
-        state = run_task(config, path.parent / "checkpoints.sqlite",
-                         f"reference-{task_id}-r{rounds}-e{local_epochs}-s{seed}")
+        state = run_task(config, path.parent / "checkpoints.sqlite", f"reference-{path.stem}")
         outcome = Outcome.model_validate((state.get("scores") or {}).get("outcome") or {})
     return store_reference(env_dir, task_id, rounds, local_epochs, seed, outcome)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GRADER_VERSION = "3"  # 3: the held-out outcome reported beside the sub-tasks
+GRADER_VERSION = "4"  # 3: the held-out outcome beside the sub-tasks; 4: personalised algorithms scored on their hospitals' models
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 _MODALITY_WORDS = {
