@@ -30,9 +30,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from fl import CLIENT_MODELS_DIR
+
 REFERENCE_DIR = "reference"
-#: the hospitals' own models of a personalised training (fl.server.CLIENT_MODELS_DIR)
-CLIENT_MODELS_DIR = "clients"
 _reference_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 

@@ -96,11 +96,9 @@ def marked_pids(marker_value: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state not in ("Z", "X"):
-                    found.append(int(entry.name))
-        except (OSError, IndexError):
+            if needle in (entry / "environ").read_bytes().split(b"\0") and _running(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
             continue
     return sorted(found)
 

@@ -19,9 +19,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from fl import CLIENT_MODELS_DIR
+
 ProgressFn = Callable[[dict[str, Any]], None]
-#: where, under a plan's out_dir, the hospitals of a personalised algorithm keep their own models
-CLIENT_MODELS_DIR = "clients"
 
 
 def client_spec(plan: dict[str, Any]) -> str:

@@ -37,7 +37,6 @@ LABEL_VARIANTS = {
     "label_errors (old threshold rule)": ("threshold", "features", 0.05),
     "label_errors (cleanlab on a CNN)": ("cleanlab", "cnn", 0.05),
 }
-DETECTORS = ("duplicates", "off_topic", *LABEL_VARIANTS)
 
 
 def bench_dataset(ws: Path, ds: DatasetKey, label_variants: list[str]) -> dict[str, dict[str, float]]:

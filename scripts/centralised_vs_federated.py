@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,16 +69,9 @@ def centralised_folder(env_dir: Path, task, data_dir: Path, dest: Path) -> int:
     return count
 
 
-def _fmt(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
-
-
 def main() -> int:
     quiet_environment()
-    from outcome_matters import build_variant, train_and_score
+    from outcome_matters import mean_sd, build_variant, train_and_score
     from rich.console import Console
     from rich.table import Table
 
@@ -120,8 +112,8 @@ def main() -> int:
                 row["federated"].append(train_and_score(env_dir, task.task_id, fed_dirs, "FedAvg", args.rounds, seed,
                                                         args.out / "train" / env / f"fed-s{seed}"))
             rows.append(row)
-            console.print(f"{env}: centralised {_fmt([s['ba'] for s in row['centralised']])}, federated "
-                          f"{_fmt([s['ba'] for s in row['federated']])} ({time.perf_counter() - t0:.0f} s)")
+            console.print(f"{env}: centralised {mean_sd([s['ba'] for s in row['centralised']])}, federated "
+                          f"{mean_sd([s['ba'] for s in row['federated']])} ({time.perf_counter() - t0:.0f} s)")
     finally:
         close_shared()
     table = Table(title=f"centralised vs federated on the held-out test set (real scale, env seed {args.env_seed}, "
@@ -132,9 +124,9 @@ def main() -> int:
     for row in rows:
         published = PUBLISHED.get(row["environment"], ("-", None, None))
         table.add_row(f"{row['environment']} / {row['task']}", str(row["centralised_images"]),
-                      _fmt([s["ba"] for s in row["centralised"]]), _fmt([s["auroc"] for s in row["centralised"]]),
+                      mean_sd([s["ba"] for s in row["centralised"]]), mean_sd([s["auroc"] for s in row["centralised"]]),
                       f"{row['hospitals']}, {row['federated_images']}",
-                      _fmt([s["ba"] for s in row["federated"]]), _fmt([s["auroc"] for s in row["federated"]]),
+                      mean_sd([s["ba"] for s in row["federated"]]), mean_sd([s["auroc"] for s in row["federated"]]),
                       published[0], f"{published[1]:.3f}" if published[1] else "-",
                       f"{published[2]:.3f}" if published[2] else "-")
     console.print(table)

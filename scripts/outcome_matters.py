@@ -103,7 +103,7 @@ def train_and_score(env_dir: Path, task_id: str, dirs: dict[str, Path], algorith
             "local_ba": statistics.mean(local_ba) if local_ba else None}
 
 
-def _fmt(values: list[float | None]) -> str:
+def mean_sd(values: list[float | None]) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
         return "-"
@@ -156,7 +156,7 @@ def main() -> int:
             scores = [train_and_score(env_dir, task.task_id, dirs, algorithm, args.rounds, s,
                                       args.out / "train" / f"{name.replace(' ', '_')}-{algorithm}-s{s}") for s in seeds]
             rows.append((name, algorithm, note, scores))
-            console.print(f"{name} / {algorithm}: {_fmt([s['ba'] for s in scores])} ({time.perf_counter() - t0:.0f} s)")
+            console.print(f"{name} / {algorithm}: {mean_sd([s['ba'] for s in scores])} ({time.perf_counter() - t0:.0f} s)")
     finally:
         close_shared()
     reference = statistics.mean(s["ba"] for s in rows[0][3] if s["ba"] is not None)
@@ -166,9 +166,9 @@ def main() -> int:
                 "hospitals' own val. BA"):
         table.add_column(col, justify="left" if col in ("pipeline", "algorithm", "change", "scored model") else "right")
     for name, algorithm, note, scores in rows:
-        table.add_row(name, algorithm, note, scores[0]["model"], _fmt([s["ba"] for s in scores]), _fmt([s["auroc"] for s in scores]),
-                      _fmt([s["ba"] / reference if s["ba"] is not None else None for s in scores]),
-                      _fmt([s["local_ba"] for s in scores]))
+        table.add_row(name, algorithm, note, scores[0]["model"], mean_sd([s["ba"] for s in scores]), mean_sd([s["auroc"] for s in scores]),
+                      mean_sd([s["ba"] / reference if s["ba"] is not None else None for s in scores]),
+                      mean_sd([s["local_ba"] for s in scores]))
     console.print(table)
     console.print(f"total {time.perf_counter() - t0:.0f} s")
     return 0

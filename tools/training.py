@@ -18,14 +18,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from fl import CLIENT_MODELS_DIR
+
 #: one Flower simulation at a time per process (concurrent benchmark runs share one machine)
 _TRAINING_LOCK = threading.Lock()
 #: a folder for results of identical trainings (same data bytes, algorithm and settings); unset: none
 CACHE_ENV = "FEDAGENTBENCH_TRAINING_CACHE"
 #: the server's trained global model, in the training's Flower output folder (fl.server)
 MODEL_FILE = "global_model.pt"
-#: where the hospitals of a personalised algorithm keep their own models (fl.server.CLIENT_MODELS_DIR)
-CLIENT_MODELS_DIR = "clients"
 #: "0": a fresh Flower simulation per training instead of the process's warm one (fl.service)
 WARM_ENV = "FEDAGENTBENCH_WARM_TRAINING"
 
