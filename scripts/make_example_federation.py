@@ -29,26 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _dicom(path: Path, pixels: np.ndarray, patient: str) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
+    """A chest radiograph as a hospital's PACS exports it (environments.formats.write_dicom)."""
+    from environments.formats import DicomStyle, Patient, write_dicom
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined = "DX", "CHEST"
-    ds.PatientName, ds.PatientID = patient, f"ID{abs(hash(patient)) % 10**8:08d}"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_dicom(path, pixels, patient=Patient(patient, f"ID{sum(map(ord, patient)) * 7919 % 10**8:08d}", "19700101", "O"),
+                style=DicomStyle(), modality="DX", institution="Example Hospital B", body_part="chest",
+                uid_seed=path.name, study_date="20260101", series_description="chest PA")
 
 
 def make_example(out: Path, per_class: int = 30, seed: int = 0) -> str:
