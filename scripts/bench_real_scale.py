@@ -51,8 +51,8 @@ def run_bench(env: str, seed: int, rounds: int, concurrency: int, out: Path, dat
     if proc.returncode != 0:
         raise SystemExit(f"{env}: bench failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    trainings = [json.loads(p.read_text()) for p in (out / "envs").rglob("result.json")
-                 if "/runs/" in p.as_posix() and "queue_wait_s" in p.read_text()]
+    results = [json.loads(p.read_text()) for p in (out / "envs").rglob("result.json") if "/runs/" in p.as_posix()]
+    trainings = [r for r in results if "queue_wait_s" in r]  # the launch tool's results (not Flower's own)
     ratios = [(r.get("outcome") or {}).get("ratio") for r in lines]
     return {
         "environment": env, "concurrency": concurrency, "runs": len(lines), "wall_s": round(wall, 1),
