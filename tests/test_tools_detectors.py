@@ -86,7 +86,14 @@ def test_off_topic_flags_grey_images_in_a_colour_dataset(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("method, probabilities", [("cleanlab", "features"), ("threshold", "features"),
                                                    ("cleanlab", "cnn")])
-def test_label_errors_found_where_classes_are_separable(tmp_path: Path, method: str, probabilities: str) -> None:
+def test_label_errors_found_where_classes_are_separable(tmp_path: Path, method: str, probabilities: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    def no_fork(*args, **kwargs):  # a forked pool deadlocks in the threaded agent processes
+        raise AssertionError("label_errors must not fork a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_fork)
     rng = np.random.default_rng(3)
     labels = []
     for i in range(40):

@@ -363,7 +363,9 @@ def label_errors(data: Loaded, labels: Sequence[str], min_per_class: int = 4, me
     if method == "cleanlab":
         from cleanlab.filter import find_label_issues
 
-        mask = find_label_issues(labels=y, pred_probs=probs, filter_by="prune_by_noise_rate")
+        # n_jobs=1: cleanlab's default forks a multiprocessing pool, which deadlocks in a process that
+        # already runs threads (the LangGraph workers, torch): seen as a 600 s hang of `federate run`
+        mask = find_label_issues(labels=y, pred_probs=probs, filter_by="prune_by_noise_rate", n_jobs=1)
         if max_given_probability is not None:  # precision guard: only where the given label is implausible
             mask &= probs[np.arange(len(y)), y] < max_given_probability
         rows = np.flatnonzero(mask)
