@@ -1,6 +1,0 @@
-"""(being written)"""
-
-from __future__ import annotations
-
-CLIENTS: dict = {}
-SERVERS: dict = {}
