@@ -74,8 +74,10 @@ class FedSRNet(SplitNet):
 
 def build_model(algorithm: str, in_channels: int, n_classes: int, image_size: int, seed: int) -> nn.Module:
     """The same seed gives the same initial weights on the server and on every client."""
+    from fl.algorithms import model_class
+
     torch.manual_seed(seed)
-    cls = FedSRNet if algorithm == "FedSR" else SplitNet
+    cls = FedSRNet if algorithm == "FedSR" else (model_class(algorithm) or SplitNet)
     return cls(in_channels, n_classes, image_size)
 
 

@@ -75,7 +75,7 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     params = {n for n, _ in model.named_parameters()}
     strategy = build_strategy(
         plan["algorithm"], plan["hp"], len(plan["clients"]), plan["fraction_train"], plan["lr"],
-        param_keys=params, buffer_keys=set(shareable_keys(model)) - params,
+        param_keys=params, buffer_keys=set(shareable_keys(model)) - params, plan=plan, model=model,
     )  # fmt: skip
     arrays = initial_arrays(plan["algorithm"], model, len(plan["classes"]))
     spec = client_spec(plan)

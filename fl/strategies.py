@@ -15,11 +15,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from fl.algorithms.base import AUX
 from fl.algorithms.traditional import C_DELTA, C_GLOBAL
 
 
@@ -82,6 +83,31 @@ class _Custom(FedAvg):
 
     def _metrics(self, contents: list) -> MetricRecord | None:
         return self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
+
+
+class PerNode(_Custom):
+    """Base of strategies that send each node its own arrays (a cluster's model, a hypernetwork's
+    output, a similarity-weighted aggregate): override ``arrays_for``. Replies are told apart by
+    ``msg.metadata.src_node_id``, which stays the same for a hospital through a training."""
+
+    def arrays_for(self, node_id: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
+        return arrays
+
+    def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> Iterable[Message]:
+        arrays, config = record[self.arrayrecord_key], record[self.configrecord_key]
+        return [
+            Message(content=RecordDict({self.arrayrecord_key: self.arrays_for(node, arrays, message_type),
+                                        self.configrecord_key: config}),
+                    message_type=message_type, dst_node_id=node)
+            for node in node_ids
+        ]  # fmt: skip
+
+    def _by_node(self, replies: Iterable[Message]) -> dict[int, tuple[dict[str, np.ndarray], float]]:
+        """node id -> (the arrays it sent, its number of training examples), for valid replies."""
+        return {
+            m.metadata.src_node_id: (_arrays(m.content), float(next(iter(m.content.metric_records.values()))["num-examples"]))
+            for m in replies if not m.has_error()
+        }  # fmt: skip
 
 
 class Scaffold(_Custom):
@@ -160,8 +186,14 @@ def build_strategy(
     client_lr: float,
     param_keys: set[str],
     buffer_keys: set[str],
+    plan: dict[str, Any] | None = None,
+    model: Any = None,
 ) -> Strategy:
-    """The Flower strategy for a registry algorithm, sized for ``n_clients`` nodes."""
+    """The Flower strategy for a registry algorithm, sized for ``n_clients`` nodes. An algorithm
+    module's own factory (``SERVERS`` in fl/algorithms/<module>.py) is called as
+    ``factory(hp=, common=, plan=, model=, param_keys=, buffer_keys=)``."""
+    from fl.algorithms import server_factory
+
     n_train = max(1, round(fraction_train * n_clients))
     common: dict[str, Any] = {
         "fraction_train": n_train / n_clients,
@@ -170,8 +202,12 @@ def build_strategy(
         "min_evaluate_nodes": n_clients,
         "min_available_nodes": n_clients,
     }
-    if algorithm == "FedAvgM":
-        strategy: Strategy = FedAvgMParams(
+    factory = server_factory(algorithm)
+    if factory is not None:
+        strategy: Strategy = factory(hp=hp, common=common, plan=plan or {}, model=model, param_keys=param_keys,
+                                     buffer_keys=buffer_keys)  # fmt: skip
+    elif algorithm == "FedAvgM":
+        strategy = FedAvgMParams(
             server_learning_rate=float(hp.get("server_lr", 1.0)),
             server_momentum=float(hp.get("server_momentum", 0.9)),
             **common,
@@ -204,6 +240,7 @@ def build_strategy(
 
 def initial_arrays(algorithm: str, model: Any, n_classes: int) -> ArrayRecord:
     """What the server sends in round 1."""
+    from fl.algorithms import initial_extras
     from fl.models import shareable_keys
 
     state = model.state_dict()
@@ -217,9 +254,13 @@ def initial_arrays(algorithm: str, model: Any, n_classes: int) -> ArrayRecord:
         }
     elif algorithm == "Local-Only":
         arrays = {}
+    extras = initial_extras(algorithm)
+    if extras is not None:
+        arrays.update({k if k.startswith(AUX) else AUX + k: v for k, v in extras(model, n_classes).items()})
     return _record(arrays)
 
 
 def model_arrays(arrays: ArrayRecord) -> dict[str, np.ndarray]:
     """The global model's weights in the strategy's arrays (no control variates or prototypes)."""
-    return {k: v.numpy() for k, v in arrays.items() if not k.startswith(C_GLOBAL) and k not in ("protos", "counts")}
+    return {k: v.numpy() for k, v in arrays.items()
+            if not k.startswith((C_GLOBAL, AUX)) and k not in ("protos", "counts")}  # fmt: skip

@@ -21,6 +21,17 @@ from fl.data import LocalData, train_loader
 from fl.models import build_model, shareable_keys
 
 
+#: prefix of arrays that travel beside the model's weights (a generator, statistics, a mean gradient):
+#: ``assemble`` ignores them, ``fl.strategies.model_arrays`` leaves them out of the saved global model
+AUX = "aux."
+
+
+def split_aux(received: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model weights, auxiliary arrays without their prefix)."""
+    weights = {k: v for k, v in received.items() if not k.startswith(AUX)}
+    return weights, {k[len(AUX) :]: v for k, v in received.items() if k.startswith(AUX)}
+
+
 @dataclass
 class RunSpec:
     """Settings the server sends to clients with every round (JSON in the ConfigRecord)."""
