@@ -16,7 +16,7 @@ from typing import Any
 
 #: one module per family of algorithms (fl/algorithms/<module>.py)
 MODULES = ("traditional", "personalised", "generalisation", "server_personalised", "client_personalised",
-           "server_assisted", "representation_personalised")  # fmt: skip
+           "server_assisted", "representation_personalised", "similarity_personalised")  # fmt: skip
 
 
 def _modules() -> list[ModuleType]:
