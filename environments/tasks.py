@@ -30,7 +30,7 @@ REQUIREMENT_ALGORITHMS: dict[str, tuple[str, ...]] = {
     ),
     "unseen_site": ("FedSR", "ADCOL", "FedIIR"),
     "stragglers": ("FedProx",),
-    "heterogeneous_architectures": ("FedMD", "FedProto"),
+    "heterogeneous_architectures": ("FedProto", "FedMD"),
 }
 
 #: the organ each environment's tasks are about, spelt as the data cards' ``body_part``
