@@ -158,8 +158,8 @@ def run_setting(setting: str, seed: int, algorithms: list[str], args, done: set,
     shutil.rmtree(root, ignore_errors=True)
     hospitals = build_federation(root / "data", setting, seed, args)
     clients = [{"name": h["name"], "data_dir": h["data_dir"]} for h in hospitals]
-    configs = [TrainConfig(clients=clients, algorithm=a, rounds=args.rounds, batch_size=args.batch_size, seed=seed,
-                           out_dir=root / "runs" / a) for a in todo]  # fmt: skip
+    configs = [TrainConfig(clients=clients, algorithm=a, rounds=args.rounds, local_epochs=args.local_epochs,
+                           batch_size=args.batch_size, seed=seed, out_dir=root / "runs" / a) for a in todo]  # fmt: skip
     with Progress(TextColumn(f"{setting} seed {seed}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn()) as bar:  # fmt: skip
         task = bar.add_task("starting", total=len(todo) * args.rounds)
@@ -172,6 +172,7 @@ def run_setting(setting: str, seed: int, algorithms: list[str], args, done: set,
     with log.open("a") as f:
         for result in results:
             row = {"setting": setting, "seed": seed, "algorithm": result.algorithm, "rounds": args.rounds,
+                   "local_epochs": args.local_epochs, "per_hospital": args.per_hospital,
                    "status": result.status, "error": result.error, "wall_time_s": round(result.wall_time_s, 1)}  # fmt: skip
             if result.status == "completed":
                 row.update(score(result, hospitals))
@@ -180,18 +181,18 @@ def run_setting(setting: str, seed: int, algorithms: list[str], args, done: set,
 
 def _cell(values: list[float]) -> str:
     if not values:
-        return "failed"
+        return "–"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def table(rows: list[dict], algorithms: list[str], command: str) -> str:
+def table(rows: list[dict], algorithms: list[str], command: str, setup: str) -> str:
     """Markdown: one row per algorithm, BA and local accuracy per setting (mean ± sd over seeds)."""
     from fl.registry import get_algorithm
 
     seeds = sorted({r["seed"] for r in rows})
-    lines = [f"Command: `{command}`", "",
-             f"Seeds: {', '.join(map(str, seeds))}. Mean ± sd over seeds of the hospitals' mean.", "",
+    lines = [f"Command: `{command}`", "", setup, "",
+             f"Seeds: {', '.join(map(str, seeds))}. Mean ± sd over seeds of the hospitals' mean; – : not run or failed (listed below).", "",
              "| algorithm | category | label skew BA | label skew local acc. | feature shift BA | feature shift local acc. |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for name in algorithms:
@@ -214,6 +215,7 @@ def main() -> int:
     parser.add_argument("--hospitals", type=int, default=4)
     parser.add_argument("--per-hospital", type=int, default=200, help="training images per hospital")
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the label skew")
+    parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--algorithms", default="all", help="comma-separated registry names, or all executable")
     parser.add_argument("--workers", type=int, default=None)
@@ -240,7 +242,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    rows = [r for r in rows if r["rounds"] == args.rounds]
+    same = ("rounds", "local_epochs", "per_hospital")
+    rows = [r for r in rows if all(r.get(k) == getattr(args, k) for k in same)]
     done = {(r["setting"], r["seed"], r["algorithm"]) for r in rows}
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
@@ -248,9 +251,14 @@ def main() -> int:
         for seed in seeds:
             run_setting(setting, seed, algorithms, args, done, log)
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    rows = [r for r in rows if r["rounds"] == args.rounds and r["seed"] in seeds and r["algorithm"] in algorithms]
+    rows = [r for r in rows if all(r.get(k) == getattr(args, k) for k in same) and r["seed"] in seeds
+            and r["algorithm"] in algorithms]
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_algorithms.py " + " ".join(sys.argv[1:])
-    text = table(rows, algorithms, command)
+    setup = (f"{args.hospitals} hospitals x {args.per_hospital} training images of {POOL}, {args.rounds} rounds of "
+             f"{args.local_epochs} local epoch(s), batch {args.batch_size}. Label skew: Dirichlet({args.alpha}) class "
+             f"shares. Feature shift: acquisitions {', '.join(ACQUISITIONS)}. Scored on the pool's held-out test "
+             "split through each hospital's acquisition, with the model the hospital deploys.")
+    text = table(rows, algorithms, command, setup)
     print(text)
     print(f"{time.perf_counter() - start:.0f} s")
     if args.markdown:
