@@ -52,3 +52,57 @@ def tiny_envs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path | None) -
     for env in ENVIRONMENTS:
         build_environment(env, "tiny", 0, out, data_dir)
     return out
+
+
+@pytest.fixture(scope="session")
+def flower_env(tmp_path_factory: pytest.TempPathFactory):
+    """Flower's home in a temporary folder; telemetry and update checks off."""
+    values = {
+        "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home")),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield values
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+#: what ``algorithm_runs`` trains: every executable algorithm, and FedOpt's other two variants
+def trained_algorithms() -> list[str]:
+    from fl.registry import query
+
+    return [a.name for a in query(executable=True)] + ["FedYogi", "FedAdagrad"]
+
+
+@pytest.fixture(scope="session")
+def algorithm_runs(tmp_path_factory: pytest.TempPathFactory, flower_env) -> dict:
+    """Every executable algorithm, two rounds on the same 4 tiny hospitals, in ONE Flower simulation
+    (Ray start-up and the clients' imports cost more than the trainings), with a plan whose clients
+    fail in the middle. Returns run tag -> TrainResult, plus ``"_clients"`` -> the hospitals."""
+    from fl.runner import TrainConfig, TrainResult, resolve
+    from fl.simulation import simulate
+    from fl.testing import make_federation
+
+    root = tmp_path_factory.mktemp("algorithms")
+    dirs, source = make_federation(root / "data", n_clients=4, per_class=20)
+    print(f"federation source: {source}")
+    clients = [{"name": f"hospital_{i}", "data_dir": d} for i, d in enumerate(dirs)]
+    plans = [
+        resolve(TrainConfig(clients=clients, algorithm=name, rounds=2, batch_size=16, out_dir=root / "runs" / name),
+                run_tag=name)
+        for name in trained_algorithms()
+    ]  # fmt: skip
+    broken = {**plans[0], "run_tag": "broken", "classes": ["class_0", "no_such_class"],
+              "out_dir": str(root / "runs" / "broken")}  # fmt: skip
+    plans.insert(len(plans) // 2, broken)
+    raw = simulate(plans, [(c["name"], c["data_dir"]) for c in plans[0]["clients"]], workers=1)
+    runs: dict = {plan["run_tag"]: TrainResult.model_validate(r) for plan, r in zip(plans, raw)}
+    runs["_clients"] = clients
+    return runs

@@ -7,67 +7,27 @@ cost far more than two rounds of training 4 tiny clients.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 
-from fl.registry import get_algorithm, query
-from fl.runner import TrainConfig, TrainResult, load_result, resolve
-from fl.simulation import simulate
-from fl.testing import make_federation
+from conftest import trained_algorithms
+from fl.registry import get_algorithm
+from fl.runner import TrainConfig, TrainResult, load_result
 
-ALGORITHMS = [a.name for a in query(executable=True)] + ["FedYogi", "FedAdagrad"]
+ALGORITHMS = trained_algorithms()
 METRICS = ("loss", "accuracy", "balanced_accuracy", "auroc")
+
+
+@pytest.fixture(scope="module")
+def results(algorithm_runs):
+    """The session's one simulation of every algorithm (tests/conftest.py ``algorithm_runs``)."""
+    _CLIENT_DIRS[:] = algorithm_runs["_clients"]
+    return {tag: run for tag, run in algorithm_runs.items() if tag != "_clients"}
+
+
 #: the federation's hospitals (name, data_dir), set by the ``results`` fixture
 _CLIENT_DIRS: list[dict] = []
-
-
-@pytest.fixture(scope="module")
-def flower_env(tmp_path_factory):
-    """Flower's home in a temporary folder; telemetry and update checks off."""
-    values = {
-        "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home")),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield values
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory, flower_env):
-    """All algorithms in one simulation, with a plan whose clients fail in the middle."""
-    root = tmp_path_factory.mktemp("algorithms")
-    dirs, source = make_federation(root / "data", n_clients=4, per_class=20)
-    print(f"federation source: {source}")
-    clients = [{"name": f"hospital_{i}", "data_dir": d} for i, d in enumerate(dirs)]
-    _CLIENT_DIRS[:] = clients
-    plans = [
-        resolve(
-            TrainConfig(clients=clients, algorithm=name, rounds=2, batch_size=16, out_dir=root / "runs" / name),
-            run_tag=name,
-        )
-        for name in ALGORITHMS
-    ]
-    broken = {
-        **plans[0],
-        "run_tag": "broken",
-        "classes": ["class_0", "no_such_class"],
-        "out_dir": str(root / "runs" / "broken"),
-    }
-    plans.insert(len(plans) // 2, broken)
-    raw = simulate(plans, [(c["name"], c["data_dir"]) for c in plans[0]["clients"]], workers=1)
-    by_tag = {plan["run_tag"]: TrainResult.model_validate(r) for plan, r in zip(plans, raw)}
-    return by_tag
 
 
 def test_a_failing_client_fails_its_run_only(results):
@@ -98,8 +58,8 @@ def test_two_rounds_with_finite_metrics(results, algorithm):
     assert saved.status == "completed" and len(saved.rounds) == 2
     assert "data_dir" not in Path(result.result_path).read_text()  # where hospitals keep data stays local
     assert (Path(result.result_path).parent / "global_model.pt").exists() == (
-        algorithm not in ("Local-Only", "FedProto")
-    )  # no global weights
+        algorithm not in ("Local-Only", "FedProto", "FedMD")
+    )  # no global weights: nothing is averaged, prototypes, or FedMD's class scores
     kept = Path(result.result_path).parent / "clients"
     if get_algorithm(algorithm).category.value != "personalised":
         assert not kept.exists()  # every hospital deploys the global model

@@ -56,8 +56,25 @@ def test_every_cue_and_category_is_known_and_used():
 def test_executable_algorithms_cover_all_categories():
     executable = query(executable=True)
     assert {a.name for a in executable} == implemented()  # flagged executable exactly when a client exists
-    assert len(executable) >= 16
     assert {a.category for a in executable} == set(Category)
+
+
+def test_every_algorithm_is_executable_as_the_cli_lists_them():
+    """``fedagentbench algorithms --json`` (run as users run it) lists 40 entries, all executable, so
+    any of them can be an acceptable S3 answer."""
+    import subprocess
+    import sys
+
+    from fl.registry import REGISTRY_PATH
+
+    out = subprocess.run([sys.executable, "-m", "fedagentbench_cli", "algorithms", "--json"], capture_output=True,
+                         text=True, check=True, cwd=REGISTRY_PATH.parents[1])  # fmt: skip
+    listed = json.loads(out.stdout)
+    assert [a["name"] for a in listed] == NAMES
+    assert all(a["executable"] for a in listed), [a["name"] for a in listed if not a["executable"]]
+    assert set(NAMES) == implemented()
+    for requirement, names in REQUIREMENT_ALGORITHMS.items():
+        assert {a.name for a in query(cue=requirement, executable=True)} == set(names), requirement
 
 
 def test_lookup_by_variant_and_case():
