@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import trained_algorithms
+
 from fl.registry import get_algorithm
 from fl.runner import TrainConfig, TrainResult, load_result
 
@@ -57,9 +57,17 @@ def test_two_rounds_with_finite_metrics(results, algorithm):
     saved = load_result(result.result_path)
     assert saved.status == "completed" and len(saved.rounds) == 2
     assert "data_dir" not in Path(result.result_path).read_text()  # where hospitals keep data stays local
-    assert (Path(result.result_path).parent / "global_model.pt").exists() == (
+    global_model = Path(result.result_path).parent / "global_model.pt"
+    assert global_model.exists() == (
         algorithm not in ("Local-Only", "FedProto", "FedMD")
     )  # no global weights: nothing is averaged, prototypes, or FedMD's class scores
+    if global_model.exists():  # a whole network of the algorithm's architecture, no server extras
+        import torch
+
+        from fl.models import build_model, shareable_keys
+
+        net = build_model(algorithm, result.config["channels"], len(result.classes), result.config["image_size"], 0)
+        assert set(torch.load(global_model, weights_only=True)) == set(shareable_keys(net))
     kept = Path(result.result_path).parent / "clients"
     if get_algorithm(algorithm).category.value != "personalised":
         assert not kept.exists()  # every hospital deploys the global model

@@ -3,8 +3,6 @@ constructed uploads, and each client's use of it on tiny tensors; then one short
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -357,50 +355,3 @@ def test_fediir_penalty_pulls_the_clients_classifier_gradient_to_the_mean():
         return float(sum(((grad[k] - mean[k]) ** 2).sum() for k in mean))
 
     assert distance(3.0) < 0.5 * distance(0.0)
-
-
-# ---- all five in Flower --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def flower_env(tmp_path_factory):
-    """Flower's home in a temporary folder; telemetry and update checks off."""
-    values = {
-        "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home")),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield values
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def test_all_five_train_in_a_flower_simulation(tmp_path, flower_env):
-    """Two rounds, 4 hospitals: every run completes; the four with a global model leave a whole
-    network without the server's extras; FedMD leaves none, and each hospital keeps its own."""
-    from fl.runner import TrainConfig, TrainResult, resolve
-    from fl.simulation import simulate
-    from fl.testing import make_federation
-
-    dirs, _ = make_federation(tmp_path / "data", n_clients=4, per_class=20)
-    clients = [{"name": f"hospital_{i}", "data_dir": d} for i, d in enumerate(dirs)]
-    plans = [resolve(TrainConfig(clients=clients, algorithm=name, rounds=2, batch_size=16,
-                                 out_dir=tmp_path / "runs" / name), run_tag=name) for name in NAMES]  # fmt: skip
-    raw = simulate(plans, [(c["name"], str(c["data_dir"])) for c in clients], workers=1)
-    for name, plan, result in zip(NAMES, plans, (TrainResult.model_validate(r) for r in raw)):
-        assert result.status == "completed", (name, result.error)
-        assert [r.round for r in result.rounds] == [1, 2]
-        out = tmp_path / "runs" / name
-        net = build_model(name, plan["channels"], 2, plan["image_size"], 0)
-        if name == "FedMD":
-            assert not (out / "global_model.pt").exists()
-            for hospital in result.final.clients:
-                net.load_state_dict(torch.load(out / "clients" / f"{hospital}.pt", weights_only=True))
-            continue
-        glob = torch.load(out / "global_model.pt", weights_only=True)
-        assert set(glob) == set(shareable_keys(net)), name

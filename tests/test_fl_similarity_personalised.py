@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import numpy as np
 import pytest
@@ -324,54 +323,3 @@ def test_class_statistics_are_feature_means_and_mean_variance():
     torch.testing.assert_close(means[1], feats[data.train_y == 1].mean(0))
     assert counts.tolist() == [8.0, 8.0]
     assert math.isclose(spread, float(((feats - means[data.train_y]) ** 2).sum(1).mean()) / 16, rel_tol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def flower_env(tmp_path_factory):
-    """Flower's home in a temporary folder; telemetry and update checks off (as in test_fl_algorithms)."""
-    values = {
-        "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home")),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield values
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def test_all_four_train_in_a_flower_simulation(tmp_path, flower_env):
-    """Two rounds, 4 hospitals: every run completes, each hospital's saved model gives the metrics
-    it reported, and global_model.pt is a whole network."""
-    from fl.data import load_client_data
-    from fl.metrics import client_metrics
-    from fl.runner import TrainConfig, TrainResult, resolve
-    from fl.simulation import simulate
-    from fl.testing import make_federation
-
-    dirs, _ = make_federation(tmp_path / "data", n_clients=4, per_class=20)
-    clients = [{"name": f"hospital_{i}", "data_dir": d} for i, d in enumerate(dirs)]
-    names = ["pFedSim", "FedFomo", "FedAP", "FedPAC"]
-    plans = [resolve(TrainConfig(clients=clients, algorithm=name, rounds=2, batch_size=16,
-                                 out_dir=tmp_path / "runs" / name), run_tag=name) for name in names]  # fmt: skip
-    raw = simulate(plans, [(c["name"], str(c["data_dir"])) for c in clients], workers=1)
-    for name, plan, result in zip(names, plans, (TrainResult.model_validate(r) for r in raw)):
-        assert result.status == "completed", (name, result.error)
-        assert [r.round for r in result.rounds] == [1, 2]
-        net = build_model(name, plan["channels"], 2, plan["image_size"], 0)
-        glob = torch.load(tmp_path / "runs" / name / "global_model.pt", weights_only=True)
-        assert set(glob) == set(shareable_keys(net))
-        for i, (hospital, reported) in enumerate(sorted(result.final.clients.items())):
-            data = load_client_data(dirs[i], plan["classes"], plan["image_size"], plan["channels"],
-                                    plan["val_fraction"], plan["seed"], plan["max_images"])  # fmt: skip
-            net.load_state_dict(torch.load(tmp_path / "runs" / name / "clients" / f"{hospital}.pt", weights_only=True))
-            with torch.no_grad():
-                probs = torch.softmax(net.eval()(data.val_x), 1).numpy()
-            assert abs(client_metrics(data.val_y.numpy(), probs, 0.0)["balanced_accuracy"]
-                       - reported.balanced_accuracy) < 1e-6, (name, hospital)  # fmt: skip
