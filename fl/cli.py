@@ -1,4 +1,4 @@
-"""``fedagentbench algorithms`` and ``fedagentbench train``.
+"""``fedagentbench algorithms``, ``fedagentbench train`` and ``fedagentbench deploy certs``.
 
 Only the standard library is imported at module level (``fedagentbench --help`` stays fast);
 pydantic, rich, torch, MONAI and Flower are imported when a command runs.
@@ -7,11 +7,12 @@ pydantic, rich, torch, MONAI and Flower are imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
 
 from fedagentbench_cli import DefaultsHelpFormatter
-from pathlib import Path
-import json
-from typing import Any
 
 CATEGORIES = ("traditional", "personalised", "domain_generalisation")
 
@@ -41,8 +42,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--runtime", choices=("simulation", "deployment"), default="simulation",
                     help="simulation (Ray, one process) or local deployment (SuperLink + one SuperNode per client)")  # fmt: skip
     tr.add_argument("--workers", type=int, default=None, help="parallel client processes in simulation")
+    tr.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                    help="simulation: attach to this running Ray cluster instead of starting one "
+                         "(default: $FEDAGENTBENCH_RAY_ADDRESS; unset: a local Ray)")  # fmt: skip
     tr.add_argument("--json", action="store_true", help="print the result JSON instead of tables")
     tr.set_defaults(func=cmd_train)
+
+    dep = subparsers.add_parser("deploy", help="secured Flower deployment: certificates and SuperNode keys")
+    dep_sub = dep.add_subparsers(dest="deploy_command", metavar="SUBCOMMAND", required=True)
+    certs = dep_sub.add_parser(
+        "certs", help="write a CA, the SuperLink's TLS certificate and one key pair per SuperNode",
+        formatter_class=DefaultsHelpFormatter,
+    )  # fmt: skip
+    certs.add_argument("--out", required=True, metavar="DIR", help="new folder for the keys and certificates")
+    certs.add_argument("--supernodes", required=True, metavar="A,B,...",
+                       help="comma-separated SuperNode (hospital) names")  # fmt: skip
+    certs.add_argument("--host", default="127.0.0.1",
+                       help="the SuperLink's IP address or DNS name, as SuperNodes dial it")  # fmt: skip
+    certs.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    certs.set_defaults(func=cmd_deploy_certs)
 
 
 def cmd_algorithms(args: argparse.Namespace) -> int:
@@ -138,6 +156,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         hyperparameters=_parse_hp(args.hp), out_dir=args.out, seed=args.seed,
     )  # fmt: skip
     resolve(config)  # bad folders, classes or algorithm: a clear error before Flower starts
+    if args.ray_address and args.runtime != "simulation":
+        raise ValueError("--ray-address applies to the simulation runtime only")
+    if args.ray_address:  # read by fl.simulation.backend_config, under every simulation path
+        from fl.simulation import RAY_ADDRESS_ENV
+
+        os.environ[RAY_ADDRESS_ENV] = args.ray_address
     console = Console(stderr=args.json)
     if args.runtime == "deployment":
         from fl.deploy import run_deployed
@@ -175,3 +199,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.error:
             console.print(f"[red]error:[/red] {result.error}")
     return 0 if result.status == "completed" else 1
+
+
+def cmd_deploy_certs(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from fedagentbench_cli import console
+    from fl.certs import generate_federation_certs
+
+    names = [n.strip() for n in args.supernodes.split(",") if n.strip()]
+    certs = generate_federation_certs(args.out, names, host=args.host, force=args.force)  # ValueError: exit 2
+    table = Table(title=f"federation keys in {certs.out_dir} (SuperLink host {certs.host})")
+    for col in ("File", "Kind", "Goes to"):
+        table.add_column(col, overflow="fold")
+    table.add_row(str(certs.ca_cert), "CA certificate", "SuperLink, every SuperNode, the flwr CLI (root-certificates)")
+    table.add_row(str(certs.ca_key), "CA private key (0600)", "nobody: keep offline")
+    table.add_row(str(certs.server_cert), "SuperLink certificate", "SuperLink (--ssl-certfile)")
+    table.add_row(str(certs.server_key), "SuperLink private key (0600)", "SuperLink (--ssl-keyfile)")
+    for keys in certs.supernodes:
+        table.add_row(
+            str(keys.private_key), "SuperNode private key (0600)", f"{keys.name} only (--auth-supernode-private-key)"
+        )
+        table.add_row(str(keys.public_key), "SuperNode public key", "operator: flwr supernode register")
+    console().print(table)
+    return 0

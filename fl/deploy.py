@@ -3,9 +3,13 @@ hospital, and ``flwr run``.
 
 ``LocalDeployment`` starts every component as a separate process on 127.0.0.1 (free ports picked at
 run time) — what the tests use and a rehearsal for a real multi-machine federation, which
-docs/federated-training.md describes. Every process it starts, and every process those start
-(SuperExec, flwr-serverapp, flwr-clientapp), carries a marker in its environment, so ``stop()``
-finds and ends them all by PID even after Flower has detached them.
+docs/federated-training.md describes. With ``secure=True`` it is the secured form: TLS from a
+private CA (``fl.certs``) on every connection to the SuperLink, and SuperNode authentication (the
+SuperLink only admits SuperNodes whose public key was registered with ``flwr supernode register``).
+
+Every process it starts, and every process those start (SuperExec, flwr-serverapp,
+flwr-clientapp), carries a marker in its environment, so ``stop()`` finds and ends them all by PID
+even after Flower has detached them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Self
+
+from fl.certs import FederationCerts, generate_federation_certs
 
 MARKER = "FEDAGENTBENCH_FL_DEPLOYMENT"
 FLWR_ENV = {
@@ -113,15 +119,32 @@ def _running(pid: int) -> bool:
 
 
 class LocalDeployment:
-    """SuperLink + one SuperNode per client, as separate processes on one machine."""
+    """SuperLink + one SuperNode per client, as separate processes on one machine.
 
-    def __init__(self, clients: list[tuple[str, str]], workdir: str | Path | None = None, host: str = "127.0.0.1"):
-        self.clients, self.host = clients, host
+    ``secure``: TLS + SuperNode authentication with ``certs`` (generated into the work folder for
+    the clients' names when not given); every client needs a SuperNode key named after it."""
+
+    def __init__(
+        self,
+        clients: list[tuple[str, str]],
+        workdir: str | Path | None = None,
+        host: str = "127.0.0.1",
+        secure: bool = False,
+        certs: FederationCerts | None = None,
+    ):
+        self.clients, self.host, self.secure, self.certs = clients, host, secure, certs
+        if certs is not None and not secure:
+            raise ValueError("certs are only used by a secure deployment (secure=True)")
+        if certs is not None:
+            missing = sorted({name for name, _ in clients} - {k.name for k in certs.supernodes})
+            if missing:
+                raise ValueError(f"no SuperNode key for {', '.join(missing)} in {certs.out_dir}")
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fl-deploy-"))
         self.marker = uuid.uuid4().hex
         self.procs: list[subprocess.Popen] = []
         self.started_pids: set[int] = set()
         self.port: int | None = None
+        self.node_ids: dict[str, int] = {}  # registered SuperNode name -> node id (secure only)
         bin_dir = Path(sys.executable).parent
         repo = Path(__file__).resolve().parents[1]
         self.env = {
@@ -140,27 +163,74 @@ class LocalDeployment:
         self.started_pids.add(proc.pid)
         return proc
 
+    def _superlink_args(self) -> list[str]:
+        if not self.secure:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.certs.ca_cert), "--ssl-certfile", str(self.certs.server_cert),
+                "--ssl-keyfile", str(self.certs.server_key), "--enable-supernode-auth"]  # fmt: skip
+
+    def _connection(self) -> str:
+        """The ``flwr`` CLI's SuperLink connection (``$FLWR_HOME/config.toml``)."""
+        tls = f'root-certificates = "{self.certs.ca_cert}"\n' if self.secure else "insecure = true\n"
+        return (
+            f'[superlink]\ndefault = "fedagentbench"\n\n[superlink.fedagentbench]\n'
+            f'address = "{self.host}:{self.port}"\n{tls}'
+        )
+
     def start(self, timeout: float = 120) -> LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.secure and self.certs is None:
+            names = [name for name, _ in self.clients]
+            self.certs = generate_federation_certs(self.workdir / "certs", names, host=self.host)
         self.port = free_port(self.host)
         link = self._spawn(
-            "superlink", ["flower-superlink", "--insecure", "--host", self.host, "--port", str(self.port)]
+            "superlink", ["flower-superlink", *self._superlink_args(), "--host", self.host, "--port", str(self.port)]
         )
         _wait_for_port(self.host, self.port, timeout, link)
-        for i, (name, data_dir) in enumerate(self.clients):
-            node_config = f'data-dir="{Path(data_dir).resolve()}" client-name="{name}"'
-            self._spawn(
-                f"supernode_{i}",
-                ["flower-supernode", "--insecure", "--superlink", f"{self.host}:{self.port}",
-                 "--host", self.host, "--port", str(free_port(self.host)), "--node-config", node_config],
-            )  # fmt: skip
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "fedagentbench"\n\n[superlink.fedagentbench]\n'
-            f'address = "{self.host}:{self.port}"\ninsecure = true\n'
-        )
+        (home / "config.toml").write_text(self._connection())
+        if self.secure:
+            self.register([name for name, _ in self.clients], timeout)
+        for name, data_dir in self.clients:
+            self.start_supernode(name, data_dir)
         return self
+
+    def register(self, names: list[str], timeout: float = 120) -> dict[str, int]:
+        """Authorise these SuperNodes' public keys with ``flwr supernode register`` (in parallel:
+        each ``flwr`` call spends seconds importing)."""
+        calls = {}
+        for name in names:
+            key = str(self.certs.supernode(name).public_key)
+            calls[name] = self._spawn(
+                f"register_{name}",
+                ["flwr", "supernode", "register", key, "fedagentbench", "--name", name, "--format", "json"],
+            )
+        for name, call in calls.items():
+            call.wait(timeout)
+            out = (self.workdir / f"register_{name}.log").read_text(errors="replace")
+            if call.returncode != 0:
+                raise RuntimeError(f"flwr supernode register {name} failed (code {call.returncode}):\n{out[-2000:]}")
+            self.node_ids[name] = int(json.loads(out[out.index("{") :])["node-id"])
+        return dict(self.node_ids)
+
+    def start_supernode(
+        self, name: str, data_dir: str | Path, private_key: str | Path | None = None
+    ) -> subprocess.Popen:
+        """One SuperNode playing hospital ``name``; in a secure deployment it authenticates with
+        ``private_key`` (default: the key named after it in ``certs``)."""
+        node_config = f'data-dir="{Path(data_dir).resolve()}" client-name="{name}"'
+        if self.secure:
+            key = private_key or self.certs.supernode(name).private_key
+            auth = ["--root-certificates", str(self.certs.ca_cert), "--auth-supernode-private-key", str(key)]
+        else:
+            auth = ["--insecure"]
+        index = sum(1 for p in self.procs if Path(str(p.args[0])).name == "flower-supernode")
+        return self._spawn(
+            f"supernode_{index}",
+            ["flower-supernode", *auth, "--superlink", f"{self.host}:{self.port}",
+             "--host", self.host, "--port", str(free_port(self.host)), "--node-config", node_config],
+        )  # fmt: skip
 
     def run(self, plans: list[dict[str, Any]], timeout: float = 1200) -> list[dict[str, Any]]:
         """Submit the plans as one Flower run with ``flwr run`` and wait for their results."""
@@ -221,14 +291,17 @@ class LocalDeployment:
         self.stop()
 
 
-def run_deployed(configs: list[Any], workdir: str | Path | None = None, timeout: float = 1200) -> list[Any]:
-    """Run TrainConfigs (same clients) on a local SuperLink + SuperNodes; returns TrainResults."""
+def run_deployed(
+    configs: list[Any], workdir: str | Path | None = None, timeout: float = 1200, secure: bool = False
+) -> list[Any]:
+    """Run TrainConfigs (same clients) on a local SuperLink + SuperNodes; returns TrainResults.
+    ``secure``: TLS and SuperNode authentication, with keys generated for the run."""
     from fl.runner import TrainResult, resolve
 
     plans = [resolve(cfg, run_tag=str(i)) for i, cfg in enumerate(configs)]
     clients = [(c["name"], c["data_dir"]) for c in plans[0]["clients"]]
     scratch = None if workdir else tempfile.mkdtemp(prefix="fl-deploy-")
-    with LocalDeployment(clients, workdir or scratch) as deployment:
+    with LocalDeployment(clients, workdir or scratch, secure=secure) as deployment:
         results = deployment.run(plans, timeout)
     if scratch:  # logs are kept only when something went wrong
         shutil.rmtree(scratch, ignore_errors=True)

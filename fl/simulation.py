@@ -30,22 +30,38 @@ def quiet_environment() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def backend_config(n_clients: int, workers: int | None = None) -> dict[str, Any]:
+#: the Ray cluster simulations attach to when no address is passed (unset: start a local Ray)
+RAY_ADDRESS_ENV = "FEDAGENTBENCH_RAY_ADDRESS"
+
+
+def resolve_ray_address(ray_address: str | None = None) -> str | None:
+    """The Ray cluster to attach to: ``ray_address``, else ``$FEDAGENTBENCH_RAY_ADDRESS``, else None."""
+    return ray_address or os.environ.get(RAY_ADDRESS_ENV) or None
+
+
+def backend_config(n_clients: int, workers: int | None = None, ray_address: str | None = None) -> dict[str, Any]:
     """One CPU per client actor; as many actors as cores and clients (or ``workers``), no dashboard.
 
     Each actor imports torch and MONAI once (seconds on a small machine), so for tiny federations
     one worker that serves the clients in turn can finish sooner than several.
+
+    With a ``ray_address`` (or ``$FEDAGENTBENCH_RAY_ADDRESS``) Flower attaches to that cluster
+    instead of starting one: Ray then refuses sizing arguments, and Flower makes one actor per
+    CPU the cluster has, so ``workers`` does not apply.
     """
+    client_resources = {"num_cpus": 1, "num_gpus": 0.0}
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address := resolve_ray_address(ray_address):
+        return {"client_resources": client_resources, "init_args": {"address": address, **quiet}}
     n_cpus = max(1, min(n_clients, os.cpu_count() or 1, workers or n_clients))
     return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "client_resources": client_resources,
         "init_args": {
             "num_cpus": n_cpus,
             "num_gpus": 0,
             "include_dashboard": False,
             "object_store_memory": 256 * 1024 * 1024,
-            "logging_level": logging.ERROR,
-            "log_to_driver": False,
+            **quiet,
         },
     }
 
@@ -56,8 +72,10 @@ def simulate(
     progress: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
     workers: int | None = None,
+    ray_address: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the plans in one Flower simulation with one virtual SuperNode per client."""
+    """Run the plans in one Flower simulation with one virtual SuperNode per client, on a Ray of its
+    own or, given ``ray_address`` (or ``$FEDAGENTBENCH_RAY_ADDRESS``), on that running cluster."""
     import sys
 
     quiet_environment()
@@ -87,7 +105,7 @@ def simulate(
             server_app=app,
             client_app=make_client_app(clients),
             num_supernodes=len(clients),
-            backend_config=backend_config(len(clients), workers),
+            backend_config=backend_config(len(clients), workers, ray_address),
             verbose_logging=verbose,
         )
     finally:
