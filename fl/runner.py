@@ -124,6 +124,14 @@ class ProgressEvent(BaseModel):
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+#: hyper-parameters whose values are a fixed set (checked before any training starts, not in round 1)
+HP_CHOICES: dict[str, dict[str, tuple]] = {
+    "Per-FedAvg": {"version": ("fo", "hf")},
+    "FedEM": {"n_learners": (3,)},  # the mixture's size is part of the network (fl.models.build_model)
+    "FedMD": {"public_dataset": ("procedural",)},  # nothing is downloaded
+}
+
+
 def _hyperparameters(requested: str, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Registry name and defaults + overrides; variant names such as FedAdam select FedOpt's variant."""
     algo = get_algorithm(requested)
@@ -145,6 +153,12 @@ def _hyperparameters(requested: str, overrides: dict[str, Any]) -> tuple[str, di
         ):
             raise ValueError(f"hyperparameter {key} of {algo.name} must be like {default!r}, got {value!r}")
     hp.update(overrides)
+    for key, allowed in HP_CHOICES.get(algo.name, {}).items():
+        if hp[key] not in allowed:
+            raise ValueError(f"hyperparameter {key} of {algo.name} must be one of {list(allowed)}, got {hp[key]!r}")
+    if algo.name == "kNN-Per" and not 1 <= int(hp["k"]) <= int(hp["capacity"]) <= 500:
+        raise ValueError(f"kNN-Per needs 1 <= k <= capacity <= 500 (its datastore's size), got k={hp['k']}, "
+                         f"capacity={hp['capacity']}")  # fmt: skip
     if algo.name == "FedOpt" and str(hp["variant"]).lower().removeprefix("fed") not in ("adam", "yogi", "adagrad"):
         raise ValueError(f"FedOpt variant must be adam, yogi or adagrad, not {hp['variant']!r}")
     return algo.name, hp

@@ -152,6 +152,15 @@ def test_bad_hyperparameters_and_settings(fed):
         run_training(config(fed, algorithm="Ditto", hyperparameters={"lamda": "strong"}))
     with pytest.raises(ValueError, match="variant"):
         run_training(config(fed, algorithm="FedOpt", hyperparameters={"variant": "sgd"}))
+    with pytest.raises(ValueError, match="version of Per-FedAvg must be one of"):
+        resolve(config(fed, algorithm="Per-FedAvg", hyperparameters={"version": "so"}))
+    with pytest.raises(ValueError, match="n_learners of FedEM must be one of"):
+        resolve(config(fed, algorithm="FedEM", hyperparameters={"n_learners": 5}))
+    with pytest.raises(ValueError, match="public_dataset of FedMD"):
+        resolve(config(fed, algorithm="FedMD", hyperparameters={"public_dataset": "mnist"}))
+    with pytest.raises(ValueError, match="capacity <= 500"):
+        resolve(config(fed, algorithm="kNN-Per", hyperparameters={"capacity": 5000}))
+    assert resolve(config(fed, algorithm="Per-FedAvg", hyperparameters={"version": "hf"}))["hp"]["version"] == "hf"
     assert resolve(config(fed, algorithm="MOON", hyperparameters={"mu": 1}))["hp"]["mu"] == 1
     with pytest.raises(ValueError):
         TrainConfig(clients=[], rounds=1)
