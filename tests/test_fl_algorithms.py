@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import trained_algorithms
+from .conftest import trained_algorithms
 
 from fl.registry import get_algorithm
 from fl.runner import TrainConfig, TrainResult, load_result
