@@ -184,7 +184,8 @@ def test_pfedfda_sends_body_and_statistics_and_deploys_their_lda_classifier(data
     received |= {AUX + "means": torch.zeros(2, 64), AUX + "cov": torch.eye(64), AUX + "estimated": torch.zeros(1)}
     payload, _ = client("pFedFDA", data, RecordDict()).train(received, {})
     body = {k for k in received if not k.startswith(("head.", AUX))}
-    assert set(payload) == body | {AUX + k for k in ("means", "cov", "prior", "estimated")}
+    assert set(payload) == body | {AUX + k for k in ("means", "cov", "prior", "share", "estimated")}
+    np.testing.assert_allclose(payload[AUX + "share"], np.bincount(data.train_y.numpy(), minlength=2) / len(data.train_y))
     assert float(payload[AUX + "estimated"][0]) == 1.0
     # global statistics equal to this client's own: whatever beta, the deployed head is their LDA classifier
     back = {k: torch.as_tensor(v) for k, v in payload.items()}
@@ -199,12 +200,13 @@ def test_pfedfda_sends_body_and_statistics_and_deploys_their_lda_classifier(data
 
 def test_servers_average_what_is_sent_keep_what_is_not_and_pfedfda_folds_the_global_head():
     rng = np.random.default_rng(0)
+    shares = iter([np.array([1.0, 0.0]), np.array([0.5, 0.5])])  # the first client has no class 1
 
     def reply(n: int) -> tuple[Message, dict[str, np.ndarray]]:
         a = rng.normal(size=(3, 3))
         arrays = {"body.w": rng.normal(size=4), AUX + "means": rng.normal(size=(2, 3)),
                   AUX + "cov": a @ a.T + np.eye(3), AUX + "prior": np.array([0.3, 0.7]),
-                  AUX + "estimated": np.ones(1)}  # fmt: skip
+                  AUX + "share": next(shares), AUX + "estimated": np.ones(1)}  # fmt: skip
         arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
         meta = Metadata(run_id=0, message_id="", src_node_id=n, dst_node_id=0, reply_to_message_id="m", group_id="",
                         created_at=0.0, ttl=60.0, message_type="train")  # fmt: skip
@@ -221,6 +223,9 @@ def test_servers_average_what_is_sent_keep_what_is_not_and_pfedfda_folds_the_glo
     arrays, _ = strategy.aggregate_train(1, [m1, m2])
     np.testing.assert_array_equal(arrays["pi"].numpy(), personal)  # the arrays stay one whole network
     mean = {k: 0.25 * a1[k] + 0.75 * a2[k] for k in a1}
+    # class means pooled by class counts (10 and 15 images of class 0, 0 and 15 of class 1), not by n
+    means = a1[AUX + "means"].astype(np.float64)
+    mean[AUX + "means"] = np.stack([(10 * means[0] + 15 * a2[AUX + "means"][0]) / 25, a2[AUX + "means"][1]])
     for key, value in mean.items():
         np.testing.assert_allclose(arrays[key].numpy(), value, rtol=1e-5)
     weight, bias = lda_head(*(torch.from_numpy(mean[AUX + k]) for k in ("means", "cov", "prior")))

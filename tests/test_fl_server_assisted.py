@@ -18,7 +18,7 @@ from flwr.app import (
 from torch.nn import functional as F
 
 from fl.algorithms import client_algorithm
-from fl.algorithms.base import AUX, RunSpec, StateStore
+from fl.algorithms.base import AUX, MIN_CLASS_EXAMPLES, RunSpec, StateStore
 from fl.algorithms.server_assisted import (
     CCVR_STATISTICS,
     FeatureGenerator,
@@ -156,17 +156,24 @@ def test_fedgen_server_averages_weights_and_trains_a_generator_the_heads_agree_w
 def test_ccvr_pooled_class_statistics_are_those_of_all_features_together():
     g = torch.Generator().manual_seed(0)
     clients = []
-    for n, labels in ((30, [0, 1, 2]), (12, [1, 2]), (7, [2]), (5, [0, 1])):
-        y = torch.tensor(labels)[torch.randint(len(labels), (n,), generator=g)]
-        y[0] = labels[-1]
+    for n, labels in ((30, [0, 1, 2]), (12, [1, 2]), (7, [2]), (10, [0, 1])):
+        y = torch.tensor(labels).repeat(n // len(labels) + 1)[:n]  # at least 5 of each of its classes
         clients.append((torch.randn(n, 5, generator=g) * (1 + y[:, None]) + 3 * y[:, None], y))
-    clients.append((torch.randn(1, 5, generator=g), torch.tensor([1])))  # a single sample: no covariance
     stats = [class_statistics(z, y, 3) for z, y in clients]
     mean, cov, count = pool_statistics(*(np.stack([s[k].numpy() for s in stats]) for k in ("means", "covs", "counts")))
     direct = class_statistics(torch.cat([z for z, _ in clients]), torch.cat([y for _, y in clients]), 3)
     np.testing.assert_allclose(count, direct["counts"].numpy())
     np.testing.assert_allclose(mean, direct["means"].numpy(), atol=1e-5)
     np.testing.assert_allclose(cov, direct["covs"].numpy(), atol=1e-4)
+
+
+def test_ccvr_sends_nothing_about_a_class_with_fewer_than_five_images():
+    g = torch.Generator().manual_seed(1)
+    y = torch.tensor([0] * 8 + [1] * (MIN_CLASS_EXAMPLES - 1))
+    stats = class_statistics(torch.randn(len(y), 5, generator=g), y, 2)
+    assert stats["counts"].tolist() == [8, 0]  # the server pools it as a class this client lacks
+    assert not stats["means"][1].any() and not stats["covs"][1].any()
+    assert stats["means"][0].abs().sum() > 0
 
 
 def test_ccvr_last_round_sends_statistics_and_calibrates_only_the_head(server_process):

@@ -69,7 +69,7 @@ def _round(strategy, rnd: int, arrays: dict, uploads: dict[int, dict], n: dict[i
         Message(RecordDict({"arrays": _record(uploads[m.metadata.dst_node_id]),
                             "metrics": MetricRecord({"num-examples": (n or {}).get(m.metadata.dst_node_id, 10),
                                                      "train_loss": 0.0})}), reply_to=m)
-        for m in messages
+        for m in messages if m.metadata.dst_node_id in uploads  # a node not in ``uploads`` does not reply
     ]  # fmt: skip
     record, _ = strategy.aggregate_train(rnd, replies)
     return {k: v.numpy() for k, v in record.items()}
@@ -312,6 +312,50 @@ def test_fedpac_heads_are_the_optimal_combination_and_prototypes_the_class_means
     tol = 1e-5 * np.abs(grad).max()
     assert np.ptp(grad[support]) < tol and (grad[~support] >= grad[support].min() - tol).all()
     assert alpha[1] > alpha[0] > alpha[3] > alpha[2] and abs(alpha.sum() - 1) < 1e-9  # twin, self, far, farther
+
+
+def test_fedpac_node_that_misses_a_round_keeps_its_head_under_the_new_body(server_process):
+    strategy, init = _strategy("FedPAC", rounds=3, hp={"lamda": 1.0})
+    rng = np.random.default_rng(4)
+
+    def upload(node: int) -> dict[str, np.ndarray]:
+        weights = {k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in init.items()}
+        stats = {"protos": rng.normal(size=(2, 64)), "counts": np.array([5.0, 5.0]),
+                 "means": rng.normal(size=(2, 64)), "var": np.array([0.5])}  # fmt: skip
+        return {**weights, **{AUX + k: v.astype(np.float32) for k, v in stats.items()}}
+
+    glob = _round(strategy, 1, init, {n: upload(n) for n in NODES})
+    head_after_round_1 = _sent(strategy, 2, glob)[44]["head.weight"]
+    glob = _round(strategy, 2, glob, {n: upload(n) for n in NODES[:3]})  # hospital 44 does not reply
+    sent = _sent(strategy, 3, glob)
+    np.testing.assert_array_equal(sent[44]["head.weight"], head_after_round_1)
+    body = next(k for k in init if not k.startswith("head."))
+    np.testing.assert_array_equal(sent[44][body], glob[body])  # but the body is the new global one
+    assert not np.array_equal(sent[33]["head.weight"], sent[44]["head.weight"])
+
+
+def test_bn_statistics_in_batches_equal_one_pass():
+    torch.set_num_threads(1)
+    model = build_model("FedAP", 1, 2, 28, 0).eval()
+    x = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(5))  # more than one batch of 256
+    stats = bn_statistics(model, x)
+    name = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    seen = []
+    hook = dict(model.named_modules())[name].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    dims = [d for d in range(seen[0].dim()) if d != 1]
+    np.testing.assert_allclose(stats[f"{name}.mean"], seen[0].mean(dim=dims).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats[f"{name}.var"], seen[0].var(dim=dims, unbiased=False).numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_class_statistics_leave_out_classes_with_fewer_than_five_images():
+    model = build_model("FedPAC", 1, 2, 28, 0)
+    data = _data(n=16)
+    keep = torch.cat([torch.nonzero(data.train_y == 0).flatten(), torch.nonzero(data.train_y == 1).flatten()[:4]])
+    means, counts, _ = class_statistics(model, data.train_x[keep], data.train_y[keep], 2)
+    assert counts.tolist() == [8.0, 0.0] and not means[1].any() and means[0].any()
 
 
 def test_class_statistics_are_feature_means_and_mean_variance():

@@ -95,6 +95,18 @@ class StateStore:
         self.state[key] = record
 
 
+#: a class with fewer local examples than this sends no statistics of its own (FedProto, FedPAC,
+#: CCVR, pFedFDA): the feature mean of one or two images is close to those images' own features
+MIN_CLASS_EXAMPLES = 5
+
+
+def suppress_small_classes(means: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, counts) with the rows of classes under ``MIN_CLASS_EXAMPLES`` examples zeroed: the
+    server treats them as classes this client does not have."""
+    small = counts < MIN_CLASS_EXAMPLES
+    return means.masked_fill(small.unsqueeze(1), 0.0), counts.masked_fill(small, 0.0)
+
+
 def to_numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from fl.algorithms.base import ClientAlgorithm, param_dict, squared_distance
+from fl.algorithms.base import ClientAlgorithm, param_dict, squared_distance, suppress_small_classes
 from fl.models import batchnorm_keys, shareable_keys
 
 
@@ -259,7 +259,8 @@ class FedProto(ClientAlgorithm):
         protos = torch.zeros(n, feats.shape[1])
         protos.index_add_(0, y, feats)
         counts = torch.bincount(y, minlength=n).float()
-        return {"protos": (protos / counts.clamp(min=1).unsqueeze(1)).numpy(), "counts": counts.numpy()}
+        protos, counts = suppress_small_classes(protos / counts.clamp(min=1).unsqueeze(1), counts)
+        return {"protos": protos.numpy(), "counts": counts.numpy()}
 
     def predictor(self, received):
         return self.assemble(received).eval()

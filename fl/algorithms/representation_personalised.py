@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl.algorithms.base import AUX, ClientAlgorithm, split_aux
+from fl.algorithms.base import AUX, MIN_CLASS_EXAMPLES, ClientAlgorithm, split_aux
 from fl.algorithms.personalised import FedPer, head_keys
 from fl.models import SplitNet
 
@@ -314,7 +314,9 @@ class PFedFDA(ClientAlgorithm):
     """The body is averaged; the head is the LDA classifier of Gaussian class-conditional feature
     statistics (class means, shared covariance, local class prior). As in the authors' code, the body
     trains under the fixed head of the global statistics; each client then sends its local statistics
-    (``aux.`` arrays) beside the body, which FedAvg averages weighted by sample count. The deployed
+    (``aux.`` arrays) beside the body, which FedAvg averages weighted by sample count, except the class
+    means: pooled per class by the clients' class counts (``aux.share``: each class's fraction of the
+    client's examples), so a client with few images of a class moves that class's mean little. The deployed
     head interpolates local and global statistics by a beta chosen by cross-validation (one beta for
     means and covariance, from a grid of 11). Round 1 has no global statistics: the local ones serve."""
 
@@ -362,7 +364,12 @@ class PFedFDA(ClientAlgorithm):
     def payload(self, model):
         out = super().payload(model)
         _, means, cov, prior = self.local_statistics(model)
-        stats = {"means": means, "cov": cov, "prior": prior, "estimated": torch.ones(1)}
+        counts = torch.bincount(self.data.train_y, minlength=self.spec.n_classes).double()
+        small = counts < MIN_CLASS_EXAMPLES  # their mean would describe single images: send the fallback
+        fallback = self.global_stats[0] if self.global_stats else torch.zeros_like(means)
+        means = torch.where(small[:, None], fallback.to(means.dtype), means)
+        share = counts.masked_fill(small, 0.0) / max(len(self.data.train_y), 1)
+        stats = {"means": means, "cov": cov, "prior": prior, "share": share, "estimated": torch.ones(1)}
         out.update({AUX + k: v.float().numpy() for k, v in stats.items()})
         return out
 
@@ -376,7 +383,22 @@ def fda_initial(model: nn.Module, n_classes: int) -> dict[str, np.ndarray]:
     """Round 1's placeholder global statistics (``estimated`` = 0: clients use their own)."""
     d = model.feature_dim
     return {"means": np.zeros((n_classes, d), np.float32), "cov": np.eye(d, dtype=np.float32),
-            "prior": np.full(n_classes, 1.0 / n_classes, np.float32), "estimated": np.zeros(1, np.float32)}  # fmt: skip
+            "prior": np.full(n_classes, 1.0 / n_classes, np.float32), "share": np.zeros(n_classes, np.float32),
+            "estimated": np.zeros(1, np.float32)}  # fmt: skip
+
+
+def pooled_class_means(uploads: list[tuple[dict[str, np.ndarray], float]]) -> np.ndarray:
+    """Each class's mean over all clients' features of that class, sum_k N_kc mu_kc / sum_k N_kc
+    with N_kc = n_k * share_kc, from (arrays, n_k) uploads; a class no client has keeps the
+    example-weighted mean of the means sent (every client's fallback for it, the last global mean)."""
+    total = sum(n for _, n in uploads)
+    plain = sum(a[AUX + "means"].astype(np.float64) * n for a, n in uploads) / max(total, 1e-12)
+    counts = [a[AUX + "share"].astype(np.float64) * n for a, n in uploads]
+    summed = sum(c[:, None] * a[AUX + "means"].astype(np.float64) for c, (a, _) in zip(counts, uploads))
+    per_class = sum(counts)
+    seen = per_class > 0
+    plain[seen] = summed[seen] / per_class[seen, None]
+    return plain
 
 
 def _complete_fedavg(common: dict, lda: bool):
@@ -385,16 +407,21 @@ def _complete_fedavg(common: dict, lda: bool):
     the averaged statistics (pFedFDA's global model)."""
     from flwr.app import Array
 
-    from fl.strategies import _Custom
+    from fl.strategies import _arrays, _Custom
 
     class CompleteFedAvg(_Custom):
         def aggregate_train(self, server_round, replies):
+            replies = list(replies)
             arrays, metrics = super().aggregate_train(server_round, replies)
             if arrays is None:
                 return arrays, metrics
             for key in self.sent.keys() - set(arrays.keys()):
                 arrays[key] = Array(self.sent[key])
             if lda and AUX + "means" in arrays:
+                uploads = [(_arrays(c), float(next(iter(c.metric_records.values()))["num-examples"]))
+                           for c in self._valid(replies)]  # fmt: skip
+                if all(AUX + "share" in a for a, _ in uploads):
+                    arrays[AUX + "means"] = Array(pooled_class_means(uploads).astype(np.float32))
                 weight, bias = lda_head(*(torch.from_numpy(arrays[AUX + k].numpy()) for k in ("means", "cov", "prior")))
                 arrays["head.weight"] = Array(weight.float().numpy())
                 arrays["head.bias"] = Array(bias.float().numpy())

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl.algorithms.base import AUX, ClientAlgorithm, split_aux, to_numpy
+from fl.algorithms.base import AUX, MIN_CLASS_EXAMPLES, ClientAlgorithm, split_aux, to_numpy
 from fl.models import FEATURE_DIM
 
 Arrays = dict[str, np.ndarray]
@@ -206,15 +206,15 @@ def _fedgen(hp, common, plan, model, param_keys, buffer_keys):
 
 # ---- CCVR --------------------------------------------------------------------------------------
 def class_statistics(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, torch.Tensor]:
-    """Per class: mean, unbiased covariance (zero below two samples) and count of the features."""
+    """Per class: mean, unbiased covariance and count of the features; all zero for a class with
+    fewer than ``MIN_CLASS_EXAMPLES`` images (they would describe single images)."""
     d = features.shape[1]
     means, covs, counts = torch.zeros(n_classes, d), torch.zeros(n_classes, d, d), torch.zeros(n_classes)
     for c in range(n_classes):
         z = features[labels == c].double()
-        counts[c] = len(z)
-        if len(z):
+        if len(z) >= MIN_CLASS_EXAMPLES:
+            counts[c] = len(z)
             means[c] = z.mean(dim=0).float()
-        if len(z) > 1:
             covs[c] = torch.cov(z.T).float()
     return {"means": means, "covs": covs, "counts": counts}
 

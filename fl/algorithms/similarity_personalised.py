@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl.algorithms.base import AUX, ClientAlgorithm, split_aux, to_numpy
+from fl.algorithms.base import AUX, ClientAlgorithm, split_aux, suppress_small_classes, to_numpy
 from fl.data import LocalData, stratified_split
 from fl.models import batchnorm_keys, shareable_keys
 
@@ -233,7 +233,9 @@ class FedPACServer(_Remembering):
         heads = [k for k in model if k.startswith("head.")]
         means = [u[AUX + "means"] for u in uploads]
         variances = [float(u[AUX + "var"].reshape(-1)[0]) for u in uploads]
-        self.weights, self.personal = {}, {}  # a node that did not train this round gets the global model
+        self.weights = {}
+        for node, arrays in self.personal.items():  # a node that did not train this round keeps its head
+            self.personal[node] = {**model, **{k: arrays[k] for k in heads}, **extra}
         for i, node in enumerate(nodes):
             a = fedpac_weights(i, means, counts, variances)
             self.weights[node] = a
@@ -299,8 +301,10 @@ class FedFomo(ClientAlgorithm):
 
     def held_loss(self, model: nn.Module) -> float:
         model.eval()
-        with torch.no_grad():
-            return float(F.cross_entropy(model(self.held_x), self.held_y))
+        with torch.no_grad():  # in batches: the held-out share of a large site does not fit one forward pass
+            total = sum(float(F.cross_entropy(model(x), y, reduction="sum"))
+                        for x, y in zip(self.held_x.split(256), self.held_y.split(256)))  # fmt: skip
+        return total / max(len(self.held_y), 1)
 
     def combine(self, own: nn.Module, peers: list[dict[str, torch.Tensor]]) -> tuple[nn.Module, list[float]]:
         """The FedFomo update of ``own`` from the peers' models; returns (model, normalised weights)."""
@@ -360,22 +364,30 @@ class FedAP(ClientAlgorithm):
 
 def bn_statistics(model: nn.Module, x: torch.Tensor) -> Arrays:
     """``<layer>.mean`` / ``<layer>.var``: per-channel moments of each BatchNorm layer's input."""
-    found: dict[str, torch.Tensor] = {}
+    moments: dict[str, list[torch.Tensor]] = {}  # name -> [count, sum, sum of squares] per channel
+
+    def accumulate(name: str, value: torch.Tensor) -> None:
+        dims = [d for d in range(value.dim()) if d != 1]
+        value = value.double()
+        batch = [torch.tensor(value.numel() / value.shape[1]), value.sum(dim=dims), (value**2).sum(dim=dims)]
+        moments[name] = [a + b for a, b in zip(moments[name], batch)] if name in moments else batch
+
     hooks = [
-        module.register_forward_hook(lambda m, inputs, out, name=name: found.__setitem__(name, inputs[0]))
+        module.register_forward_hook(lambda m, inputs, out, name=name: accumulate(name, inputs[0]))
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
     ]
     model.eval()
-    with torch.no_grad():
-        model(x)
+    with torch.no_grad():  # in batches (a large site's images do not fit one forward pass)
+        for batch in x.split(256):
+            model(batch)
     for hook in hooks:
         hook.remove()
     stats = {}
-    for name, value in found.items():
-        dims = [d for d in range(value.dim()) if d != 1]
-        stats[f"{name}.mean"] = value.mean(dim=dims)
-        stats[f"{name}.var"] = value.var(dim=dims, unbiased=False)
+    for name, (count, total, squares) in moments.items():
+        mean = total / count
+        stats[f"{name}.mean"] = mean.float()
+        stats[f"{name}.var"] = (squares / count - mean**2).clamp(min=0).float()
     return to_numpy(stats)
 
 
@@ -390,7 +402,7 @@ def class_statistics(
     counts = torch.bincount(y, minlength=n_classes).float()
     means = torch.zeros(n_classes, feats.shape[1]).index_add_(0, y, feats) / counts.clamp(min=1).unsqueeze(1)
     spread = float(((feats - means[y]) ** 2).sum(1).mean()) / max(len(y), 1)
-    return means, counts, spread
+    return *suppress_small_classes(means, counts), spread
 
 
 class FedPAC(ClientAlgorithm):
