@@ -110,7 +110,21 @@ def test_pfedhn_sends_each_node_its_generated_model_and_moves_the_hypernetwork_t
     kept.load_state_dict({k: torch.as_tensor(v.numpy()) for k, v in global_arrays.items()}, strict=False)
 
 
-def test_pfedhn_client_keeps_batchnorm_statistics_and_deploys_its_last_trained_model():
+def test_pfedhn_embedding_of_a_node_that_sent_nothing_stays_put(server_identity):
+    torch.manual_seed(0)
+    strategy, arrays, params = _strategy("pFedHN", n_clients=3)
+    sent = _send(strategy, 1, arrays, NODES[:3])
+    arrays = _aggregate(strategy, 1, {n: _moved(w, params, _direction(w, n), 0.01) for n, w in sent.items()})
+    absent = strategy.hn.embeddings[strategy.row(NODES[2])].detach().clone()
+    present = strategy.hn.embeddings[strategy.row(NODES[0])].detach().clone()
+    sent = _send(strategy, 2, arrays, NODES[:3])
+    replies = {n: _moved(w, params, _direction(w, n), 0.01) for n, w in sent.items() if n != NODES[2]}
+    _aggregate(strategy, 2, replies)  # the third hospital did not reply
+    torch.testing.assert_close(strategy.hn.embeddings[strategy.row(NODES[2])].detach(), absent, rtol=0, atol=0)
+    assert not torch.equal(strategy.hn.embeddings[strategy.row(NODES[0])].detach(), present)
+
+
+def test_pfedhn_client_keeps_batchnorm_statistics_and_deploys_the_generated_weights():
     from flwr.app import RecordDict
 
     from fl.algorithms import client_algorithm
@@ -128,9 +142,10 @@ def test_pfedhn_client_keeps_batchnorm_statistics_and_deploys_its_last_trained_m
     trained = StateStore(state, "t").load("model")
     stats = [k for k in trained if k.endswith("running_mean")]
     assert stats and all(not torch.equal(trained[k], model.state_dict()[k]) for k in stats)
-    deployed = client_algorithm("pFedHN")(spec, data, StateStore(state, "t"), 2).predictor(generated)
-    for key, value in deployed.state_dict().items():
-        torch.testing.assert_close(value, trained[key])  # fine-tuned weights, not the newly generated ones
+    regenerated = {k: v + 0.02 for k, v in generated.items()}  # what the server sends for evaluation
+    deployed = client_algorithm("pFedHN")(spec, data, StateStore(state, "t"), 2).predictor(regenerated)
+    for key, value in deployed.state_dict().items():  # h(e_i) with the local BatchNorm statistics
+        torch.testing.assert_close(value, regenerated[key] if key in regenerated else trained[key])
     np.testing.assert_array_equal(payload[stats[0]], trained[stats[0]].numpy())
 
 

@@ -22,18 +22,12 @@ from fl.algorithms.base import ClientAlgorithm
 
 class PFedHNClient(ClientAlgorithm):
     """Shamsian et al. 2021, client: train the generated weights for the local epochs and send them
-    back. BatchNorm running statistics stay local (the server generates trainable parameters only);
-    the deployed model is the last locally trained one (generated weights fine-tuned on local data)."""
+    back. BatchNorm running statistics stay local (the server generates trainable parameters only).
+    The deployed model is the paper's personal model: the generated weights h(e_i) the server sends
+    for evaluation, with this hospital's BatchNorm statistics (``assemble``: local state overlaid
+    with what was received)."""
 
     keeps_local_model = True
-
-    def predictor(self, received):
-        stored = self.store.load("model")
-        if stored is None:
-            return super().predictor(received)
-        model = self.new_model()
-        model.load_state_dict(stored)
-        return model.eval()
 
 
 class _Layout:
@@ -143,9 +137,22 @@ def _pfedhn(hp, common, plan, model, param_keys, buffer_keys):
                 delta = (theta - self.layout.flatten(arrays)).detach()
                 (theta * delta).sum().backward()
                 self.examples[node] = n
-            self.optimizer.step()
+            self.step_without_absent(by_node)
             buffers = _weighted_mean([({k: a[k] for k in buffer_keys if k in a}, n) for a, n in by_node.values()])
             return _record({**self.global_weights(), **buffers}), self._metrics(self._valid(replies))
+
+        def step_without_absent(self, by_node: dict) -> None:
+            """The optimiser step, with the embedding of a node that sent nothing this round (and its
+            momentum) left as it was: momentum would otherwise keep moving it without any update."""
+            absent = torch.ones(len(self.hn.embeddings), dtype=torch.bool)
+            absent[[self.row(node) for node in by_node]] = False
+            kept = self.hn.embeddings.detach()[absent].clone()
+            self.optimizer.step()
+            with torch.no_grad():
+                self.hn.embeddings[absent] = kept
+                buffer = self.optimizer.state.get(self.hn.embeddings, {}).get("momentum_buffer")
+                if buffer is not None:
+                    buffer[absent] = 0.0
 
         def global_weights(self) -> dict[str, np.ndarray]:
             """The hypernetwork's model for the example-weighted mean embedding of the clients seen."""
@@ -234,6 +241,19 @@ def _pfedla(hp, common, plan, model, param_keys, buffer_keys):
                 for k in self.keys:
                     self.models[k][self.row(node)] = torch.as_tensor(arrays[k])
             return _record(self.global_weights()), self._metrics(self._valid(replies))
+
+        def step_without_absent(self, by_node: dict) -> None:
+            """The optimiser step, with the embedding of a node that sent nothing this round (and its
+            momentum) left as it was: momentum would otherwise keep moving it without any update."""
+            absent = torch.ones(len(self.hn.embeddings), dtype=torch.bool)
+            absent[[self.row(node) for node in by_node]] = False
+            kept = self.hn.embeddings.detach()[absent].clone()
+            self.optimizer.step()
+            with torch.no_grad():
+                self.hn.embeddings[absent] = kept
+                buffer = self.optimizer.state.get(self.hn.embeddings, {}).get("momentum_buffer")
+                if buffer is not None:
+                    buffer[absent] = 0.0
 
         def global_weights(self) -> dict[str, np.ndarray]:
             """The example-weighted mean of the personalised models of the clients seen."""
@@ -332,6 +352,19 @@ def _cfl(hp, common, plan, model, param_keys, buffer_keys):
                 self.clusters[c] = [members[i] for i in part_a]
                 self.clusters.append([members[i] for i in part_b])
                 self.models.append(dict(self.models[c]))
+
+        def step_without_absent(self, by_node: dict) -> None:
+            """The optimiser step, with the embedding of a node that sent nothing this round (and its
+            momentum) left as it was: momentum would otherwise keep moving it without any update."""
+            absent = torch.ones(len(self.hn.embeddings), dtype=torch.bool)
+            absent[[self.row(node) for node in by_node]] = False
+            kept = self.hn.embeddings.detach()[absent].clone()
+            self.optimizer.step()
+            with torch.no_grad():
+                self.hn.embeddings[absent] = kept
+                buffer = self.optimizer.state.get(self.hn.embeddings, {}).get("momentum_buffer")
+                if buffer is not None:
+                    buffer[absent] = 0.0
 
         def global_weights(self) -> dict[str, np.ndarray]:
             """The cluster models averaged by the clusters' numbers of training examples."""
