@@ -18,7 +18,7 @@ seeds is the noise floor to read differences against.
 Results are appended to ``<out>/results.jsonl`` as each training ends, and a rerun skips what is
 there (``--fresh`` starts over).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_algorithms.py --seeds 0,1,2 --rounds 4 \\
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_algorithms.py --seeds 0,1,2 --rounds 4 --local-epochs 3 \\
         --markdown docs/algorithm-comparison.md
 """
 

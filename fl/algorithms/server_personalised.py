@@ -242,19 +242,6 @@ def _pfedla(hp, common, plan, model, param_keys, buffer_keys):
                     self.models[k][self.row(node)] = torch.as_tensor(arrays[k])
             return _record(self.global_weights()), self._metrics(self._valid(replies))
 
-        def step_without_absent(self, by_node: dict) -> None:
-            """The optimiser step, with the embedding of a node that sent nothing this round (and its
-            momentum) left as it was: momentum would otherwise keep moving it without any update."""
-            absent = torch.ones(len(self.hn.embeddings), dtype=torch.bool)
-            absent[[self.row(node) for node in by_node]] = False
-            kept = self.hn.embeddings.detach()[absent].clone()
-            self.optimizer.step()
-            with torch.no_grad():
-                self.hn.embeddings[absent] = kept
-                buffer = self.optimizer.state.get(self.hn.embeddings, {}).get("momentum_buffer")
-                if buffer is not None:
-                    buffer[absent] = 0.0
-
         def global_weights(self) -> dict[str, np.ndarray]:
             """The example-weighted mean of the personalised models of the clients seen."""
             with torch.no_grad():
@@ -352,19 +339,6 @@ def _cfl(hp, common, plan, model, param_keys, buffer_keys):
                 self.clusters[c] = [members[i] for i in part_a]
                 self.clusters.append([members[i] for i in part_b])
                 self.models.append(dict(self.models[c]))
-
-        def step_without_absent(self, by_node: dict) -> None:
-            """The optimiser step, with the embedding of a node that sent nothing this round (and its
-            momentum) left as it was: momentum would otherwise keep moving it without any update."""
-            absent = torch.ones(len(self.hn.embeddings), dtype=torch.bool)
-            absent[[self.row(node) for node in by_node]] = False
-            kept = self.hn.embeddings.detach()[absent].clone()
-            self.optimizer.step()
-            with torch.no_grad():
-                self.hn.embeddings[absent] = kept
-                buffer = self.optimizer.state.get(self.hn.embeddings, {}).get("momentum_buffer")
-                if buffer is not None:
-                    buffer[absent] = 0.0
 
         def global_weights(self) -> dict[str, np.ndarray]:
             """The cluster models averaged by the clusters' numbers of training examples."""
