@@ -68,7 +68,10 @@ def test_simulation_runs_on_the_given_ray_cluster(tmp_path, monkeypatch):
     seen: dict = {}
 
     def on_progress(event: dict) -> None:
-        """Runs in the simulation's driver while Ray is connected: which cluster is it?"""
+        """Runs in the simulation's driver while Ray is connected: which cluster is it? (The server
+        app's thread may report 'start' before the backend has connected: rounds come after.)"""
+        if not ray.is_initialized():
+            return
         nodes = [n for n in ray.nodes() if n["Alive"]]
         seen.update(gcs=ray.get_runtime_context().gcs_address, cpus=ray.cluster_resources().get("CPU"),
                     node_ports=[n["NodeManagerPort"] for n in nodes])  # fmt: skip
