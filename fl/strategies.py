@@ -84,6 +84,13 @@ class _Custom(FedAvg):
     def _metrics(self, contents: list) -> MetricRecord | None:
         return self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
 
+    def _by_node(self, replies: Iterable[Message]) -> dict[int, tuple[dict[str, np.ndarray], float]]:
+        """node id -> (the arrays it sent, its number of training examples), for valid replies."""
+        return {
+            m.metadata.src_node_id: (_arrays(m.content), float(next(iter(m.content.metric_records.values()))["num-examples"]))
+            for m in replies if not m.has_error()
+        }  # fmt: skip
+
 
 class PerNode(_Custom):
     """Base of strategies that send each node its own arrays (a cluster's model, a hypernetwork's
@@ -101,13 +108,6 @@ class PerNode(_Custom):
                     message_type=message_type, dst_node_id=node)
             for node in node_ids
         ]  # fmt: skip
-
-    def _by_node(self, replies: Iterable[Message]) -> dict[int, tuple[dict[str, np.ndarray], float]]:
-        """node id -> (the arrays it sent, its number of training examples), for valid replies."""
-        return {
-            m.metadata.src_node_id: (_arrays(m.content), float(next(iter(m.content.metric_records.values()))["num-examples"]))
-            for m in replies if not m.has_error()
-        }  # fmt: skip
 
 
 class Scaffold(_Custom):

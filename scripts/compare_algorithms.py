@@ -12,8 +12,8 @@ hospital is then scored with the model it would deploy — its own model for a p
 algorithm, the global model otherwise — on the pool's held-out test split seen through its own
 acquisition: ``BA`` is the balanced accuracy, ``local acc.`` the accuracy expected under the
 hospital's own class proportions (sum over classes of its share times the class recall). Both
-are averaged over hospitals; the table gives mean ± sd over seeds, and the sd of FedAvg over
-seeds is the noise floor to read differences against.
+are averaged over hospitals; the table gives mean ± sd over seeds, and each algorithm's BA minus
+FedAvg's on the same seed (same hospitals), mean ± sd of those paired differences.
 
 Results are appended to ``<out>/results.jsonl`` as each training ends, and a rerun skips what is
 there (``--fresh`` starts over).

@@ -364,7 +364,7 @@ class PFedFDA(ClientAlgorithm):
     def payload(self, model):
         out = super().payload(model)
         _, means, cov, prior = self.local_statistics(model)
-        counts = torch.bincount(self.data.train_y, minlength=self.spec.n_classes).double()
+        counts = torch.tensor(self.data.class_counts(), dtype=torch.float64)
         small = counts < MIN_CLASS_EXAMPLES  # their mean would describe single images: send the fallback
         fallback = self.global_stats[0] if self.global_stats else torch.zeros_like(means)
         means = torch.where(small[:, None], fallback.to(means.dtype), means)
@@ -407,7 +407,7 @@ def _complete_fedavg(common: dict, lda: bool):
     the averaged statistics (pFedFDA's global model)."""
     from flwr.app import Array
 
-    from fl.strategies import _arrays, _Custom
+    from fl.strategies import _Custom
 
     class CompleteFedAvg(_Custom):
         def aggregate_train(self, server_round, replies):
@@ -418,8 +418,7 @@ def _complete_fedavg(common: dict, lda: bool):
             for key in self.sent.keys() - set(arrays.keys()):
                 arrays[key] = Array(self.sent[key])
             if lda and AUX + "means" in arrays:
-                uploads = [(_arrays(c), float(next(iter(c.metric_records.values()))["num-examples"]))
-                           for c in self._valid(replies)]  # fmt: skip
+                uploads = list(self._by_node(replies).values())
                 if all(AUX + "share" in a for a, _ in uploads):
                     arrays[AUX + "means"] = Array(pooled_class_means(uploads).astype(np.float32))
                 weight, bias = lda_head(*(torch.from_numpy(arrays[AUX + k].numpy()) for k in ("means", "cov", "prior")))

@@ -234,8 +234,8 @@ class FedPACServer(_Remembering):
         means = [u[AUX + "means"] for u in uploads]
         variances = [float(u[AUX + "var"].reshape(-1)[0]) for u in uploads]
         self.weights = {}
-        for node, arrays in self.personal.items():  # a node that did not train this round keeps its head
-            self.personal[node] = {**model, **{k: arrays[k] for k in heads}, **extra}
+        for node in self.personal.keys() - set(nodes):  # a node that did not train this round keeps its head
+            self.personal[node] = {**model, **{k: self.personal[node][k] for k in heads}, **extra}
         for i, node in enumerate(nodes):
             a = fedpac_weights(i, means, counts, variances)
             self.weights[node] = a
