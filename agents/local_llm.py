@@ -346,6 +346,11 @@ def server_pid() -> int | None:
         return _server.process.pid if _server is not None and _server.process.poll() is None else None
 
 
+def local_context_size() -> int:
+    """The local server's context window (``FEDAGENTBENCH_LOCAL_N_CTX``; 4096 overflowed after ~7 tool calls)."""
+    return int(os.environ.get("FEDAGENTBENCH_LOCAL_N_CTX", "8192"))
+
+
 def ensure_server() -> str:
     """Start the local server once per process (thread-safe); return its OpenAI base URL ``.../v1``."""
     global _server, _atexit_registered
@@ -376,7 +381,7 @@ class _PortTaken(LocalModelError):
 def _start(gguf: Path) -> _Server:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    n_ctx = int(os.environ.get("FEDAGENTBENCH_LOCAL_N_CTX", "8192"))  # 4096 overflowed after ~7 tool calls
+    n_ctx = local_context_size()
     threads = int(os.environ.get("FEDAGENTBENCH_LOCAL_THREADS", "2"))
     timeout = float(os.environ.get("FEDAGENTBENCH_LOCAL_START_TIMEOUT", "180"))
     # ``python -m agents.local_llm`` is ``python -m llama_cpp.server`` behind _RequestFixer (see there)

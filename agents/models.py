@@ -11,17 +11,23 @@ Spec forms:
 
 Options follow a ``?``: ``ollama:qwen3:8b?reasoning=false`` switches Ollama's thinking off (``true``
 asks for it; by default the model decides), ``openai:o4-mini?reasoning_effort=low`` sets an OpenAI
-reasoning model's effort.
+reasoning model's effort. Context windows (:mod:`agents.context`): ``ollama:qwq:32b?num_ctx=16384``
+caps the window sent as ``num_ctx`` (default: the model's own, at most 32,768);
+``openai-compatible:m@url?context_window=8192`` states a window the server does not report.
+``max_tokens=N`` sets the reply budget (thinking included; default: a quarter of the window, 1,024-8,192).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from agents.context import ContextWindow
 
 ALIASES_FILE = Path(__file__).with_name("model_aliases.json")
 BASELINES = ("oracle", "skyline", "heuristic", "random")
@@ -36,7 +42,8 @@ class ModelSettings(BaseModel):
 
     temperature: float = 0.0
     seed: int | None = 0
-    max_tokens: int | None = 2048
+    #: the reply budget, thinking included (None: from the context window, see agents.context.output_limit)
+    max_tokens: int | None = None
     #: one request's time limit; a request that exceeds it is retried like any transient error
     timeout_s: float = 120.0
     #: retries of a transient provider error (429, 5xx, timeout) before the run ends as failed
@@ -54,6 +61,28 @@ class ModelInfo(BaseModel):
     #: provider options from the spec's ``?key=value`` part
     options: dict[str, str] = {}
     settings: ModelSettings = ModelSettings()
+    #: the context window the requests use (:func:`with_window`; None until discovered)
+    window: ContextWindow | None = None
+
+
+_windows: dict[tuple, ContextWindow] = {}
+_windows_lock = threading.Lock()
+
+
+def with_window(info: ModelInfo, timeout_s: float = 10.0) -> ModelInfo:
+    """``info`` with its context window discovered (once per process, provider, host, model and options)."""
+    from agents.context import discover_window
+
+    if info.window is not None:
+        return info
+    key = (info.provider, info.base_url, info.model, tuple(sorted(info.options.items())), info.settings.max_tokens)
+    with _windows_lock:
+        window = _windows.get(key)
+    if window is None:
+        window = discover_window(info, timeout_s)
+        with _windows_lock:
+            _windows[key] = window
+    return info.model_copy(update={"window": window})
 
 
 def load_aliases() -> dict[str, str]:
@@ -88,12 +117,15 @@ def resolve_spec(spec: str, settings: ModelSettings | None = None) -> ModelInfo:
         known = ", ".join(sorted(aliases) + list(BASELINES) + ["local"])
         raise ValueError(f"unknown model {original!r}: use provider:model (openai, ollama, openai-compatible) "
                          f"or one of: {known}")
-    allowed = {"ollama": {"reasoning"}, "openai": {"reasoning_effort"},
-               "openai-compatible": {"reasoning_effort"}}.get(provider, set())
+    allowed = {"ollama": {"reasoning", "num_ctx", "max_tokens"},
+               "openai": {"reasoning_effort", "context_window", "max_tokens"},
+               "openai-compatible": {"reasoning_effort", "context_window", "max_tokens"}}.get(provider, set())
     if unknown := sorted(set(options) - allowed):
         raise ValueError(f"option {unknown[0]!r} does not apply to {provider!r} models in {original!r}; "
                          f"it takes: {', '.join(sorted(allowed)) or 'no options'}")
     resolved = spec + (f"?{query}" if query else "")
+    if "max_tokens" in options:
+        settings = settings.model_copy(update={"max_tokens": int(options["max_tokens"])})
     if provider == "openai":
         return ModelInfo(spec=original, resolved=resolved, provider="openai", model=rest,
                          base_url=os.environ.get("OPENAI_BASE_URL"), options=options, settings=settings)
@@ -120,6 +152,9 @@ def _options(query: str, original: str) -> dict[str, str]:
         options[key] = value
     if "reasoning" in options and options["reasoning"].lower() not in ("true", "false"):
         raise ValueError(f"reasoning takes true or false, got {options['reasoning']!r} in {original!r}")
+    for name in ("num_ctx", "context_window", "max_tokens"):
+        if name in options and (not options[name].isdigit() or int(options[name]) < 256):
+            raise ValueError(f"{name} takes a number of tokens (at least 256), got {options[name]!r} in {original!r}")
     if "reasoning_effort" in options and options["reasoning_effort"] not in ("minimal", "low", "medium", "high"):
         raise ValueError(f"reasoning_effort takes minimal, low, medium or high, got {options['reasoning_effort']!r}")
     return options
@@ -133,12 +168,17 @@ def _api_key(info: ModelInfo) -> str:
 
 
 def make_chat_model(info: ModelInfo, context: dict[str, Any] | None = None):
-    """A LangChain chat model for ``info``. ``context`` feeds the baselines (env dir, task id)."""
+    """A LangChain chat model for ``info``. ``context`` feeds the baselines (env dir, task id).
+
+    Every request names its window and reply budget: Ollama's ``num_ctx`` and ``num_predict``, the
+    OpenAI-style ``max_tokens`` (see :mod:`agents.context`)."""
     s = info.settings
     if info.provider == "baseline":
         from agents.baselines import make_baseline
 
         return make_baseline(info.model, context or {})
+    info = with_window(info)
+    window = info.window
     if info.provider in ("openai", "openai-compatible", "local"):
         from langchain_openai import ChatOpenAI
 
@@ -153,7 +193,7 @@ def make_chat_model(info: ModelInfo, context: dict[str, Any] | None = None):
             api_key=_api_key(info) if info.provider != "local" else "not-needed",
             temperature=s.temperature,
             seed=s.seed,
-            max_tokens=s.max_tokens,
+            max_tokens=window.max_output,
             # llama.cpp on two CPU cores needs minutes for a long prompt, and serves one request at a time
             timeout=max(s.timeout_s, 600.0) if info.provider == "local" else s.timeout_s,
             max_retries=0,  # the agent runner retries with backoff and records failures
@@ -165,6 +205,6 @@ def make_chat_model(info: ModelInfo, context: dict[str, Any] | None = None):
 
         reasoning = info.options.get("reasoning")
         return ChatOllama(model=info.model, base_url=info.base_url, temperature=s.temperature, seed=s.seed,
-                          num_predict=s.max_tokens, client_kwargs={"timeout": s.timeout_s},
+                          num_ctx=window.tokens, num_predict=window.max_output, client_kwargs={"timeout": s.timeout_s},
                           reasoning=None if reasoning is None else reasoning.lower() == "true")
     raise ValueError(f"no chat model for provider {info.provider!r}")

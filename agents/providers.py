@@ -9,7 +9,9 @@ A benchmark must never score a provider's outage as a model's failure. Errors fa
   backoff that honours the server's ``Retry-After``. When the retries run out the run ends as an
   infrastructure failure (:class:`ProviderUnavailable`): recorded as failed, not as a score, and
   run again by the next ``bench``.
-- everything else (e.g. HTTP 400 for a context that outgrew the model) is the agent's failure.
+- **context overflow** (HTTP 400 "maximum context length", llama.cpp's "exceeds the available context
+  size"; :func:`agents.context.overflow_error`): its own failure class, never retried.
+- everything else (a request the provider refused) is the agent's failure.
 
 Classification reads status codes and exception names, so that no provider library is imported.
 """
@@ -92,6 +94,12 @@ def key_variable(provider: str, base_url: str | None) -> str | None:
     return None
 
 
+def auth_headers(info: Any) -> dict[str, str]:
+    """The Authorization header for an OpenAI-style server, when a key is exported."""
+    key = os.environ.get(key_variable(info.provider, info.base_url) or "", "")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def fatal_message(kind: str, info: Any, exc: BaseException | None = None) -> str:
     """One line that names the fix."""
     where = info.base_url or ("https://api.openai.com/v1" if info.provider == "openai" else info.provider)
@@ -139,9 +147,7 @@ def preflight(info: Any, timeout_s: float = 10.0) -> None:
         url, headers = f"{info.base_url.rstrip('/')}/api/tags", {}
     else:
         base = (info.base_url or "https://api.openai.com/v1").rstrip("/")
-        var = key_variable(info.provider, info.base_url)
-        key = os.environ.get(var or "", "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = auth_headers(info)
         url = f"{base}/models/{info.model}" if info.provider == "openai" else f"{base}/models"
     try:
         response = httpx.get(url, headers=headers, timeout=timeout_s)

@@ -11,7 +11,6 @@ not the agent's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agents.providers import status_code
 from agents.results import ParseError, split_reasoning
 
 Parser = Callable[[str], BaseModel]
@@ -41,6 +41,12 @@ class UsageRecord(BaseModel):
     reasoning_tokens: int = 0
     #: model calls answered from the response cache
     cached_calls: int = 0
+    #: the largest prompt one call carried (the provider's count where it gave one, else estimated)
+    peak_prompt_tokens: int = 0
+    #: tool calls the model wrote as text in its reply (no tool parser on the serving stack)
+    text_tool_calls: int = 0
+    #: times the context policy elided old tool results to stay inside the window
+    context_edits: int = 0
 
 
 class ToolCallRecord(BaseModel):
@@ -107,26 +113,44 @@ REPEAT_NOTE = ("You called {tools} again with the same arguments and got the sam
 
 SUBMIT = "submit_answer"
 
+#: errors that are their own failure classes (eval.taxonomy reads these prefixes)
+CONTEXT_OVERFLOW = "context overflow"
+RUN_TIMEOUT_ERROR = "run time limit reached"
+
 
 def _retry_base() -> float:
     return float(os.environ.get("FEDAGENTBENCH_RETRY_BASE_S", "1.0"))
 
 
-_limits: dict[str, threading.BoundedSemaphore] = {}
-_limits_lock = threading.Lock()
+class RunTimeout(Exception):
+    """The run's wall-clock limit (``--run-timeout``) passed during this agent."""
 
 
-def request_slot(provider_key: str | None):
-    """A slot of the provider's concurrent-request cap (``FEDAGENTBENCH_MAX_REQUESTS``, per
-    provider and host; unset or 0: no cap), held for the duration of one model call."""
-    cap = int(os.environ.get("FEDAGENTBENCH_MAX_REQUESTS", "0") or 0)
-    if not provider_key or cap <= 0:
-        return contextlib.nullcontext()
-    with _limits_lock:
-        key = f"{provider_key}|{cap}"
-        if key not in _limits:
-            _limits[key] = threading.BoundedSemaphore(cap)
-        return _limits[key]
+def _call_before(fn: Callable[[], Any], deadline: float | None) -> Any:
+    """``fn()``, or :class:`RunTimeout` when ``deadline`` (``time.time()``) passes first. A call that
+    outlives the deadline is abandoned to its own request timeout; the run does not wait for it."""
+    if deadline is None:
+        return fn()
+    remaining = deadline - time.time()
+    if remaining <= 0:
+        raise RunTimeout()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="model-call", daemon=True).start()
+    if not done.wait(remaining):
+        raise RunTimeout()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _content_text(message: Any) -> str:
@@ -200,6 +224,8 @@ def run_agent(
     cache: Any | None = None,
     provider_key: str | None = None,
     describe_provider: Callable[[str, BaseException], str] | None = None,
+    window: Any | None = None,
+    deadline: float | None = None,
 ) -> AgentOutcome:
     """Run one agent to a parsed result, within ``budget`` model calls.
 
@@ -207,13 +233,22 @@ def run_agent(
     role's tools on every call and forced on the last one; its arguments go through ``parse`` like
     a JSON answer. ``transcript`` receives every message, tool call and result as an event.
     ``cache`` (:class:`agents.cache.ResponseCache`) answers a call it has seen before.
+    ``window`` (:class:`agents.context.ContextWindow`) is the model's context window: the
+    conversation is kept inside it (:class:`agents.context.ContextPolicy`) and an overflow ends the
+    agent as ``context overflow``. ``deadline`` (``time.time()``) is the run's wall-clock limit.
     Provider failures that no retry fixes raise :class:`agents.providers.ProviderError`; transient
     ones that outlast ``retries`` raise :class:`agents.providers.ProviderUnavailable`: a run's
     infrastructure failure is never scored as the agent's answer."""
     from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 
+    from agents.context import ContextPolicy, ContextWindow, overflow_error, reply_overflow
+    from agents.limits import provider_limit
     from agents.providers import ProviderError, ProviderUnavailable, classify
+    from agents.text_tools import parse_text_tool_calls
 
+    window = window or ContextWindow()
+    policy = ContextPolicy(window.prompt_limit)
+    limit = provider_limit(provider_key)
     started = time.perf_counter()
     usage = UsageRecord(role=role, client=client)
     calls: list[ToolCallRecord] = []
@@ -259,6 +294,9 @@ def run_agent(
         emit("user", step, content=text)
 
     for step in range(budget):
+        if deadline is not None and time.time() >= deadline:
+            emit("note", step, content="the run's time limit has passed")
+            return outcome(False, error=RUN_TIMEOUT_ERROR, steps=step)
         if offered and step == budget - LAST_CALLS and step > 0:
             note(step, (LAST_CALLS_NOTE_TOOL if answer_tool is not None else LAST_CALLS_NOTE).format(n=LAST_CALLS))
         if auditor is not None:
@@ -274,6 +312,17 @@ def run_agent(
                 choice = first_tool if (step == 0 and first_tool in by_name) else None
             if bound_tools:
                 bound = model.bind_tools(bound_tools, tool_choice=choice) if choice else model.bind_tools(bound_tools)
+        fits, edit = policy.apply(messages, bound_tools)
+        if edit is not None:
+            usage.context_edits += 1
+            emit("context", step, policy="elide oldest tool results", **edit.model_dump())
+        sent = policy.estimate(messages, bound_tools)
+        if not fits:
+            error = (f"{CONTEXT_OVERFLOW}: the conversation needs ~{sent} prompt tokens and the {window.tokens}-token "
+                     f"window leaves {window.prompt_limit} beside a {window.max_output}-token reply, even with old "
+                     "tool results elided")
+            emit("note", step, content=error)
+            return outcome(False, error=error, steps=step)
         reply, cached = None, False
         if cache is not None:
             reply = cache.get(messages, bound_tools, choice)
@@ -283,14 +332,29 @@ def run_agent(
                 break
             t0 = time.perf_counter()
             try:
-                with request_slot(provider_key):
-                    reply = bound.invoke(messages)
+                def call() -> Any:
+                    if limit is None:
+                        return bound.invoke(messages)
+                    with limit.slot():
+                        return bound.invoke(messages)
+
+                reply = _call_before(call, deadline)
                 timers["model"] += time.perf_counter() - t0
+                if limit is not None:
+                    limit.succeeded()
                 break
+            except RunTimeout:
+                timers["model"] += time.perf_counter() - t0
+                emit("note", step, content="the run's time limit passed while waiting for the model")
+                return outcome(False, error=RUN_TIMEOUT_ERROR, steps=step + 1)
             except Exception as exc:
                 timers["model"] += time.perf_counter() - t0
                 kind = classify(exc)
                 message = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if overflow_error(exc):  # the server refused a request longer than its window: not transient
+                    emit("note", step, content=f"{CONTEXT_OVERFLOW}: {message}")
+                    return outcome(False, error=f"{CONTEXT_OVERFLOW}: the provider refused the request: {message}",
+                                   steps=step + 1)
                 if kind in ("auth", "not_found"):
                     emit("note", step, content=f"provider error, not retried: {message}")
                     raise ProviderError(describe_provider(kind, exc) if describe_provider else message) from exc
@@ -304,13 +368,22 @@ def run_agent(
                     raise ProviderUnavailable(f"{where}: model call failed after {retries + 1} attempts: "
                                               f"{message}") from exc
                 wait = _wait_seconds(exc, attempt)
+                if limit is not None and (status_code(exc) == 429 or "RateLimitError" in type(exc).__name__):
+                    limit.rate_limited(wait)  # every request to this provider waits, and fewer go at once
                 emit("note", step, content=f"retry {attempt + 1}/{retries} in {wait:.1f} s after {message}")
+                if deadline is not None and time.time() + wait >= deadline:
+                    emit("note", step, content="the run's time limit passes before the retry")
+                    return outcome(False, error=RUN_TIMEOUT_ERROR, steps=step + 1)
                 time.sleep(wait)
         if cache is not None and not cached:
             cache.put(messages, bound_tools, choice, reply)
         usage.model_calls += 1
         usage.cached_calls += int(cached)
         meta = getattr(reply, "usage_metadata", None) or {}
+        reported = int(meta.get("input_tokens", 0) or 0)
+        if not cached:
+            policy.calibrate(sent, reported)
+        usage.peak_prompt_tokens = max(usage.peak_prompt_tokens, reported or sent)
         usage.input_tokens += int(meta.get("input_tokens", 0) or 0)
         usage.output_tokens += int(meta.get("output_tokens", 0) or 0)
         answer, thinking = reply_parts(reply)
@@ -320,13 +393,27 @@ def run_agent(
         usage.reasoning_tokens += reasoning
         tool_calls = list(getattr(reply, "tool_calls", None) or [])
         invalid = list(getattr(reply, "invalid_tool_calls", None) or [])
+        written = None
+        if not tool_calls and not invalid and bound_tools:  # no tool parser on the serving stack?
+            parsed, rest, written = parse_text_tool_calls(answer, {t.name for t in bound_tools})
+            if parsed:
+                tool_calls = [{**c, "id": f"text_{step}_{i}", "type": "tool_call"} for i, c in enumerate(parsed)]
+                usage.text_tool_calls += len(tool_calls)
+                answer = rest
+                reply = reply.model_copy(update={"tool_calls": tool_calls, "content": rest})
+        overflow = None if cached else reply_overflow(reply, window, sent)
         emit("assistant", step, content=answer, reasoning=thinking, cached=cached,
              seconds=round(time.perf_counter() - t0, 4) if not cached else 0.0,
              tool_calls=[{"id": c.get("id") or "", "name": c.get("name"), "args": c.get("args") or {}}
                          for c in tool_calls] + [{"id": b.get("id") or "", "name": b.get("name"),
                                                   "args": {"_invalid": str(b.get("args"))[:500]}} for b in invalid],
              usage={"input_tokens": int(meta.get("input_tokens", 0) or 0),
-                    "output_tokens": int(meta.get("output_tokens", 0) or 0), "reasoning_tokens": reasoning})
+                    "output_tokens": int(meta.get("output_tokens", 0) or 0), "reasoning_tokens": reasoning},
+             context={"estimated_prompt_tokens": sent, "window": window.tokens},
+             **({"tool_calls_written_as": written} if written else {}))
+        if overflow is not None:
+            emit("note", step, content=f"{CONTEXT_OVERFLOW}: {overflow}")
+            return outcome(False, text=answer, error=f"{CONTEXT_OVERFLOW}: {overflow}", steps=step + 1)
         messages.append(_without_thinking(reply, answer))
 
         if tool_calls or invalid:

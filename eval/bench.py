@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agents.runner import RUN_TIMEOUT_ERROR
 from eval.store import ResultStore, RunKey, RunResult
 
 
@@ -46,6 +47,10 @@ class BenchSpec(BaseModel):
     cache: bool = False
     out: Path = Path("runs/bench")
     data_dir: str | None = None
+    #: one run's wall-clock limit (None: none); a run cut by it is scored with run_timeout failures
+    run_timeout_s: float | None = Field(default=None, gt=0)
+    #: stop starting runs once this bench invocation has spent this many USD (the next one resumes)
+    cost_limit: float | None = Field(default=None, ge=0)
 
 
 def environments_dir(spec: BenchSpec) -> Path:
@@ -114,27 +119,59 @@ def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
     from eval.scoring import GRADER_VERSION
     from graphs import run as graph_run
 
+    from graphs import runtime
+
     config = run_config(spec, key, env_root)
     thread = graph_run.default_thread_id(config)
     db = spec.out / "checkpoints.sqlite"
     transcript = str(graph_run.transcript_path(db, thread))
     started = time.perf_counter()
+    runtime.set_deadline(config, time.time() + spec.run_timeout_s if spec.run_timeout_s else None)
+    window = model_window(spec)
     try:
         state = graph_run.run_task(config, db, thread)
     except ProviderError:
         raise
     except Exception as exc:  # provider retries ran out, or the workflow broke: not a score, run again later
         return RunResult(key=key, grader_version=GRADER_VERSION, thread_id=thread,
-                         subtasks={s: False for s in ("S1", "C1", "S2", "C2", "C3", "S3", "S4")},
+                         subtasks={s: False for s in SUBTASKS},
                          wall_seconds=round(time.perf_counter() - started, 2),
                          failed=f"{type(exc).__name__}: {str(exc)[:300]}",
-                         failures={s: "infrastructure_error" for s in ("S1", "C1", "S2", "C2", "C3", "S3", "S4")},
+                         failures={s: "infrastructure_error" for s in SUBTASKS},
                          sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed,
-                         transcript=transcript if Path(transcript).is_file() else None)
+                         transcript=transcript if Path(transcript).is_file() else None, context_window=window)
+    finally:
+        runtime.set_deadline(config, None)
     result = result_from_state(key, thread, state, time.perf_counter() - started,
                                sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
+    timed_out = any(a.get("error") == RUN_TIMEOUT_ERROR for a in state.get("agents", []))
     return result.model_copy(update={"transcript": transcript if Path(transcript).is_file() else None,
-                                     "outcome": _with_reference(config, result.outcome)})
+                                     "outcome": _with_reference(config, result.outcome), "context_window": window,
+                                     "cost_usd": run_cost(spec, result.usage), "timed_out": timed_out})
+
+
+SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
+
+
+def model_window(spec: BenchSpec) -> dict[str, Any] | None:
+    """The context window the bench's model uses, as recorded in results and the manifest."""
+    from agents.models import ModelSettings, resolve_spec, with_window
+
+    info = resolve_spec(spec.model, ModelSettings(timeout_s=spec.timeout_s))
+    if info.provider == "baseline":
+        return None
+    return with_window(info, timeout_s=min(spec.timeout_s, 15.0)).window.model_dump()
+
+
+def run_cost(spec: BenchSpec, usage: dict[str, Any]) -> float | None:
+    """USD of one run at the pricing table's prices (None when a hosted model has no price)."""
+    from agents.models import resolve_spec
+    from agents.pricing import price_for
+
+    price = price_for(resolve_spec(spec.model))
+    if price is None:
+        return None
+    return price.cost(int(usage.get("input_tokens", 0) or 0), int(usage.get("output_tokens", 0) or 0))
 
 
 def _with_reference(config, outcome: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -189,14 +226,18 @@ def result_from_state(key: RunKey, thread: str, state: dict[str, Any], seconds: 
 
 
 def _usage_by_role(agents: list[dict]) -> dict[str, Any]:
-    counted = ("input_tokens", "output_tokens", "reasoning_tokens", "tool_calls", "cached_calls")
-    out: dict[str, Any] = {**{k: 0 for k in counted}, "by_role": {},
+    counted = ("input_tokens", "output_tokens", "reasoning_tokens", "tool_calls", "cached_calls", "text_tool_calls",
+               "context_edits")
+    out: dict[str, Any] = {**{k: 0 for k in counted}, "by_role": {}, "peak_prompt_tokens": 0,
                            "agent_steps": 0, "agent_seconds": 0.0, "model_seconds": 0.0, "tool_seconds": 0.0}
     for a in agents:
+        peak = int(a.get("peak_prompt_tokens", 0) or 0)
+        out["peak_prompt_tokens"] = max(out["peak_prompt_tokens"], peak)
         out["agent_steps"] += a.get("steps", 0)
         for k in ("agent_seconds", "model_seconds", "tool_seconds"):
             out[k] = round(out[k] + a.get(k if k != "agent_seconds" else "seconds", 0.0), 4)
-        role = out["by_role"].setdefault(a["role"], {k: 0 for k in counted})
+        role = out["by_role"].setdefault(a["role"], {**{k: 0 for k in counted}, "peak_prompt_tokens": 0})
+        role["peak_prompt_tokens"] = max(role["peak_prompt_tokens"], peak)
         for k in counted:
             role[k] += a.get(k, 0) or 0
             out[k] += a.get(k, 0) or 0
@@ -207,12 +248,14 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
                      on_note: Callable[[str], None] | None = None) -> list[RunResult]:
     """Run every unfinished key of the matrix with ``spec.concurrency`` runs at a time.
 
-    Runs go to a thread pool of exactly ``spec.concurrency`` workers (asyncio's default pool holds
-    only cores + 4 threads, which capped concurrency on small machines). A fatal provider error
+    Each run gets a daemon thread of its own, ``spec.concurrency`` at a time (asyncio's default pool
+    holds only cores + 4 threads, which capped concurrency on small machines). With
+    ``spec.run_timeout_s`` a run still going that long after its limit is recorded as cut and left
+    behind. With ``spec.cost_limit`` no run starts once this invocation has spent that much
+    (:class:`CostLimitReached`). A fatal provider error
     stops the bench: runs not yet started are skipped and the error is raised once all started
     runs have ended (their checkpoints let the next bench resume them)."""
     import os
-    from concurrent.futures import ThreadPoolExecutor
 
     from agents.providers import ProviderError
     from eval.scoring import GRADER_VERSION
@@ -235,30 +278,87 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
     semaphore = asyncio.Semaphore(workers)
     finished = len(keys) - len(todo)
     fatal: list[ProviderError] = []
+    spent = {"usd": 0.0, "skipped": 0}
     loop = asyncio.get_running_loop()
 
-    async def one(key: RunKey, pool: ThreadPoolExecutor) -> RunResult | None:
+    async def one(key: RunKey) -> RunResult | None:
         nonlocal finished
         async with semaphore:
             if fatal:
                 return None
+            if spec.cost_limit is not None and spent["usd"] >= spec.cost_limit:
+                spent["skipped"] += 1
+                return None
+            future = _in_thread(loop, key.text, run_one, spec, key, env_root)
             try:
-                result = await loop.run_in_executor(pool, run_one, spec, key, env_root)
+                if spec.run_timeout_s:  # the agents stop at the limit; this catches a run stuck elsewhere
+                    result = await asyncio.wait_for(future, spec.run_timeout_s + HARD_TIMEOUT_GRACE_S)
+                else:
+                    result = await future
             except ProviderError as exc:
                 fatal.append(exc)
                 return None
+            except TimeoutError:
+                result = _cut_run(spec, key, env_root)
+        spent["usd"] += result.cost_usd or 0.0
         store.append(result)
         finished += 1
         if on_done:
             on_done(result, finished, len(keys))
         return result
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-run") as pool:
-        await asyncio.gather(*(one(k, pool) for k in todo))
+    await asyncio.gather(*(one(k) for k in todo))
     if fatal:
         raise fatal[0]
+    if spent["skipped"]:
+        raise CostLimitReached(f"cost limit reached: {spent['usd']:.4f} USD spent of --cost-limit {spec.cost_limit}; "
+                               f"{spent['skipped']} run(s) not started: run the same command again to go on")
     wanted = {k.text for k in keys}
     return [r for r in store.load(GRADER_VERSION) if r.key.text in wanted]
+
+
+#: how long after --run-timeout the bench stops waiting for a run stuck outside the agents (a tool)
+HARD_TIMEOUT_GRACE_S = 30.0
+
+
+def _in_thread(loop: asyncio.AbstractEventLoop, name: str, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+    """``fn(*args)`` in a daemon thread of its own: a run the watchdog abandons neither blocks the
+    next run nor keeps the process from exiting (a thread pool would wait for it at shutdown)."""
+    import threading
+
+    future: asyncio.Future = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            value, ok = fn(*args), True
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            value, ok = exc, False
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=target, name=f"bench-run {name}", daemon=True).start()
+    return future
+
+
+class CostLimitReached(RuntimeError):
+    """``--cost-limit`` stopped the bench before every run started (finished runs are kept)."""
+
+
+def _cut_run(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
+    """The record of a run the watchdog abandoned: every sub-task failed as run_timeout."""
+    from eval.scoring import GRADER_VERSION
+    from graphs import run as graph_run
+
+    config = run_config(spec, key, env_root)
+    return RunResult(key=key, grader_version=GRADER_VERSION, thread_id=graph_run.default_thread_id(config),
+                     subtasks={s: False for s in SUBTASKS}, failures={s: "run_timeout" for s in SUBTASKS},
+                     wall_seconds=round(spec.run_timeout_s + HARD_TIMEOUT_GRACE_S, 2), timed_out=True,
+                     errors=[f"run stopped by --run-timeout {spec.run_timeout_s} s (stuck outside an agent)"],
+                     sampling_seed=config.seed, temperature=config.temperature, env_seed=spec.seed)
 
 
 #: settings outside the run key that change what a run does: one value per results folder
@@ -283,6 +383,10 @@ def _settings(spec: BenchSpec) -> dict[str, Any]:
     from agents.models import ModelSettings, resolve_spec
     from eval.scoring import GRADER_VERSION
 
+    from agents.pricing import price_for
+
     info = resolve_spec(spec.model, ModelSettings(temperature=spec.temperature, seed=None))
+    price = price_for(info)
     return {**spec.model_dump(mode="json"), "model_info": info.model_dump(), "grader_version": GRADER_VERSION,
+            "context_window": model_window(spec), "price_usd_per_mtok": price.model_dump() if price else None,
             "sampling_seeds": {str(run): sampling_seed(spec, run) for run in range(1, spec.runs + 1)}}

@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--timeout", type=float, default=120.0, help="one model request's time limit (seconds)")
     bench.add_argument("--retries", type=int, default=5,
                        help="retries of a rate-limited, failed or timed-out request (backoff honours Retry-After)")
+    bench.add_argument("--run-timeout", type=float, default=None,
+                       help="one run's wall-clock limit in seconds: agents still working then fail as run_timeout "
+                            "and the sweep goes on")
+    bench.add_argument("--cost-limit", type=float, default=None,
+                       help="stop starting runs once this bench has spent this many USD (pricing: "
+                            "agents/model_prices.json, $FEDAGENTBENCH_MODEL_PRICES); the same command again resumes")
     bench.add_argument("--no-submit-tool", action="store_true",
                        help="do not offer agents the submit_answer tool (text protocol only, as in the paper)")
     bench.add_argument("--cache", action="store_true",
@@ -67,7 +73,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
 
     from environments.pools import fallback_line, manifest_fallbacks
-    from eval.bench import BenchSpec, environments_dir, run_matrix
+    from eval.bench import BenchSpec, CostLimitReached, environments_dir, run_matrix
 
     if args.runs < 1:
         raise ValueError("--runs must be at least 1")
@@ -75,6 +81,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--concurrency must be >= 1, --max-requests and --retries >= 0, --timeout > 0")
     if args.temperature < 0:
         raise ValueError("--temperature must be >= 0")
+    if (args.run_timeout is not None and args.run_timeout <= 0) or (args.cost_limit is not None and args.cost_limit < 0):
+        raise ValueError("--run-timeout must be > 0 and --cost-limit >= 0")
     unknown = [e for e in args.env if e not in ENVS]
     if unknown:
         raise ValueError(f"unknown environments {unknown}; choose from {', '.join(ENVS)}")
@@ -86,7 +94,8 @@ def _bench(args: argparse.Namespace) -> int:
                      modes=args.mode, runs=args.runs, scale=args.scale, seed=args.seed, temperature=args.temperature,
                      concurrency=args.concurrency, rounds=args.rounds, budget=args.budget,
                      submit_tool=not args.no_submit_tool, timeout_s=args.timeout, retries=args.retries,
-                     cache=args.cache, out=args.out or Path("runs") / f"bench-{safe_model}", data_dir=args.data_dir)
+                     cache=args.cache, out=args.out or Path("runs") / f"bench-{safe_model}", data_dir=args.data_dir,
+                     run_timeout_s=args.run_timeout, cost_limit=args.cost_limit)
     check_model(spec.model, args.timeout, args.max_requests)  # before anything is built
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -104,8 +113,16 @@ def _bench(args: argparse.Namespace) -> int:
                                    f"{passed}/7 in {result.wall_seconds:.0f} s (seed {result.sampling_seed}){tag}")
             progress.update(bar, completed=finished, total=total)
 
-        results = asyncio.run(run_matrix(spec, on_done=done, on_note=note))
+        try:
+            results = asyncio.run(run_matrix(spec, on_done=done, on_note=note))
+        except CostLimitReached as exc:
+            stopped, results = str(exc), None
+        else:
+            stopped = None
     _print_tables(console, spec.out)
+    if stopped:  # a clean stop: the finished runs are in the tables; the next bench resumes
+        print(stopped, file=sys.stderr)
+        return 3
     line = fallback_line(manifest_fallbacks([environments_dir(spec) / e for e in spec.environments]))
     if line:
         print(line, file=sys.stderr)
@@ -114,15 +131,34 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def check_model(spec: str, timeout_s: float, max_requests: int = 0) -> None:
-    """Resolve the spec and check key, host and model (one clear error, exit 2, before any work)."""
+    """Resolve the spec and check key, host, model and context window (one clear error, exit 2,
+    before any work): a window that cannot hold the largest role's system prompt, tool schemas and
+    task beside a minimal reply is refused, rather than scored on what the server cut."""
     import os
+    import sys
 
-    from agents.models import ModelSettings, resolve_spec
-    from agents.providers import preflight
+    from agents.context import minimum_window
+    from agents.models import ModelSettings, resolve_spec, with_window
+    from agents.pricing import missing_price_message, price_for
+    from agents.providers import ProviderError, preflight
 
     if max_requests:
         os.environ["FEDAGENTBENCH_MAX_REQUESTS"] = str(max_requests)
-    preflight(resolve_spec(spec, ModelSettings(timeout_s=timeout_s)), timeout_s=min(timeout_s, 15.0))
+    info = resolve_spec(spec, ModelSettings(timeout_s=timeout_s))
+    preflight(info, timeout_s=min(timeout_s, 15.0))
+    if info.provider == "baseline":
+        return
+    window = with_window(info, timeout_s=min(timeout_s, 15.0)).window
+    if window.tokens is not None:
+        needed, role = minimum_window()
+        if window.tokens < needed:
+            hint = "raise num_ctx in the spec or serve a longer-context model" if info.provider == "ollama" \
+                else "serve the model with a longer context (vLLM --max-model-len, llama.cpp -c)"
+            raise ProviderError(f"the context window of {info.spec!r} is {window.tokens} tokens ({window.source}); "
+                                f"the benchmark needs at least {needed} ({role}: system prompt, tool schemas and task "
+                                f"plus a reply): {hint}")
+    if price_for(info) is None:
+        print(f"warning: {missing_price_message(info)}", file=sys.stderr)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -150,6 +186,7 @@ def _print_tables(console, folder: Path) -> None:
         SUBTASKS,
         failure_table,
         format_ci,
+        format_cost,
         format_outcome,
         format_se,
         leaderboard,
@@ -201,6 +238,13 @@ def _print_tables(console, folder: Path) -> None:
     console.print(overall)
     for note in noise_notes(board):
         console.print(f"noise: {note}", highlight=False)
+    costs = table("time, cost and context window", ["model", "guidance", "mode", "cost USD", "s/run", "window",
+                                                    "peak prompt", "overflows", "text calls", "timed out"])
+    for b in board:
+        costs.add_row(b["model"], b["guidance"], b["mode"], format_cost(b), f"{b['seconds_per_run']:.0f}",
+                      b["context_window"], str(b["peak_prompt_tokens"]), str(b["context_overflows"]),
+                      str(b["text_tool_calls"]), str(b["timed_out_runs"]))
+    console.print(costs)
     failures = failure_table(everything)
     if failures:
         why = table("why sub-tasks failed (failure classes; infrastructure failures: whole runs, not scored)",

@@ -151,6 +151,7 @@ def group_statistics(results: list[RunResult]) -> dict[str, Any]:
         stats[f"pass^k_{s}"] = pass_k([[r.subtasks.get(s, False) for r in rs] for rs in instances])
     stats["tokens"] = sum(r.usage.get("input_tokens", 0) + r.usage.get("output_tokens", 0) for r in results)
     stats["wall_seconds"] = round(sum(r.wall_seconds for r in results), 1)
+    stats.update(cost_and_context(results))
     stats["privacy_violations"] = sum(r.privacy_violations for r in results)
     stats["failed_runs"] = sum(1 for r in results if r.failed)
     stats.update(outcome_statistics(results))
@@ -313,6 +314,29 @@ def load_current(folder: str | Path) -> tuple[list[RunResult], str | None]:
     return results, warning
 
 
+def cost_and_context(results: list[RunResult]) -> dict[str, Any]:
+    """Money, time and the context window: what a run costs and what the serving stack did to it."""
+    costs = [r.cost_usd for r in results]
+    known = [c for c in costs if c is not None]
+    windows = sorted({(r.context_window or {}).get("tokens") for r in results if r.context_window}, key=str)
+    runs = max(1, len(results))
+    return {
+        "cost_usd": round(sum(known), 4) if known and len(known) == len(costs) else None,
+        "cost_per_run_usd": round(sum(known) / runs, 4) if known and len(known) == len(costs) else None,
+        "seconds_per_run": round(sum(r.wall_seconds for r in results) / runs, 1),
+        "context_window": ",".join(str(w) for w in windows) or "-",
+        "peak_prompt_tokens": max((int(r.usage.get("peak_prompt_tokens", 0) or 0) for r in results), default=0),
+        "context_edits": sum(int(r.usage.get("context_edits", 0) or 0) for r in results),
+        "context_overflows": sum(1 for r in results for c in r.failures.values() if c == "context_overflow"),
+        "text_tool_calls": sum(int(r.usage.get("text_tool_calls", 0) or 0) for r in results),
+        "timed_out_runs": sum(1 for r in results if r.timed_out),
+    }
+
+
+def format_cost(row: dict[str, Any]) -> str:
+    return "unpriced" if row.get("cost_usd") is None else f"{row['cost_usd']:.4f} ({row['cost_per_run_usd']:.4f}/run)"
+
+
 def write_reports(folder: str | Path) -> dict[str, Path]:
     """Write leaderboard.md, summary.csv, summary.json and report.html into ``folder``."""
     import pandas as pd
@@ -376,6 +400,16 @@ def _markdown(board: list[dict], rows: list[dict]) -> str:
     for a in board:
         lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {a['k']} | "
                      + " | ".join(f"{a[f'pass^k_{s}']:.2f}" for s in SUBTASKS) + f" | {a['pass^k']:.2f} |")
+    lines += ["", "## Time, cost and context", "",
+              "USD at the list prices of agents/model_prices.json (self-hosted: 0); window: the context window the "
+              "requests used; overflows: sub-tasks failed as context_overflow; text calls: tool calls the model "
+              "wrote as text (the serving stack had no tool parser).", "",
+              "| model | guidance | mode | cost USD | seconds/run | window | peak prompt | context edits | overflows "
+              "| text calls | timed-out runs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in board:
+        lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {format_cost(a)} | {a['seconds_per_run']} | "
+                     f"{a['context_window']} | {a['peak_prompt_tokens']} | {a['context_edits']} | "
+                     f"{a['context_overflows']} | {a['text_tool_calls']} | {a['timed_out_runs']} |")
     lines += ["", "## Per environment", "",
               "| model | environment | guidance | mode | instances | runs | overall | SE (run-to-run) | pass^k |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -63,6 +63,12 @@ class RunResult(BaseModel):
     env_seed: int | None = None
     #: the trained model on the held-out test set, with the ratio to the oracle's (eval.outcome.Outcome)
     outcome: dict[str, Any] | None = None
+    #: the context window the model's requests used (agents.context.ContextWindow: tokens, source, ...)
+    context_window: dict[str, Any] | None = None
+    #: USD at the pricing table's list prices (0 for self-hosted models; None: no price known)
+    cost_usd: float | None = None
+    #: the run's wall-clock limit (--run-timeout) cut it: agents not done by then failed as run_timeout
+    timed_out: bool = False
 
 
 class ResultStore:

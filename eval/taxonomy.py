@@ -14,13 +14,15 @@ from typing import Any
 CLASSES: tuple[str, ...] = (
     "infrastructure_error",        # the provider or the harness failed: the run is not scored
     "privacy_violation",           # a model input or transcript carried pixels, identifiers or key content
+    "run_timeout",                 # the run's wall-clock limit (--run-timeout) passed before the agent answered
+    "context_overflow",            # the conversation outgrew the model's context window (refused, cut or truncated)
     "repeated_call_loop",          # the budget ran out while the agent repeated identical calls
     "budget_exhausted",            # the budget ran out without an answer
     "unparseable_or_empty_answer", # an answer came, in no readable form
     "unknown_tool",                # called a tool it does not have
     "bad_path",                    # a path outside the workspace or one that does not exist
     "tool_argument_error",         # malformed or invalid tool arguments
-    "request_refused",             # the provider refused a request (e.g. the context grew too long)
+    "request_refused",             # the provider refused a request for another reason (HTTP 400 ...)
     "harness_error",               # the agent could not be started
     "not_reached",                 # the agent never ran: an earlier phase left it nothing to do
     "wrong_answer",                # the agent answered, readably, and the answer was wrong
@@ -39,7 +41,11 @@ def agent_classes(agent: dict[str, Any]) -> list[str]:
     if agent.get("privacy_violations"):
         found.append("privacy_violation")
     if not agent.get("ok", False):
-        if "step budget" in error:
+        if error.startswith("context overflow"):
+            found.append("context_overflow")
+        elif error.startswith("run time limit"):
+            found.append("run_timeout")
+        elif "step budget" in error:
             found.append("repeated_call_loop" if agent.get("repeated_calls", 0) >= 2 else "budget_exhausted")
         elif "unparseable answer" in error or "empty answer" in error:
             found.append("unparseable_or_empty_answer")

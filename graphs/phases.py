@@ -90,6 +90,7 @@ def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None
             transcript=runtime.transcript_writer(config), cache=runtime.response_cache(config),
             retries=config.retries, provider_key=runtime.provider_key(config),
             describe_provider=runtime.provider_message(config),
+            window=runtime.context_window(config), deadline=runtime.deadline(config),
         )
     except (ProviderError, ProviderUnavailable):
         raise
@@ -111,7 +112,8 @@ def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None
         "privacy_violations": len(privacy),
         "model_calls": outcome.usage.model_calls, "input_tokens": outcome.usage.input_tokens,
         "output_tokens": outcome.usage.output_tokens, "reasoning_tokens": outcome.usage.reasoning_tokens,
-        "cached_calls": outcome.usage.cached_calls,
+        "cached_calls": outcome.usage.cached_calls, "peak_prompt_tokens": outcome.usage.peak_prompt_tokens,
+        "text_tool_calls": outcome.usage.text_tool_calls, "context_edits": outcome.usage.context_edits,
     }
     update: dict[str, Any] = {
         "agents": [summary],

@@ -104,6 +104,33 @@ def model_info(config: RunConfig):
                                                     timeout_s=config.timeout_s, retries=config.retries))
 
 
+def context_window(config: RunConfig):
+    """The run's context window (:class:`agents.context.ContextWindow`; None for scripted models)."""
+    if config.model in MODEL_OVERRIDES:
+        return None
+    from agents.models import with_window
+
+    return with_window(model_info(config)).window
+
+
+#: run deadlines (``time.time()``) by run folder: outside the checkpointed config, so a resumed run
+#: gets the limit of the bench that resumes it
+_deadlines: dict[str, float] = {}
+
+
+def set_deadline(config: RunConfig, deadline: float | None) -> None:
+    with _lock:
+        if deadline is None:
+            _deadlines.pop(str(run_root(config)), None)
+        else:
+            _deadlines[str(run_root(config))] = deadline
+
+
+def deadline(config: RunConfig) -> float | None:
+    with _lock:
+        return _deadlines.get(str(run_root(config)))
+
+
 def provider_key(config: RunConfig) -> str | None:
     """Which provider's request cap a call counts against (None: a baseline, no cap)."""
     if config.model in MODEL_OVERRIDES:

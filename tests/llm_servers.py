@@ -222,7 +222,16 @@ class _ScriptedServer:
 
 
 class OpenAICompatibleServer(_ScriptedServer):
-    """``POST /v1/chat/completions`` (JSON or SSE) and ``GET /v1/models``, OpenAI's wire format."""
+    """``POST /v1/chat/completions`` (JSON or SSE) and ``GET /v1/models``, OpenAI's wire format.
+
+    ``max_model_len`` adds vLLM's field to every ``/v1/models`` entry; ``n_ctx`` serves llama.cpp's
+    ``GET /props`` (``default_generation_settings.n_ctx``)."""
+
+    def __init__(self, script: Script, models: list[str] | None = None, api_key: str | None = None,
+                 max_model_len: int | None = None, n_ctx: int | None = None):
+        super().__init__(script, models, api_key)
+        self.max_model_len = max_model_len
+        self.n_ctx = n_ctx
 
     #: status -> OpenAI's error "type" and default "code"; other statuses are "server_error"
     _ERROR_KINDS: ClassVar[dict[int, tuple[str, str | None]]] = {
@@ -249,8 +258,11 @@ class OpenAICompatibleServer(_ScriptedServer):
         if not self._authorized(handler):
             key = (handler.headers.get("Authorization") or "").removeprefix("Bearer ")
             return self._error(handler, 401, f"Incorrect API key provided: {key[:3]}***.")
+        if handler.command == "GET" and path == "/props" and self.n_ctx:
+            return handler.send_json(200, {"default_generation_settings": {"n_ctx": self.n_ctx}, "total_slots": 1})
         if handler.command == "GET" and path == "/v1/models":
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "scripted"}
+            extra = {"max_model_len": self.max_model_len} if self.max_model_len else {}
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "scripted", **extra}
                     for m in self.models or []]
             return handler.send_json(200, {"object": "list", "data": data})
         if handler.command == "GET" and path.startswith("/v1/models/"):  # OpenAI: retrieve one model
@@ -325,9 +337,25 @@ class OpenAICompatibleServer(_ScriptedServer):
 
 
 class OllamaServer(_ScriptedServer):
-    """Ollama's own API: ``/api/chat`` (NDJSON or JSON), ``/api/tags``, ``/api/show``, ``/api/version``."""
+    """Ollama's own API: ``/api/chat`` (NDJSON or JSON), ``/api/tags``, ``/api/show``, ``/api/version``.
+
+    ``context_length`` is the model's window as ``/api/show`` reports it (``<arch>.context_length``).
+    With ``window_rules`` the server keeps Ollama's context rules: a request without
+    ``options.num_ctx`` gets ``default_num_ctx``; tool schemas, messages and the generated tokens
+    (thinking included) count against the window; a prompt that does not fit loses messages from the
+    start, silently (the script sees only what was kept, ``prompt_eval_count`` counts only that); a
+    generation that reaches the window or ``num_predict`` stops with ``done_reason: length``.
+    ``overflows`` counts the requests whose prompt or generation did not fit."""
 
     VERSION = "0.12.6"
+
+    def __init__(self, script: Script, models: list[str] | None = None, api_key: str | None = None,
+                 context_length: int | None = None, window_rules: bool = False, default_num_ctx: int = 4096):
+        super().__init__(script, models, api_key)
+        self.context_length = context_length
+        self.window_rules = window_rules
+        self.default_num_ctx = default_num_ctx
+        self.overflows = 0
 
     @property
     def base_url(self) -> str:
@@ -361,7 +389,9 @@ class OllamaServer(_ScriptedServer):
                 return handler.send_json(404, {"error": f"model '{model}' not found"})
             return handler.send_json(200, {
                 "modelfile": "", "parameters": "", "template": "{{ .Prompt }}", "details": self._details(),
-                "model_info": {"general.architecture": "scripted"}, "modified_at": "2025-01-01T00:00:00Z",
+                "model_info": {"general.architecture": "scripted",
+                               **({"scripted.context_length": self.context_length} if self.context_length else {})},
+                "modified_at": "2025-01-01T00:00:00Z",
                 "capabilities": ["completion", "tools", "thinking"]})
         if handler.command == "POST" and path == "/api/chat":
             return self._chat(handler, body or {})
@@ -371,21 +401,27 @@ class OllamaServer(_ScriptedServer):
         model = body.get("model", "")
         if not self._known(model):
             return handler.send_json(404, {"error": f'model "{model}" not found, try pulling it first'})
+        stop = "stop"
+        if self.window_rules:
+            body, prompt = self._fit(body)
         reply = self._next_reply(body)
         self._wait(reply)
         if reply.status != 200:
             error = reply.error or HTTPStatus(reply.status).phrase
             return handler.send_json(reply.status, {"error": error}, reply.headers)
+        if self.window_rules:
+            reply, completion, stop = self._generate(body, reply, prompt)
+        else:
+            prompt, completion = self._usage(body, reply)
         calls = [{"function": {"name": tc["name"], "arguments": tc.get("args", {})}}
                  for tc in reply.tool_calls]
-        prompt, completion = self._usage(body, reply)
 
         def line(message: dict, done: bool = False) -> dict:
             now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
             out = {"model": model, "created_at": now,
                    "message": {"role": "assistant", "content": "", **message}, "done": done}
             if done:
-                out.update(done_reason="stop", total_duration=1_000_000, load_duration=100_000,
+                out.update(done_reason=stop, total_duration=1_000_000, load_duration=100_000,
                            prompt_eval_count=prompt, prompt_eval_duration=200_000,
                            eval_count=completion, eval_duration=700_000)
             return out
@@ -405,3 +441,37 @@ class OllamaServer(_ScriptedServer):
         for message in parts:
             handler.write(json.dumps(line(message)) + "\n")
         handler.write(json.dumps(line({}, done=True)) + "\n")
+
+    # -- Ollama's context rules ------------------------------------------------------------------
+    def _window(self, body: dict) -> int:
+        return int((body.get("options") or {}).get("num_ctx") or self.default_num_ctx)
+
+    def _fit(self, body: dict) -> tuple[dict, int]:
+        """The request as the model sees it: messages dropped from the start until the prompt fits."""
+        window = self._window(body)
+        tools = _rough_tokens(json.dumps(body.get("tools") or [])) if body.get("tools") else 0
+        messages = list(body.get("messages") or [])
+        size = tools + _rough_tokens(json.dumps(messages))
+        if size > window:
+            with self._lock:
+                self.overflows += 1
+            while messages and tools + _rough_tokens(json.dumps(messages)) > window:
+                messages.pop(0)
+            size = tools + _rough_tokens(json.dumps(messages)) if messages else tools
+        return {**body, "messages": messages}, min(size, window)
+
+    def _generate(self, body: dict, reply: Reply, prompt: int) -> tuple[Reply, int, str]:
+        """The reply cut where the window or ``num_predict`` ends it (thinking comes first)."""
+        room = self._window(body) - prompt
+        predict = (body.get("options") or {}).get("num_predict")
+        if isinstance(predict, int) and predict > 0:
+            room = min(room, predict)
+        thinking = reply.reasoning or ""
+        answer = reply.content + (json.dumps(reply.tool_calls) if reply.tool_calls else "")
+        needed = (_rough_tokens(thinking) if thinking else 0) + (_rough_tokens(answer) if answer else 0)
+        if needed <= room:
+            return reply, needed, "stop"
+        with self._lock:
+            self.overflows += 1
+        kept = thinking[:max(0, room) * 4]
+        return Reply(content="", reasoning=kept), max(0, room), "length"
