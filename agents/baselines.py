@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolM
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict
 
-from environments.concepts import ENVIRONMENTS
+from agents.skyline_knowledge import MODALITIES  # the six environments' names, without the builder's tables
 
 _ROLE = re.compile(r"^Agent (S\d|C\d)(?: at client (\S+?))?[: ]")
 CUE_WORDS: tuple[tuple[str, str], ...] = (
@@ -133,7 +133,7 @@ def request_facts(text: str) -> dict[str, Any]:
     from eval.scoring import normalise_modality
 
     modality = normalise_modality(text)
-    if modality not in ENVIRONMENTS:
+    if modality not in MODALITIES:
         modality = ""
     m = re.search(r"target classes \[([^\]]+)\]", text) or re.search(r"with classes: ([^.]+)\.", text)
     targets = [t.strip() for t in m.group(1).split(",")] if m else []

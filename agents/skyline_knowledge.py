@@ -12,6 +12,11 @@ or a set of diabetic-retinopathy grades on the international scale), then the fi
 to a target class from the target's own meaning and the note's rules ("X count as T", "X are left
 out", "Grades 0-1 are non_referable").
 
+Its vocabulary is published vocabulary: every whole-label code (:data:`PUBLISHED_CODES`) names the
+dataset paper, grading scale or clinical usage that defines it, and coded labels a card explains are
+read through the card's legend, as an LLM would read them. Codes that no source publishes and no
+legend explains stay unknown: the environment must explain them, the skyline does not guess.
+
 Nothing here reads the answer key or imports the environment builder (a test checks the imports).
 """
 
@@ -260,36 +265,55 @@ _NORMAL_FUNDUS = _f("dr", "normal", grades=(0,))
 
 Term = tuple[str, "Finding | None | Callable[[re.Match[str]], Finding | None]"]
 
-#: whole-label abbreviations, per domain (lower case); a label is looked up here before phrases
-_EXACT: dict[str, dict[str, Finding | None]] = {
-    "skin": {
-        "mel": _MEL, "mm": _MEL, "nv": _NAEVUS, "nev": _NAEVUS, "ml": _NAEVUS, "bkl": _SK, "sk": _SK, "sek": _SK,
-        "bcc": _BCC, "scc": _SCC, "akiec": _AK, "ak": _AK, "ack": _AK, "iec": _AK, "df": _DF, "vasc": _VASC,
-        "pyo": _VASC, "ben": _BENIGN, "b": _BENIGN, "mal": _MALIGNANT, "m": _MALIGNANT, "unk": NEUTRAL,
-        "misc": NEUTRAL,
-    },
-    "us": {"n": _NORMAL, "nor": _NORMAL, "b": _BENIGN, "ben": _BENIGN, "m": _MALIGNANT, "mal": _MALIGNANT},
-    "retina": {
-        "r0": _grade(0), "r1": _grade(1), "r2": _grade(2), "r3": _grade(3), "r4": _grade(4),
-        "nrdr": _grade(0, 1), "rdr": _grade(2, 3, 4), "dr": _ANY_DR, "pdr": _grade(4), "npdr": _grade(1, 2, 3),
-        "rg": OTHER, "nrg": OTHER,
-    },
-    "histo": {
-        "n": _NORMAL, "b": _H_BENIGN, "ben": _H_BENIGN, "m": _H_MALIGNANT, "mal": _H_MALIGNANT, "a": _ADENOSIS,
-        "f": _FIBROADENOMA, "pt": _PHYLLODES, "ta": _TUBULAR, "dc": _DUCTAL, "idc": _DUCTAL, "dcis": _DCIS,
-        "lc": _LOBULAR, "mc": _MUCINOUS, "pc": _PAPILLARY, "ic": _INVASIVE, "pb": _H_BENIGN, "udh": _H_BENIGN,
-        "fea": _ATYPIA, "adh": _ATYPIA,
-    },
-    "brain": {
-        "gl": _GLIOMA, "g": _GLIOMA, "me": _MENINGIOMA, "m": _MENINGIOMA, "pi": _PITUITARY, "p": _PITUITARY,
-        "no": _NORMAL, "n": _NORMAL, "t": _TUMOUR, "y": _TUMOUR, "yes": _TUMOUR, "cn": OTHER, "mci": OTHER,
-        "ad": OTHER,
-    },
-    "chest": {
-        "n": _NORMAL, "nor": _NORMAL, "p": _PNEUMONIA, "pna": _PNEUMONIA, "bac": _BACTERIAL, "vir": _VIRAL,
-        "cov": _COVID, "tb": OTHER,
-    },
-}
+# sources of the published codes below, cited once
+_HAM = "HAM10000 (Tschandl et al., Sci Data 2018)"
+_ISIC19 = "ISIC 2019 challenge (Combalia et al. 2019)"
+_PAD = "PAD-UFES-20 (Pacheco et al., Data in Brief 2020)"
+_DERM7PT = "Derm7pt (Kawahara et al., IEEE JBHI 2019)"
+_DERMOFIT = "Dermofit Image Library (Ballerini et al. 2013)"
+_CLIN = "common clinical abbreviation"
+_ABUS = "TDSC-ABUS 2023 challenge (B / M)"
+_ICDR = "International Clinical DR severity scale (Wilkinson et al. 2003)"
+_AIROGS = "AIROGS (de Vente et al., IEEE TMI 2023): referable / no referable glaucoma"
+_BREAKHIS = "BreakHis (Spanhol et al., IEEE TBME 2016)"
+_BRACS = "BRACS (Brancati et al., Database 2022)"
+_IDC = "Breast Histopathology IDC (Janowczyk & Madabhushi 2016)"
+_BR35H = "Br35H / Brain MRI Images for Brain Tumor Detection: folders yes / no"
+_ADNI = "ADNI diagnostic groups (adni.loni.usc.edu)"
+
+#: whole-label codes as public datasets, ontologies and clinicians publish them, per domain:
+#: (domain, code, finding, source). A label is looked up here (case-insensitively) before phrases.
+#: Written from the sources named, never from the environment builder's tables.
+PUBLISHED_CODES: tuple[tuple[str, str, Finding | None, str], ...] = (
+    ("skin", "mel", _MEL, _HAM), ("skin", "nv", _NAEVUS, _HAM), ("skin", "bkl", _SK, _HAM),
+    ("skin", "bcc", _BCC, _HAM), ("skin", "akiec", _AK, _HAM), ("skin", "df", _DF, _HAM),
+    ("skin", "vasc", _VASC, _HAM), ("skin", "ak", _AK, _ISIC19), ("skin", "scc", _SCC, _ISIC19),
+    ("skin", "unk", NEUTRAL, _ISIC19), ("skin", "mm", _MEL, _CLIN + " (malignant melanoma)"),
+    ("skin", "nev", _NAEVUS, _PAD), ("skin", "sek", _SK, _PAD), ("skin", "ack", _AK, _PAD),
+    ("skin", "sk", _SK, _DERM7PT), ("skin", "misc", NEUTRAL, _DERM7PT),
+    ("skin", "ml", _NAEVUS, _DERMOFIT + " (melanocytic naevus)"), ("skin", "iec", _AK, _DERMOFIT),
+    ("skin", "pyo", _VASC, _DERMOFIT + " (pyogenic granuloma)"),
+    ("us", "b", _BENIGN, _ABUS), ("us", "m", _MALIGNANT, _ABUS),
+    ("retina", "dr", _ANY_DR, _CLIN + " (diabetic retinopathy)"),
+    ("retina", "npdr", _grade(1, 2, 3), _ICDR), ("retina", "pdr", _grade(4), _ICDR),
+    ("retina", "rdr", _grade(2, 3, 4), "referable DR (Gulshan et al., JAMA 2016)"),
+    ("retina", "rg", OTHER, _AIROGS), ("retina", "nrg", OTHER, _AIROGS),
+    ("histo", "b", _H_BENIGN, _BREAKHIS), ("histo", "m", _H_MALIGNANT, _BREAKHIS),
+    ("histo", "a", _ADENOSIS, _BREAKHIS), ("histo", "f", _FIBROADENOMA, _BREAKHIS),
+    ("histo", "pt", _PHYLLODES, _BREAKHIS), ("histo", "ta", _TUBULAR, _BREAKHIS),
+    ("histo", "dc", _DUCTAL, _BREAKHIS), ("histo", "lc", _LOBULAR, _BREAKHIS),
+    ("histo", "mc", _MUCINOUS, _BREAKHIS), ("histo", "pc", _PAPILLARY, _BREAKHIS),
+    ("histo", "idc", _DUCTAL, _IDC), ("histo", "n", _NORMAL, _BRACS), ("histo", "pb", _H_BENIGN, _BRACS),
+    ("histo", "udh", _H_BENIGN, _BRACS), ("histo", "fea", _ATYPIA, _BRACS), ("histo", "adh", _ATYPIA, _BRACS),
+    ("histo", "dcis", _DCIS, _BRACS), ("histo", "ic", _INVASIVE, _BRACS),
+    ("brain", "yes", _TUMOUR, _BR35H), ("brain", "no", _NORMAL, _BR35H),
+    ("brain", "cn", OTHER, _ADNI), ("brain", "mci", OTHER, _ADNI), ("brain", "ad", OTHER, _ADNI),
+    ("chest", "pna", _PNEUMONIA, _CLIN + " (pneumonia)"), ("chest", "tb", OTHER, _CLIN + " (tuberculosis)"),
+)
+
+_EXACT: dict[str, dict[str, Finding | None]] = {}
+for _domain, _code, _finding, _source in PUBLISHED_CODES:
+    _EXACT.setdefault(_domain, {})[_code] = _finding
 
 #: ODIR's one-letter diagnoses (ODIR-5K and its Kaggle re-releases)
 _ODIR_LETTERS: dict[str, Finding] = {"n": _NORMAL_FUNDUS, "d": _ANY_DR, "g": OTHER, "c": OTHER, "a": OTHER, "h": OTHER,
@@ -334,7 +358,7 @@ _PHRASES: dict[str, list[Term]] = {
     "retina": [
         (r"\bblur\w*|\bpoor quality\b", OTHER),
         (r"\bhypertensi\w*(?: retinopathy)?\b", OTHER),
-        (r"\bno (?:apparent )?(?:dr|diabetic retinopathy)\b|\bno ?dr\b|\bwithout (?:dr|diabetic retinopathy)\b",
+        (r"\bno (?:apparent )?(?:dr|(?:diabetic )?retinopathy)\b|\bno ?dr\b|\bwithout (?:dr|diabetic retinopathy)\b",
          _grade(0)),
         (r"\bnon ?referable(?: dr| diabetic retinopathy)?\b", _grade(0, 1)),
         (r"\breferable(?: dr| diabetic retinopathy)?\b", _grade(2, 3, 4)),
@@ -344,7 +368,7 @@ _PHRASES: dict[str, list[Term]] = {
         (r"\bnon ?proliferative(?: dr| diabetic retinopathy)?\b|\bnpdr\b", _grade(1, 2, 3)),
         (r"\bproliferat\w*(?: dr| diabetic retinopathy)?\b|\bpdr\b|\bneovessels?\b|\bneovasculari[sz]ation\b",
          _grade(4)),
-        (r"\b(?:dr|grade|level|r) ?([0-4])\b", lambda m: _grade(int(m.group(1)))),
+        (r"\b(?:dr|grade|level) ?([0-4])\b", lambda m: _grade(int(m.group(1)))),
         (r"\bdiabetic retinopathy\b|\bdiabet\w*|\bdr present\b|\bdr\b", _ANY_DR),
         (r"\bnormal\b|\bhealthy\b|\bno findings?\b", _NORMAL_FUNDUS),
         ((r"\bglaucom\w*|\bcataract\w*|\bamd\b|\bmacular\w*|\bmyopi\w*|\bdrusen\b|\bretinal detachment\b"
@@ -500,7 +524,6 @@ _KNOWN_CODES: tuple[tuple[str, dict[str, str]], ...] = (
 )
 
 _DR_GRADED = re.compile(r"diabetic[ -]retinopathy|\bicdr\b|retinopathy grade|\bnpdr\b|\bpdr\b|\bdr\b", re.IGNORECASE)
-_LEGEND = re.compile(r"\s*Classes are coded as numbers \((.*)\); see [\w.\-]+\.?", re.DOTALL)
 
 
 @dataclass
@@ -529,24 +552,50 @@ class _CardContext:
         return self.domain == "retina" and len(letters) >= 5
 
 
+def _legend_span(text: str) -> tuple[int, int, str] | None:
+    """The last bracketed list of codes that starts at 0 ("(0 = akiec, 1 = bcc, ...)", "[0: No DR; 1: Mild]"):
+    its start, end and inside, brackets balanced (a class name may hold its own parentheses). The last,
+    because a note on the local copy follows the description of the public dataset."""
+    found = None
+    for m in re.finditer(r"[(\[]\s*(?=0\s*[=:]\s*\S)", text):
+        depth, i = 0, m.start()
+        while i < len(text):
+            depth += text[i] in "(["
+            depth -= text[i] in ")]"
+            if depth == 0:
+                found = (m.start(), i + 1, text[m.end():i])
+                break
+            i += 1
+    return found
+
+
 def _parse_legend(description: str) -> tuple[str, dict[str, str]]:
-    """The card description without the builder-style legend, and the legend: local code -> name."""
-    m = _LEGEND.search(description or "")
-    if not m:
-        return description or "", {}
-    body = m.group(1)
-    legend: dict[str, str] = {}
-    starts = list(re.finditer(r"(?:^|, )(\d+) = ", body))
-    # keep only a consecutive run 0, 1, 2, ... (a class name may itself contain ", 3 = ")
-    run, expected = [], 0
+    """The card description without its code legend, and the legend: local code -> name.
+
+    A legend is what a steward writes to explain coded labels: a bracketed run "0 = name, 1 = name, ..."
+    (or "0: name; 1: name"), codes consecutive from 0. The sentence around it is dropped with it, so the
+    description's own numbers ("1 meningioma, 2 glioma") keep their meaning."""
+    text = description or ""
+    span = _legend_span(text)
+    if span is None:
+        return text, {}
+    begin, end, body = span
+    starts = list(re.finditer(r"(?:^|[,;]\s*)(\d+)\s*[=:]\s*", body))
+    run, expected = [], 0  # keep only a consecutive run 0, 1, 2, ... (a name may itself contain ", 3 = ")
     for s in starts:
         if int(s.group(1)) == expected:
             run.append(s)
             expected += 1
+    if len(run) < 2:
+        return text, {}
+    legend = {}
     for i, s in enumerate(run):
-        end = run[i + 1].start() if i + 1 < len(run) else len(body)
-        legend[s.group(1)] = body[s.end():end]
-    return (description[:m.start()] + description[m.end():]).strip(), legend
+        stop = run[i + 1].start() if i + 1 < len(run) else len(body)
+        legend[s.group(1)] = body[s.end():stop].strip()
+    sentence_start = max(text.rfind(". ", 0, begin) + 1, 0)
+    sentence_end = text.find(". ", end)
+    sentence_end = len(text) if sentence_end < 0 else sentence_end + 1
+    return (text[:sentence_start] + text[sentence_end:]).strip(), legend
 
 
 def _card_context(card: Mapping[str, Any] | None, domain_hint: str | None) -> _CardContext:
