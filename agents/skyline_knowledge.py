@@ -48,20 +48,64 @@ _MODALITY_WORDS: tuple[tuple[str, str], ...] = (
     (r"x-?ray|radiograph\w*|cxr", "xray"),
 )
 
-#: phrases of a requirement sentence -> the FL requirement cue they express
+#: domain words that express each FL requirement, as clinicians and FL engineers use them (regular
+#: expressions over lower-case text). Written from the vocabulary of the FL literature (non-IID label
+#: skew, feature / domain shift, personalisation, domain generalisation, stragglers, model heterogeneity),
+#: not from any request template; a request's cue is the one whose words it uses most.
 _REQUIREMENT_CUES: dict[str, tuple[str, ...]] = {
-    "baseline": ("broadly similar", "no special requirement", "nobody has special", "well-understood",
-                 "standard approach", "standard, "),
-    "label_skew": ("proportions of each class", "almost no positive", "majority class", "class imbalance",
-                   "imbalanced", "label skew", "label distribution"),
-    "feature_shift": ("scanners", "cameras", "acquisition", "image appearance", "normalisation statistics",
-                      "normalization statistics", "feature shift", "domain shift"),
-    "personalisation": ("its own model", "own model", "tuned to its own", "personalis", "personaliz"),
-    "unseen_site": ("new hospitals", "take no part in training", "unseen", "generalise to new",
-                    "generalize to new", "new sites"),
-    "stragglers": ("slow", "unreliable", "only part of their local training", "straggler"),
-    "heterogeneous_architectures": ("different network architectures", "cannot share model weights",
-                                    "architectures", "model heterogeneity"),
+    "baseline": (r"\bstandard\b", r"\bconventional\b", r"\bvanilla\b", r"\bdefault\b", r"\bplain\b",
+                 r"\btextbook\b", r"\bclassic\b", r"\bwell[- ](?:understood|established|known)\b",
+                 r"\bsimplest\b", r"\bkeep (?:it|the setup) (?:simple|standard)\b", r"\busual\b",
+                 r"\bno (?:special|particular|extra)\b", r"\bnothing (?:special|unusual|out of the ordinary)\b",
+                 r"\b(?:similar|alike|comparable|homogeneous|interchangeable|equivalent)\b", r"\biid\b",
+                 r"\bfederated averaging\b|\bfedavg\b", r"\bstraightforward\b"),
+    "label_skew": (r"\bimbalanc\w*|\bunbalanc\w*", r"\bskew\w*", r"\bprevalence\b", r"\bproportions?\b",
+                   r"\bclass (?:distribution|balance|ratio|frequenc)\w*", r"\blabel (?:distribution|skew)\w*",
+                   r"\bcase[- ]mix\b", r"\brare\b|\bscarce\b|\bhandful of\b", r"\bmajority class\b|\bminority\b",
+                   r"\bpositives?\b(?! (?:and|or) negatives)", r"\bnon[- ]iid\b", r"\buneven\b",
+                   r"\bshare of (?:disease|positive)\b", r"\bcommon class\b|\bdominat\w*",
+                   r"\bnumbers? of cases per class\b|\bcases per class\b", r"\bdistribution of diagnoses\b",
+                   r"\bclasses almost absent\b|\balmost absent\b"),
+    "feature_shift": (r"\bscanners?\b", r"\bvendors?\b(?![- ]supplied)", r"\bcameras?\b", r"\bdevices?\b",
+                      r"\bacquisition\b", r"\bprotocols?\b", r"\bequipment\b|\bhardware\b(?= and settings)",
+                      r"\bmanufacturers?\b", r"\bappearance\b|\blook (?:noticeably )?(?:different|alike)\b",
+                      r"\bbrightness\b|\bcontrast\b|\bcolou?r (?:balance|characteristics)\b|\bintensity\b",
+                      r"\bstain\w*", r"\b(?:domain|feature|covariate) shift\b", r"\bimage statistics\b",
+                      r"\bnormali[sz]ation statistics\b|\bbatch[- ]?norm\w*", r"\bexposure\b|\bresolution\b",
+                      r"\bpixels?\b"),
+    "personalisation": (r"\bpersonali[sz]\w*|\bpersonal models?\b", r"\btheir own (?:personal |local )?models?\b",
+                        r"\btuned locally\b|\blocally tuned\b", r"\bits own (?:model|personal|local|fine)", r"\bown (?:local )?model\b",
+                        r"\bmodel of its own\b|\bmodel for every hospital\b", r"\btailor\w*", r"\bcustomi[sz]\w*",
+                        r"\bsite[- ]specific model\b|\bper[- ](?:hospital|site|clinic) models?\b",
+                        r"\bone model per (?:site|hospital)\b", r"\b(?:locally|individually) (?:tuned|adapted)\b",
+                        r"\badapted (?:to|for) (?:its|their|each)\b|\badapted locally\b",
+                        r"\brather than (?:one|a|an) (?:single |shared |common )?(?:global|shared|common|average)",
+                        r"\bbest on its own\b|\bfits its patients\b|\blocal performance\b"),
+    "unseen_site": (r"\bunseen\b|\bnever (?:seen|trained on)\b", r"\bgenerali[sz]\w*", r"\bnew (?:hospitals?|sites?|centres?|centers?|clinics?)\b",
+                    r"\bexternal (?:sites?|centres?|centers?|hospitals?)\b",
+                    r"\b(?:take|took|takes) no part in training\b|\bnot (?:part of|involved in|in) (?:the )?(?:training|federation|this project)",
+                    r"\b(?:never|not) (?:contribute|send|train)\b|\bcontribute no training data\b|\bno training data\b",
+                    r"\bout[- ]of[- ]distribution\b", r"\bheld[- ]out site\b", r"\bdid not participate\b",
+                    r"\btransfer\w* to\b", r"\bfuture (?:partner )?sites?\b|\bother (?:hospitals|clinics) (?:will|later)\b",
+                    r"\boutside (?:the|this) (?:federation|consortium|project)\b", r"\brolled out\b|\badopt the model\b"),
+    "stragglers": (r"\bstragglers?\b", r"\bslow\w*\b", r"\bunreliable\b|\bflaky\b|\bintermittent\b",
+                   r"\bdrop(?:s|ping)? out\b|\bdisconnect\w*", r"\btimes? out\b|\btimeouts?\b|\bin time\b|\bdeadline\b",
+                   r"\bpartial\b|\bincomplete\b|\bpart of (?:their|its) local\b|\bfraction of (?:their|its) local\b",
+                   r"\bold hardware\b|\boutdated\b|\bunderpowered\b|\bweak (?:gpus?|compute|hardware)\b|\boverloaded\b",
+                   r"\bcompute\b", r"\bcut short\b|\bstop early\b|\binterrupted\b|\bhalfway\b|\blag behind\b",
+                   r"\bfail to finish\b|\bcannot finish\b|\bfinish only\b|\bonly (?:do|complete) (?:part|some)\b"),
+    "heterogeneous_architectures": (r"\barchitectures?\b", r"\bmodel heterogeneity\b|\bheterogeneous models?\b",
+                                    r"\b(?:cannot|can't|can not|not) (?:share|exchange|align|simply be averaged)\b.{0,20}\b(?:weights|parameters)\b",
+                                    r"\bweights? (?:cannot|can't|is not possible)\b|\bsharing weights is not possible\b",
+                                    r"\bbackbones?\b", r"\bresnets?\b|\bcnns?\b|\btransformers?\b",
+                                    r"\b(?:network|model) (?:design|type|structure)s?\b|\bdesigns?\b|\bstructures?\b",
+                                    r"\bweight averaging is impossible\b|\bparameter averaging is ruled out\b",
+                                    r"\bprototypes?\b|\bshares? predictions\b|\bdistillation\b",
+                                    r"\bdifferent (?:kind of|deep learning|neural) (?:models?|networks?)\b|\bkind of (?:model|neural network)\b",
+                                    r"\bno common (?:model|parameter)\b"),
+}
+_CUE_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
+    cue: tuple(re.compile(p) for p in patterns) for cue, patterns in _REQUIREMENT_CUES.items()
 }
 
 _BODY_PART_WORDS: tuple[tuple[str, str], ...] = (
@@ -88,16 +132,18 @@ _BODY_PART_GROUPS: tuple[frozenset[str], ...] = (
 def normalise_modality(text: str) -> str | None:
     """One of :data:`MODALITIES` named in ``text`` (first match), or None."""
     low = (text or "").lower()
+    found = []
     for pattern, modality in _MODALITY_WORDS:
-        if re.search(rf"(?<![a-z]){pattern}(?![a-z])", low):
-            return modality
-    return None
+        m = re.search(rf"(?<![a-z]){pattern}(?![a-z])", low)
+        if m:
+            found.append((m.start(), modality))
+    return min(found)[1] if found else None
 
 
 def requirement_of(text: str) -> str | None:
     """The FL requirement cue a requirement sentence expresses (most phrases matched), or None."""
     low = (text or "").lower()
-    scores = {cue: sum(phrase in low for phrase in phrases) for cue, phrases in _REQUIREMENT_CUES.items()}
+    scores = {cue: sum(bool(p.search(low)) for p in patterns) for cue, patterns in _CUE_PATTERNS.items()}
     best = max(scores.values())
     if best == 0:
         return None
@@ -143,11 +189,11 @@ def parse_request(text: str) -> dict[str, Any]:
     Extra keys: ``title`` (what the model is for) and ``body_part`` (the organ, when it can be told).
     """
     request, hint = _request_text(text)
-    title_m = re.search(r"train an? (.+?) model on", request)
+    title_m = re.search(r"\ban? (.+?) model (?:on|from|for|using|trained on)\b", request)
     title = title_m.group(1).strip() if title_m else ""
-    modality_m = re.search(r"model on ([\w\- ]+?) images", request) or re.search(r"modality ([\w\-]+)", request)
+    modality_m = re.search(r"model (?:on|from|for|using|trained on) ([\w\-& ]+?) images", request)
     modality = normalise_modality(modality_m.group(1)) if modality_m else None
-    modality = modality or normalise_modality(hint or "") or normalise_modality(request)
+    modality = modality or normalise_modality(request) or normalise_modality(hint or "")
 
     targets: list[str] = []
     note = ""
@@ -159,7 +205,8 @@ def parse_request(text: str) -> dict[str, Any]:
         need_m = re.search(r"fits this requirement:\s*([^\n]+)", request)
         need = need_m.group(1).strip() if need_m else ""
     else:
-        goal = re.search(r"with classes:\s*([^.\n]+)\.([^\n]*)", request)
+        goal = re.search(r"\b(?:classes|class names|labels|label set|categories)(?: are| is)?:\s*([^.\n]+)\.([^\n]*)",
+                         request, re.IGNORECASE)
         if goal:
             targets = [t.strip() for t in goal.group(1).split(",") if t.strip()]
             sentences = _sentences(goal.group(2))

@@ -118,7 +118,7 @@ def build_environment(
     write_heldout(env_dir, heldout_images, heldout_labels)
     for task in tasks:
         write_json(env_dir / "answer_key" / "tasks" / f"{task.task_id}.json", task_key(task, env_key))
-        _write_server_task(env_dir / "server" / "tasks" / f"{task.task_id}.json", task)
+        _write_server_task(env_dir / "server" / "tasks" / f"{task.task_id}.json", task, seed)
     files = [p for p in env_dir.rglob("*") if p.is_file()]
     manifest = {
         "environment": environment,
@@ -173,7 +173,7 @@ def task_key(task: TaskSpec, env: EnvironmentKey) -> TaskKey:
     return TaskKey(
         task_id=task.task_id,
         environment=task.environment,
-        requests={"fine": task.request("fine"), "goal": task.request("goal")},
+        requests={"fine": task.request("fine", env.seed), "goal": task.request("goal", env.seed)},
         requirements=TaskRequirements(modality=task.environment, task_type=task.task_type,
                                       target_classes=task.target_classes, requirement=task.requirement),
         relevant_datasets=relevant,
@@ -232,10 +232,10 @@ def _write_data_cards(workspace: Path, keys: list[DatasetKey], rng: np.random.Ge
     (workspace / "data_cards.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", "utf-8")
 
 
-def _write_server_task(path: Path, task: TaskSpec) -> None:
+def _write_server_task(path: Path, task: TaskSpec, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"task_id": task.task_id, "environment": task.environment,
-               "request": {"fine": task.request("fine"), "goal": task.request("goal")}}
+    payload = {"task_id": task.task_id, "environment": task.environment,  # the seed draws the request's words
+               "request": {"fine": task.request("fine", seed), "goal": task.request("goal", seed)}}
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", "utf-8")
 
 

@@ -13,6 +13,9 @@ requirement cue decides the acceptable FL algorithms (names as in the algorithm 
 
 from __future__ import annotations
 
+import zlib
+
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from environments.catalogue import DatasetCard
@@ -37,17 +40,144 @@ REQUIREMENT_ALGORITHMS: dict[str, tuple[str, ...]] = {
 BODY_PART: dict[str, str] = {"dermatoscopy": "skin", "ultrasound": "breast", "fundus": "retina",
                              "histopathology": "breast", "mri": "brain", "xray": "chest"}
 
-#: how a requirement reads in a user's request
-REQUIREMENT_TEXT: dict[str, str] = {
-    "baseline": "The hospitals' data are broadly similar and nobody has special requirements; a standard, well-understood approach is preferred.",
-    "label_skew": "The hospitals see very different proportions of each class (some have almost no positive cases), and we want one shared model that is not biased towards the majority class.",
-    "feature_shift": "Each hospital uses different scanners/cameras and acquisition settings, so image appearance differs between sites; each site may keep its own normalisation statistics.",
-    "personalisation": "Each hospital wants its own model, tuned to its own patients, while still benefiting from the others.",
-    "unseen_site": "The final model must work at new hospitals that take no part in training.",
-    "stragglers": "Some hospitals have slow, unreliable machines that often finish only part of their local training in a round.",
-    "heterogeneous_architectures": "The hospitals run different network architectures and cannot share model weights directly.",
+#: how a requirement reads in a user's request: many phrasings per cue, as clinicians, data stewards and FL
+#: engineers write them (one is drawn per task and seed; none repeats a fixed template)
+REQUIREMENT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "baseline": (
+        "The hospitals' data are broadly similar and nobody has special requirements; a standard, well-understood approach is preferred.",
+        "Nothing unusual about the sites: comparable patients, comparable equipment, so the plain textbook method will do.",
+        "We have no special constraints here; please stick with the conventional approach.",
+        "All participating centres have similar case mixes and similar imaging, so keep it simple and use the default algorithm.",
+        "The partners are homogeneous enough that a vanilla setup should be fine.",
+        "Our radiologists see the sites as interchangeable; just go with the classic, well-established method.",
+        "No site-specific needs have been raised, so the simplest standard federated setup is what we want.",
+        "Data at the three sites look alike (roughly IID), so there is no reason for anything fancy.",
+        "This is a pilot: nothing special is required, the standard baseline algorithm is preferred.",
+        "The clinics are comparable in population and equipment; a default, well-understood aggregation is enough.",
+        "Keep to the standard method; the sites' data are similar and we have no extra requirements.",
+        "We just need a straightforward, conventional federated model; the hospitals are alike.",
+    ),
+    "label_skew": (
+        "The hospitals see very different proportions of each class (some have almost no positive cases), and we want one shared model that is not biased towards the majority class.",
+        "Case mix differs a lot between sites: one is a referral centre full of positives, the others see mostly negatives.",
+        "Class prevalence is highly imbalanced across hospitals, and the shared model must not simply learn the majority class.",
+        "Some clinics have only a handful of positive cases while others have hundreds; the label distribution is skewed per site.",
+        "Expect strong class imbalance that varies by hospital; we need one global model that copes with it.",
+        "The proportion of each diagnosis differs sharply from site to site, and a few sites barely see the rare class.",
+        "Our label distributions are non-IID: every hospital has its own class ratio, some extremely skewed.",
+        "One site is a screening programme (mostly normal), another a specialist clinic (mostly disease); the class balance could not be more different.",
+        "Please account for label skew across centres: the minority class is rare at most of them.",
+        "Prevalence ranges from a few percent to over half depending on the hospital, and we want a single model that is fair to the minority class.",
+        "The sites' class distributions differ strongly, so a naive average would lean towards whatever class dominates.",
+        "Positives are scarce at some hospitals and common at others; the shared model has to handle that imbalance.",
+    ),
+    "feature_shift": (
+        "Each hospital uses different scanners/cameras and acquisition settings, so image appearance differs between sites; each site may keep its own normalisation statistics.",
+        "The sites run devices from different vendors with different acquisition protocols, so the images look noticeably different.",
+        "Image appearance varies between hospitals (contrast, brightness, resolution) because the equipment is not the same.",
+        "Every centre has its own imaging hardware and settings; expect a domain shift in the pixels, not in the labels.",
+        "Our partners use different machines from different manufacturers, which gives each site's images a distinct look.",
+        "Intensity and colour characteristics differ from site to site because of different acquisition devices; local batch-norm statistics are fine.",
+        "The images come from several scanner models with different protocols, so there is a clear feature shift across sites.",
+        "Expect a device effect: each hospital's images carry the signature of its own camera or scanner.",
+        "Acquisition differs per hospital (different vendors, different settings), so the input distribution shifts between sites.",
+        "The pixels look different at every site because of their equipment and protocols, while the diagnoses mean the same thing.",
+        "Different imaging devices and acquisition settings across sites change the appearance of the images considerably.",
+        "Site-level differences are mostly technical: vendor, resolution, exposure and post-processing all vary by hospital.",
+    ),
+    "personalisation": (
+        "Each hospital wants its own model, tuned to its own patients, while still benefiting from the others.",
+        "Every site would like a personalised model adapted to its local population rather than one global model.",
+        "The clinicians at each hospital want a model tailored to their own patients, with the federation only helping.",
+        "We do not need one shared model: each centre should end up with its own local model that still learns from the others.",
+        "Please deliver a site-specific model for every hospital; their patient populations are too different for one-size-fits-all.",
+        "Each participating hospital asks for a customised model of its own, personalised to its caseload.",
+        "The goal is per-hospital models: collaborative training, but every site keeps a version fitted to its own data.",
+        "Every partner wants a model that performs best on its own patients, not an average model.",
+        "Personalised federated learning is wanted: one model per site, each adapted locally.",
+        "The hospitals will each deploy their own personal model, tuned locally, after learning together.",
+        "Local performance matters most to each site, so each should get a model tailored to itself.",
+        "Each clinic wants its own fine-tuned version, personalised to its patients, rather than a single global model.",
+    ),
+    "unseen_site": (
+        "The final model must work at new hospitals that take no part in training.",
+        "The model will be rolled out to other clinics later that never contribute data, so it has to generalise to unseen sites.",
+        "We plan to deploy at hospitals outside the federation, so out-of-distribution robustness to new sites is essential.",
+        "It must perform at centres it has never seen; those sites will not be part of training.",
+        "Generalisation to new hospitals is the priority: the model will be used at external sites with no training data.",
+        "After training, the model goes to additional sites that did not participate, and it has to hold up there.",
+        "Please optimise for unseen hospitals: the real test is at external centres joining after training.",
+        "Future partner sites will only use the model, never train it, so it must generalise beyond the training hospitals.",
+        "We need domain generalisation: the model will be evaluated at a held-out site not involved in training.",
+        "The model is meant for new centres that will never send data, so it has to work out of the box there.",
+        "What matters is how well the model transfers to hospitals that were not in the federation.",
+        "Deployment targets include new sites outside the consortium; the model must generalise to them.",
+    ),
+    "stragglers": (
+        "Some hospitals have slow, unreliable machines that often finish only part of their local training in a round.",
+        "A few sites run on old hardware and frequently drop out or time out before finishing a round.",
+        "Compute is limited and unreliable at some hospitals, so their updates are often partial or late.",
+        "Several clinics have weak GPUs and flaky connections; they regularly return incomplete local work.",
+        "Expect stragglers: some sites are slow and only complete a fraction of their local epochs per round.",
+        "Two partners have intermittent connectivity and underpowered servers, so local training is often cut short.",
+        "Some participants are unreliable: their machines are slow and may only do part of the local steps before the deadline.",
+        "Hardware varies a lot; the slowest hospitals often cannot finish their local updates in time.",
+        "Network and compute at some sites are poor, so clients frequently disconnect or send partial updates.",
+        "Some sites can only spare a little compute each round and often stop early.",
+        "The federation must tolerate slow clients that finish only some of their local iterations.",
+        "Some hospitals' workstations are old and overloaded, so their local training regularly times out halfway.",
+    ),
+    "heterogeneous_architectures": (
+        "The hospitals run different network architectures and cannot share model weights directly.",
+        "Each site has its own model design (one a ResNet, another a small CNN), so weight averaging is impossible.",
+        "The partners use heterogeneous models with different backbones; parameters cannot be exchanged one-to-one.",
+        "Every hospital insists on its own architecture, so the federation has to work without sharing weights.",
+        "Model heterogeneity is a given here: different networks at different sites, no common parameter space.",
+        "The sites' models differ in structure and size, so we can only exchange knowledge, not weights.",
+        "Local models are not the same architecture anywhere, so a method that shares predictions or prototypes is needed.",
+        "Some hospitals have vendor-supplied networks of their own design that cannot be swapped for a common model.",
+        "The participating centres deploy different neural network designs and cannot align their weights.",
+        "Because each site keeps its own network type, plain parameter averaging is ruled out.",
+        "Architectures differ across hospitals (CNNs of various depths), so a shared set of weights does not exist.",
+        "Each partner trains a different kind of model; whatever we do must work across heterogeneous architectures.",
+    ),
 }
 
+#: the first phrasing of each cue (what a federation's own request states; see federation/run.py)
+REQUIREMENT_TEXT: dict[str, str] = {cue: texts[0] for cue, texts in REQUIREMENT_PHRASINGS.items()}
+
+#: how a request names each environment's modality (clinicians' and engineers' words)
+MODALITY_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "dermatoscopy": ("dermatoscopy", "dermoscopy", "dermoscopic", "dermatoscopic", "dermoscopic skin-lesion"),
+    "ultrasound": ("ultrasound", "breast ultrasound", "sonography", "sonographic", "B-mode ultrasound"),
+    "fundus": ("fundus", "colour fundus", "retinal fundus", "fundus photography", "fundus camera"),
+    "histopathology": ("histopathology", "H&E histopathology", "histology", "histological", "H&E-stained histology"),
+    "mri": ("MRI", "brain MRI", "magnetic resonance", "magnetic resonance imaging", "T1-weighted MRI"),
+    "xray": ("X-ray", "chest X-ray", "radiograph", "chest radiograph", "CXR"),
+}
+
+#: goal-style openings: {title}, {modality}, {organ}
+GOAL_OPENINGS: tuple[str, ...] = (
+    "I want to train a {title} model on {modality} images of the {organ}",
+    "We would like a {title} model trained on {modality} images of the {organ}",
+    "Please build a {title} model from {modality} images of the {organ}",
+    "Our hospitals need a {title} model for {modality} images of the {organ}",
+    "Set up federated training of a {title} model on {modality} images of the {organ}",
+    "Could you train a {title} model using {modality} images of the {organ}",
+)
+#: how the target classes are introduced (the list itself is always the exact class names)
+CLASS_LEADS: tuple[str, ...] = (
+    " with classes: {targets}.",
+    "; the classes are: {targets}.",
+    ", predicting these classes: {targets}.",
+    ". Output classes: {targets}.",
+    ". Use exactly these class names: {targets}.",
+    ", with the label set: {targets}.",
+)
+
+
+def _phrasing_rng(task_id: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(task_id.encode("utf-8")), 7])
 
 class TaskSpec(BaseModel):
     """One user request of one environment."""
@@ -107,17 +237,25 @@ class TaskSpec(BaseModel):
         """Site class name -> target class (None: drop the class)."""
         return {name: self.target_of(concept) for name, concept in class_concepts.items()}
 
-    def request(self, guidance: str) -> str:
-        """The user request T in the ``fine`` (step by step) or ``goal`` (goal only) style."""
-        modality = self.environment.replace("xray", "X-ray").replace("mri", "MRI")
+    def request(self, guidance: str, seed: int = 0) -> str:
+        """The user request T in the ``fine`` (step by step) or ``goal`` (goal only) style.
+
+        Its words are drawn from many phrasings by ``seed`` (the environment's): the modality's name, the
+        opening, how the classes are introduced and how the requirement is put. Both styles of one task
+        and seed share the draw; the class names, the organ and the note are always stated exactly.
+        """
+        if guidance not in ("fine", "goal"):
+            raise ValueError(f"guidance must be 'fine' or 'goal', not {guidance!r}")
+        rng = _phrasing_rng(self.task_id, seed)
+        modality = str(rng.choice(MODALITY_PHRASINGS[self.environment]))
+        need = str(rng.choice(REQUIREMENT_PHRASINGS[self.requirement]))
+        opening = str(rng.choice(GOAL_OPENINGS))
+        lead = str(rng.choice(CLASS_LEADS))
         targets = ", ".join(self.target_classes)
-        need = REQUIREMENT_TEXT[self.requirement]
         note = f" {self.class_note}" if self.class_note else ""
         if guidance == "goal":
-            return (f"I want to train a {self.title} model on {modality} images of the {self.body_part}, "
-                    f"with classes: {targets}.{note} {need}")
-        if guidance != "fine":
-            raise ValueError(f"guidance must be 'fine' or 'goal', not {guidance!r}")
+            head = opening.format(title=self.title, modality=modality, organ=self.body_part)
+            return f"{head}{lead.format(targets=targets)}{note} {need}"
         return (
             f"Goal: train a {self.title} model on {modality} images of the {self.body_part} with federated learning.\n"
             f"1. Extract the requirements: modality {modality}, task type classification, target classes "

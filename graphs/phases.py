@@ -145,10 +145,15 @@ def _merge(*updates: dict[str, Any]) -> dict[str, Any]:
 
 # --- phase 1: client selection --------------------------------------------------------------------
 
+def _server_request(config) -> str:
+    """The user's request as the server holds it (its words are drawn per environment seed)."""
+    task_file = runtime.server_workspace(config) / "tasks" / f"{config.task_id}.json"
+    return json.loads(task_file.read_text("utf-8"))["request"][config.guidance]
+
+
 def s1_node(state: WorkflowState) -> dict[str, Any]:
     config = state.config
-    task_file = runtime.server_workspace(config) / "tasks" / f"{config.task_id}.json"
-    request = json.loads(task_file.read_text("utf-8"))["request"][config.guidance]
+    request = _server_request(config)
     outcome, update = _run("S1", config, {"task_id": config.task_id, "request": request})
     clients = {name: ClientRecord(name=name, status="pending") for name in runtime.client_names(config)}
     return _merge(update, {"request": request, "requirements": outcome.result, "s1_answer": outcome.result,
@@ -344,7 +349,7 @@ def s3_node(state: WorkflowState) -> dict[str, Any]:
     config = state.config
     participants = _participants(state)
     stats = [f"{n}: {json.dumps(r.stats.get('class_counts', {}))}" for n, r in participants.items()]
-    ctx = {"request": state.request or runtime.task_spec(config).request(config.guidance),
+    ctx = {"request": state.request or _server_request(config),
            "clients": list(participants), "stats_paths": stats}
     outcome, update = _run("S3", config, ctx)
     result = outcome.result or {}

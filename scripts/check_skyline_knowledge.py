@@ -7,13 +7,16 @@ and scores the skyline's decisions against the answer-key files written beside t
 * ``parse_request`` on both request styles against the key's requirements (modality, target classes,
   requirement cue);
 * ``dataset_matches`` on every data card of every hospital against the key's relevant datasets (C1);
-* ``map_class`` on every local class of every relevant dataset against the key's label mapping (C3).
+* ``map_class`` on every local class of every relevant dataset against the key's label mapping (C3);
+* ``requirement_of`` (S3's cue) on phrasings the environment never writes (``--heldout``,
+  scripts/heldout_requirement_phrasings.json): the rate on words the skyline was not developed on.
 
 Two modes: "request" passes on the modality and organ the user request names; "broadcast" only what
 the C1 / C3 prompts say (organ, targets, note; C1's also the modality), as agents/skyline.py calls them.
 
     .venv/bin/python scripts/check_skyline_knowledge.py --seeds 5000-5009 [--scale tiny] [--quiet]
     .venv/bin/python scripts/check_skyline_knowledge.py --env /path/to/built/xray [...]
+    .venv/bin/python scripts/check_skyline_knowledge.py --heldout
 
 With ``--seeds`` the environments are built by the ``fedagentbench envs build`` command (a separate
 process) under ``--out`` (default: a temporary folder).
@@ -32,7 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.skyline_knowledge import dataset_matches, map_class, parse_request  # noqa: E402
+from agents.skyline_knowledge import dataset_matches, map_class, parse_request, requirement_of  # noqa: E402
+
+HELDOUT = Path(__file__).with_name("heldout_requirement_phrasings.json")
 
 MODES = ("request", "broadcast")
 
@@ -96,6 +101,20 @@ def check_environment(env_dir: Path, mode: str, tally: Tally) -> None:
                               f"{tag} {task['task_id']} {name} {local!r} [{pub!r}]: {got_map}, key {target}")
 
 
+def heldout_rates(path: Path = HELDOUT) -> dict[str, tuple[int, int, list[str]]]:
+    """Per held-out set: phrasings whose cue the skyline reads right, how many, and the misses."""
+    data = _json(path)
+    out = {}
+    for name, by_cue in data.items():
+        if name.startswith("_"):
+            continue
+        misses = [f"{cue} -> {requirement_of(text)}: {text}" for cue, texts in by_cue.items() for text in texts
+                  if requirement_of(text) != cue]
+        total = sum(len(texts) for texts in by_cue.values())
+        out[name] = (total - len(misses), total, misses)
+    return out
+
+
 def _seeds(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split(","):
@@ -136,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where --seeds builds go (default: a temporary folder)")
     parser.add_argument("--mode", choices=MODES, action="append", help="default: both")
     parser.add_argument("--quiet", action="store_true", help="totals only")
+    parser.add_argument("--heldout", action="store_true", help="S3 cue rate on held-out requirement phrasings")
     args = parser.parse_args(argv)
+    if args.heldout:
+        for name, (ok, total, misses) in heldout_rates().items():
+            print(f"held-out {name}: requirement cue right in {ok}/{total} ({100.0 * ok / total:.1f} %)")
+            for line in ([] if args.quiet else misses):
+                print(f"  {line}")
+        if not (args.env or args.seeds):
+            return 0
     with tempfile.TemporaryDirectory(prefix="skyline-knowledge-") as tmp:
         dirs = list(args.env)
         if args.seeds:

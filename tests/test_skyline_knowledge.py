@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -169,19 +170,45 @@ def test_check_script_scores_a_built_environment_without_mismatch(built_seed, mo
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.task_id)
 @pytest.mark.parametrize("guidance", ["fine", "goal"])
 def test_parse_request_recovers_the_task(task, guidance):
-    text = task.request(guidance)
-    as_tool = json.dumps({"task_id": task.task_id, "environment": task.environment, "request": text})
-    wrapped = f"User request (task id {task.task_id}):\n{text}\nSteps: 1. Call read_task to read the full request."
-    for variant in (text, as_tool, wrapped):
-        got = sk.parse_request(variant)
-        assert got["modality"] == task.environment
-        assert got["task_type"] == "classification"
-        assert got["target_classes"] == task.target_classes
-        assert got["requirement"] == task.requirement
-        assert got["class_note"] == task.class_note
+    """Over many seeds (many phrasings of modality, class list and requirement) the request is read right."""
+    for seed in range(12):
+        text = task.request(guidance, seed)
+        as_tool = json.dumps({"task_id": task.task_id, "environment": task.environment, "request": text})
+        wrapped = f"User request (task id {task.task_id}):\n{text}\nSteps: 1. Call read_task to read the full request."
+        for variant in (text, as_tool, wrapped):
+            got = sk.parse_request(variant)
+            assert got["modality"] == task.environment, (seed, text)
+            assert got["task_type"] == "classification"
+            assert got["target_classes"] == task.target_classes, (seed, text)
+            assert got["requirement"] == task.requirement, (seed, text)
+            assert got["class_note"] == task.class_note, (seed, text)
     both = json.dumps({"task_id": task.task_id, "environment": task.environment,
-                       "request": {"fine": task.request("fine"), "goal": task.request("goal")}})
+                       "request": {"fine": task.request("fine", 3), "goal": task.request("goal", 3)}})
     assert sk.parse_request(both)["target_classes"] == task.target_classes
+
+
+def test_requests_are_drawn_from_many_phrasings():
+    from environments.tasks import REQUIREMENT_PHRASINGS
+
+    assert all(len(set(texts)) >= 10 for texts in REQUIREMENT_PHRASINGS.values())
+    task = TASKS[0]
+    assert len({task.request("goal", seed) for seed in range(40)}) >= 20
+    assert task.request("goal", 7) == task.request("goal", 7)  # seeded
+
+
+def test_requirement_cues_are_domain_words_not_fragments_of_the_phrasings():
+    """No cue pattern is a long verbatim piece of a phrasing the environment writes."""
+    from environments.tasks import REQUIREMENT_PHRASINGS
+
+    phrasings = [t.lower() for texts in REQUIREMENT_PHRASINGS.values() for t in texts]
+    for cue, patterns in sk._REQUIREMENT_CUES.items():
+        for pattern in patterns:
+            for alternative in pattern.split("|"):
+                words = re.findall(r"[a-z]+", re.sub(r"\\[bwsd]|\(\?[:!=]", " ", alternative))
+                assert len(words) <= 5, (cue, alternative)  # a few domain words, not a clause
+    # and the cues still find the requirement of every phrasing the environment writes
+    hits = sum(sk.requirement_of(t) == cue for cue, texts in REQUIREMENT_PHRASINGS.items() for t in texts)
+    assert hits >= 0.9 * len(phrasings)
 
 
 def test_numeric_codes_are_read_through_the_legend_and_the_description():
@@ -211,3 +238,19 @@ def test_note_rules_regroup_classes():
         "non_referable", "non_referable", "referable", "referable", "referable"]
     assert sk.map_class("non-referable DR", fundus, ["no_dr", "dr"], "'non-referable' labels are left out.") is None
     assert sk.map_class("Non-Glaucoma", {"modality": "fundus"}, ["no_dr", "dr"], "") is None
+
+
+def test_heldout_phrasings_are_never_written_by_the_environment():
+    """The held-out set measures words the skyline was not developed on: none may be a request phrasing."""
+    from environments.tasks import REQUIREMENT_PHRASINGS
+
+    check = _load_check_script()
+    written = {t for texts in REQUIREMENT_PHRASINGS.values() for t in texts}
+    data = json.loads(check.HELDOUT.read_text("utf-8"))
+    for name, by_cue in data.items():
+        if name.startswith("_"):
+            continue
+        assert set(by_cue) == set(REQUIREMENT_PHRASINGS)
+        assert all(len(texts) >= 5 and not set(texts) & written for texts in by_cue.values()), name
+    rates = check.heldout_rates()
+    assert all(total >= 35 and 0 <= ok <= total for ok, total, _ in rates.values())
