@@ -135,7 +135,8 @@ def request_facts(text: str) -> dict[str, Any]:
     modality = normalise_modality(text)
     if modality not in MODALITIES:
         modality = ""
-    m = re.search(r"target classes \[([^\]]+)\]", text) or re.search(r"with classes: ([^.]+)\.", text)
+    m = re.search(r"target classes \[([^\]]+)\]", text) or re.search(
+        r"\b(?:classes|class names|labels|label set|categories)(?: are| is)?: ([^.]+)\.", text, re.IGNORECASE)
     targets = [t.strip() for t in m.group(1).split(",")] if m else []
     low = text.lower()
     cue = next((c for word, c in CUE_WORDS if word in low), "baseline")
