@@ -120,7 +120,7 @@ def test_a_32k_ollama_model_is_not_truncated_and_scores_its_answers(tiny_envs, t
     assert line["context_window"]["tokens"] == 32768 and line["usage"]["peak_prompt_tokens"] > 0
     assert line["cost_usd"] == 0.0  # self-hosted
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["context_window"]["tokens"] == 32768
+    assert manifest["settings"]["context_window"]["tokens"] == 32768
 
 
 def test_a_2048_token_model_is_refused_before_anything_runs(tmp_path):
