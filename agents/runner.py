@@ -315,7 +315,9 @@ def run_agent(
         fits, edit = policy.apply(messages, bound_tools)
         if edit is not None:
             usage.context_edits += 1
-            emit("context", step, policy="elide oldest tool results", **edit.model_dump())
+            emit("note", step, content=(f"context policy: {edit.elided} oldest tool result(s) elided "
+                                        f"(~{edit.before} -> ~{edit.after} prompt tokens; limit {edit.limit})"),
+                 policy="elide oldest tool results", **edit.model_dump())
         sent = policy.estimate(messages, bound_tools)
         if not fits:
             error = (f"{CONTEXT_OVERFLOW}: the conversation needs ~{sent} prompt tokens and the {window.tokens}-token "

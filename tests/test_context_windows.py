@@ -198,7 +198,7 @@ def test_old_tool_results_are_elided_to_stay_inside_the_window_and_the_transcrip
     elided = [m for m in last if m["role"] == "tool" and m["content"].startswith("[earlier tool output elided")]
     kept = [m for m in last if m["role"] == "tool" and m["content"].startswith("page")]
     assert elided and len(kept) >= 2 and kept[-1]["content"].startswith("page 6")
-    context = [e for e in events if e["kind"] == "context"]
+    context = [e for e in events if e["kind"] == "note" and e.get("policy")]
     assert context and all(e["after"] <= e["limit"] < e["before"] for e in context)
 
 
@@ -334,3 +334,28 @@ def test_a_429_slows_every_request_to_that_provider_and_the_limit_grows_back():
     for _ in range(200):
         limit.succeeded()
     assert limit.limit == 8  # never above the ceiling
+
+
+# -- long tool outputs are paged, not cut ----------------------------------------------------------
+
+def test_a_capped_tool_result_keeps_every_item_in_the_work_folder_and_says_how_to_read_it(tmp_path):
+    import tools as toolkit
+
+    workspace, work = tmp_path / "hospital", tmp_path / "run-work"
+    source = workspace / "datasets" / "scans" / "normal"
+    source.mkdir(parents=True)
+    for i in range(20):  # DICOM files that no decoder can read
+        (source / f"img_{i:02d}.dcm").write_bytes(b"DICM" + bytes([i]) * 64)
+    from PIL import Image
+
+    Image.new("L", (8, 8), 128).save(source / "ok.png")
+    tools = {t.name: t for t in toolkit.build_client_tools(workspace, work_dir=work)}
+    out = tools["convert_images"].invoke({"source": "datasets/scans", "destination": "work/cleaned/scans",
+                                          "size": 32, "mode": "L"})
+    shown = json.loads(out)["skipped_unreadable"]["files"]
+    assert len(shown) == 16 and "and 5 more: all 20 in work/tool-outputs/" in shown[-1], out
+    kept = shown[-1].rsplit(" in ", 1)[1]
+    page = tools["read_text_file"].invoke({"path": kept})
+    assert "img_19.dcm" in page and "img_00.dcm" in page  # the five the model was not shown are there
+    whole = json.loads(next((work / "tool-outputs").iterdir()).read_text())
+    assert whole["skipped_unreadable"]["count"] == 20 and len(whole["skipped_unreadable"]["files"]) == 20

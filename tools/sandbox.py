@@ -220,29 +220,87 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+#: stands for the full result's path in a capped list's note until the file is written
+FULL_OUTPUT = "<full output>"
+#: where tools keep their full results when they show only a page of them (under the agent's work/)
+FULL_OUTPUTS_DIR = "tool-outputs"
+
+
+class CappedList(list):
+    """The first items of a longer list shown to the model; ``full`` keeps them all."""
+
+    def __init__(self, shown: list[Any], full: list[Any]) -> None:
+        super().__init__(shown)
+        self.full = full
+
+
 def cap_list(items: list[Any], limit: int = LIST_CAP) -> list[Any]:
-    """The first ``limit`` items, plus a note on how many were left out."""
+    """The first ``limit`` items, plus a note on how many were left out and where all of them are
+    (the tool's full result is written to ``work/tool-outputs/`` by :func:`guarded`)."""
+    items = list(items)
     if len(items) <= limit:
-        return list(items)
-    return list(items[:limit]) + [f"... and {len(items) - limit} more (truncated)"]
+        return items
+    note = f"... and {len(items) - limit} more: all {len(items)} in {FULL_OUTPUT}"
+    return CappedList(items[:limit] + [note], items)
 
 
-def render(result: Any, cap: int = OUTPUT_CAP) -> str:
-    """Compact JSON (or text) capped at ``cap`` characters with a note when cut."""
+def _full(result: Any) -> tuple[Any, bool]:
+    """``result`` with every capped list restored whole, and whether there was one."""
+    if isinstance(result, CappedList):
+        return [_full(item)[0] for item in result.full], True
+    if isinstance(result, dict):
+        pairs = {k: _full(v) for k, v in result.items()}
+        return {k: v for k, (v, _) in pairs.items()}, any(c for _, c in pairs.values())
+    if isinstance(result, list):
+        pairs = [_full(v) for v in result]
+        return [v for v, _ in pairs], any(c for _, c in pairs)
+    return result, False
+
+
+def _as_text(result: Any) -> str:
     if isinstance(result, BaseModel):
         result = result.model_dump(mode="json", exclude_none=True)
-    text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, indent=1, default=str)
+    return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, indent=1, default=str)
+
+
+def _keep_full(ws: Workspace | None, name: str, text: str, suffix: str = ".json") -> str | None:
+    """Write a tool's whole result under ``work/tool-outputs/`` (a person, the federation report and
+    the agent's read_text_file can read it); its workspace path, or None without a workspace."""
+    if ws is None:
+        return None
+    import uuid
+
+    folder = ws.work / FULL_OUTPUTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}-{uuid.uuid4().hex[:8]}{suffix}"
+    write_atomic(target, text)
+    return ws.rel(target)
+
+
+def render(result: Any, cap: int = OUTPUT_CAP, ws: Workspace | None = None, name: str = "tool") -> str:
+    """Compact JSON (or text), at most ``cap`` characters. A result that shows only part of a list or
+    is cut keeps its whole self in ``work/tool-outputs/`` and says how to read on (read_text_file with
+    ``offset``): long outputs are paged, never silently cut."""
+    if isinstance(result, BaseModel):
+        result = result.model_dump(mode="json", exclude_none=True)
+    text = _as_text(result)
+    whole, capped = _full(result)
+    suffix = ".txt" if isinstance(whole, str) else ".json"
+    kept = _keep_full(ws, name, _as_text(whole), suffix) if capped or len(text) > cap else None
+    text = text.replace(FULL_OUTPUT, kept or "(not kept)")
     if len(text) > cap:
-        text = text[:cap] + f"\n[... truncated: output longer than {cap} characters]"
+        where = (f" the whole output is in {kept}: read it with read_text_file(path={kept!r}, offset=...)"
+                 if kept else "")
+        text = text[:cap] + f"\n[... truncated: output longer than {cap} characters;{where}]"
     return text
 
 
-def guarded(func: Callable[..., Any], name: str) -> Callable[..., str]:
+def guarded(func: Callable[..., Any], name: str, ws: Workspace | None = None) -> Callable[..., str]:
     """Run a tool body; any exception becomes an ``error: ...`` message instead of escaping."""
 
     def wrapper(**kwargs: Any) -> str:
         try:
-            return render(func(**kwargs))
+            return render(func(**kwargs), ws=ws, name=name)
         except ToolError as exc:
             return f"error: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bug or an odd file must not stop the run
@@ -260,6 +318,6 @@ def make_tool(ws: Workspace, func: Callable[..., Any], name: str, description: s
         return f"error: invalid arguments for {name}: {str(exc)[:400]}"
 
     body = functools.partial(func, ws)
-    return StructuredTool.from_function(func=guarded(body, name), name=name, description=description,
+    return StructuredTool.from_function(func=guarded(body, name, ws), name=name, description=description,
                                         args_schema=schema, handle_validation_error=bad_args,
                                         handle_tool_error=bad_args)
