@@ -360,6 +360,15 @@ def _usage_text(usage: dict[str, Any]) -> str:
     return text + (f" / {tr:,} thinking" if tr else "")
 
 
+def _window_text(ev: TranscriptEvent) -> str:
+    """``prompt ~N of a W-token window`` for a model call that recorded its context (agents.runner)."""
+    context = (ev.model_extra or {}).get("context") or {}
+    sent, window = _int(context.get("estimated_prompt_tokens")), context.get("window")
+    if not sent:
+        return ""
+    return f"prompt ~{sent:,} tokens" + (f" of a {_int(window):,}-token window" if window else "")
+
+
 def _event_html(ev: TranscriptEvent, t0: float) -> str:
     classes = ["ev", f"k-{ev.kind}"]
     if ev.kind in ("tool", "outcome") and ev.ok is False:
@@ -383,6 +392,8 @@ def _event_html(ev: TranscriptEvent, t0: float) -> str:
         meta.append(f"<span>{ev.seconds:.2f} s</span>")
     if ev.usage:
         meta.append(f"<span>{_esc(_usage_text(ev.usage))}</span>")
+    if _window_text(ev):
+        meta.append(f"<span>{_esc(_window_text(ev))}</span>")
     if ev.cached:
         meta.append('<span class="badge">cached</span>')
     if ev.reasoning:
@@ -562,6 +573,8 @@ def print_transcript(events: list[TranscriptEvent], console: Any, full: bool = F
             if ev.usage:
                 tin, tout, tr = (_int(ev.usage.get(k)) for k in ("input_tokens", "output_tokens", "reasoning_tokens"))
                 line.append(f" {tin}→{tout}" + (f" (+{tr} thinking)" if tr else "") + " tok", style="dim")
+            if _window_text(ev):
+                line.append(f" [{_window_text(ev)}]", style="dim")
             if ev.cached:
                 line.append(" cached", style="yellow")
             if ev.reasoning and not full:

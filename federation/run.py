@@ -39,6 +39,8 @@ class SiteReport(BaseModel):
     label_mappings: dict[str, dict[str, str | None]] = Field(default_factory=dict)
     class_counts: dict[str, int] = Field(default_factory=dict)
     sources_unchanged: bool = True
+    #: whole results of tool calls whose answer the agents saw only a page of (tools.sandbox.render)
+    tool_outputs: list[str] = Field(default_factory=list)
 
 
 class FederationReport(BaseModel):
@@ -213,6 +215,7 @@ def _removed_files(env: Path, run_clients: Path, site: str, datasets: list[str])
 
 def build_report(spec: FederationSpec, env: Path, config, state: dict[str, Any]) -> FederationReport:
     from graphs import runtime
+    from tools.sandbox import FULL_OUTPUTS_DIR
 
     problems = json.loads((env / PRIVATE / "problems.json").read_text("utf-8"))
     checksums = json.loads((env / PRIVATE / "sources.json").read_text("utf-8"))
@@ -234,7 +237,8 @@ def build_report(spec: FederationSpec, env: Path, config, state: dict[str, Any])
             cleaning_summary=str(record.get("cleaning_summary") or "")[:400],
             files_removed=_removed_files(env, run_clients, site.name, chosen) if record.get("cleaned_path") else {},
             label_mappings=record.get("label_mappings") or {}, class_counts=counts,
-            sources_unchanged=sha256_tree(site.path) == checksums.get(site.name)))
+            sources_unchanged=sha256_tree(site.path) == checksums.get(site.name),
+            tool_outputs=sorted(str(p) for p in (run_clients / site.name / FULL_OUTPUTS_DIR).glob("*"))))
     training = state.get("training")
     training = training.model_dump() if hasattr(training, "model_dump") else (training or {})
     flower = runtime.server_work(config) / "training" / "flower"
@@ -266,6 +270,9 @@ def report_markdown(report: FederationReport) -> str:
         if site.class_counts:
             lines += ["", "Images per class after harmonisation: "
                       + ", ".join(f"{k} {v}" for k, v in site.class_counts.items())]
+        if site.tool_outputs:
+            lines += ["", "Whole tool results the agents saw a page of (e.g. every unreadable file with its reason):",
+                      *[f"- `{p}`" for p in site.tool_outputs]]
         lines.append("")
     lines += ["## Training", "", f"Algorithm: {report.algorithm or 'none'}"
               + (f" — {report.algorithm_reason}" if report.algorithm_reason else ""),
