@@ -241,7 +241,12 @@ def run_agent(
     infrastructure failure is never scored as the agent's answer."""
     from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 
-    from agents.context import ContextPolicy, ContextWindow, overflow_error, reply_overflow
+    from agents.context import (
+        ContextPolicy,
+        ContextWindow,
+        overflow_error,
+        reply_overflow,
+    )
     from agents.limits import provider_limit
     from agents.providers import ProviderError, ProviderUnavailable, classify
     from agents.text_tools import parse_text_tool_calls
@@ -334,7 +339,7 @@ def run_agent(
                 break
             t0 = time.perf_counter()
             try:
-                def call() -> Any:
+                def call(bound: Any = bound, messages: list[Any] = messages) -> Any:
                     if limit is None:
                         return bound.invoke(messages)
                     with limit.slot():

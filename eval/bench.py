@@ -118,7 +118,6 @@ def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
     from agents.providers import ProviderError
     from eval.scoring import GRADER_VERSION
     from graphs import run as graph_run
-
     from graphs import runtime
 
     config = run_config(spec, key, env_root)
@@ -381,9 +380,8 @@ def check_same_settings(store: ResultStore, spec: BenchSpec) -> None:
 
 def _settings(spec: BenchSpec) -> dict[str, Any]:
     from agents.models import ModelSettings, resolve_spec
-    from eval.scoring import GRADER_VERSION
-
     from agents.pricing import price_for
+    from eval.scoring import GRADER_VERSION
 
     info = resolve_spec(spec.model, ModelSettings(temperature=spec.temperature, seed=None))
     price = price_for(info)

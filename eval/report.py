@@ -401,11 +401,11 @@ def _markdown(board: list[dict], rows: list[dict]) -> str:
         lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {a['k']} | "
                      + " | ".join(f"{a[f'pass^k_{s}']:.2f}" for s in SUBTASKS) + f" | {a['pass^k']:.2f} |")
     lines += ["", "## Time, cost and context", "",
-              "USD at the list prices of agents/model_prices.json (self-hosted: 0); window: the context window the "
-              "requests used; overflows: sub-tasks failed as context_overflow; text calls: tool calls the model "
-              "wrote as text (the serving stack had no tool parser).", "",
-              "| model | guidance | mode | cost USD | seconds/run | window | peak prompt | context edits | overflows "
-              "| text calls | timed-out runs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              ("USD at the list prices of agents/model_prices.json (self-hosted: 0); window: the context window the "
+               "requests used; overflows: sub-tasks failed as context_overflow; text calls: tool calls the model "
+               "wrote as text (the serving stack had no tool parser)."), "",
+              ("| model | guidance | mode | cost USD | seconds/run | window | peak prompt | context edits | overflows "
+               "| text calls | timed-out runs |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in board:
         lines.append(f"| {a['model']} | {a['guidance']} | {a['mode']} | {format_cost(a)} | {a['seconds_per_run']} | "
                      f"{a['context_window']} | {a['peak_prompt_tokens']} | {a['context_edits']} | "

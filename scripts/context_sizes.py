@@ -54,7 +54,7 @@ def request_sizes(folder: Path) -> dict[str, list[int]]:
 
 def percentile(values: list[int], q: float) -> int:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def window_needed(largest: int, reply: int) -> int:
@@ -82,7 +82,7 @@ def main() -> int:
             folder = run_scale(scale, args.seed, args.out, args.guidance)
         for role, values in request_sizes(folder).items():
             if values:
-                rows.append({"role": role, "scale": scale, "calls": len(values), "p50": int(statistics.median(values)),
+                rows.append({"role": role, "scale": scale, "calls": len(values), "p50": round(statistics.median(values)),
                              "p95": percentile(values, 0.95), "max": max(values)})
     table = Table(title=f"prompt tokens per model call (skyline, seed {args.seed}, {args.guidance} guidance; "
                         f"window = smallest power of two holding the largest call + a {DEFAULT_MAX_OUTPUT}-token reply)")

@@ -163,8 +163,8 @@ def test_a_context_length_refusal_is_context_overflow_not_an_outage(tiny_envs, t
 
 def test_old_tool_results_are_elided_to_stay_inside_the_window_and_the_transcript_says_so():
     from agents.context import ContextWindow
-    from agents.runner import run_agent
     from agents.results import ParseError
+    from agents.runner import run_agent
 
     calls = {"n": 0}
 
