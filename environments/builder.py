@@ -40,7 +40,7 @@ from environments.pools import ImagePool
 from environments.site import sample_profile
 from environments.tasks import TaskSpec, tasks_for
 
-GENERATOR_VERSION = "3"  # 2: shuffled injected files, criterion-consistent placement; 3: held-out test set
+GENERATOR_VERSION = "4"  # 2: shuffled injected files, criterion-consistent placement; 3: held-out test set; 4: distractors drawn like relevant datasets, injected files profiled, seeded mtimes
 CITIES = ("Aarhus", "Bologna", "Coimbra", "Dresden", "Eindhoven", "Freiburg", "Graz", "Haarlem", "Innsbruck",
           "Jena", "Krakow", "Leuven", "Malmo", "Nantes", "Oulu", "Porto", "Quimper", "Rennes", "Salzburg", "Tartu")
 
@@ -188,6 +188,28 @@ def task_key(task: TaskSpec, env: EnvironmentKey) -> TaskKey:
     )
 
 
+#: what a data steward adds to any card, relevant or not, until the description reaches a length drawn
+#: from NOTE_TARGET_LENGTH: the catalogue's descriptions of relevant cards run longer than those of
+#: distractors, and a card's length must say nothing about its relevance (issue 22). No note names a
+#: modality, organ, species, task type, class or number.
+STEWARD_NOTES = (
+    "Exported from the PACS in one batch; file names were assigned by the export tool.",
+    "De-identified before export.",
+    "Copied from the research share; not re-checked since.",
+    "Some files were added after the first export and have not been reviewed by a second reader.",
+    "Used in an internal quality-improvement project.",
+    "Contact the imaging data office before sharing outside the hospital.",
+    "Storage was migrated last year, so file dates reflect the migration rather than acquisition.",
+    "Counts are as of the last export.",
+    "The folder was assembled by a research fellow who has since left the department.",
+    "Access is logged; please record the purpose of use in the data request form.",
+    "Backed up nightly to the hospital archive.",
+    "Image quality was not assessed systematically.",
+    "Originally collected for a retrospective study approved by the local ethics committee.",
+    "Mirrors the version held by the department's research group.",
+)
+NOTE_TARGET_LENGTH = (220, 620)
+
 _LAYOUT_TEXT = {
     "class_folders": "one sub-folder per class",
     "flat_csv": "all images in images/, labels in {label_file}",
@@ -211,6 +233,11 @@ def _write_data_cards(workspace: Path, keys: list[DatasetKey], rng: np.random.Ge
             stated_count = int(round(n_images * float(rng.choice([0.8, 0.9, 1.15, 1.3]))))
         stated_formats = ds.formats[:1] if "format_incomplete" in ds.card_errata else ds.formats
         description = f"{card.description} Local copy: {storage}."
+        target = int(rng.integers(*NOTE_TARGET_LENGTH))  # the steward writes until the card is about this long
+        for k in rng.permutation(len(STEWARD_NOTES)):
+            if len(description) >= target:
+                break
+            description += f" {STEWARD_NOTES[int(k)]}"
         if ds.label_style == "numeric":
             legend = ", ".join(f"{local} = {pub}" for local, pub in ds.local_to_published.items())
             description += f" Classes are coded as numbers ({legend}); see classes.txt."

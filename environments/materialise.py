@@ -1,8 +1,8 @@
 """Write one planned dataset to disk as a hospital would hold it, and record every file in the key.
 
 Layouts: class folders; flat ``images/`` with ``labels.csv``; flat with ``labels.json``; nested
-``<patient>/<study>/`` folders with ``metadata.csv``. Issues injected into relevant datasets:
-non-image files, corrupt / truncated / zero-byte images, near-duplicates, off-topic images of
+``<patient>/<study>/`` folders with ``metadata.csv``. Issues injected into every dataset,
+relevant or not (distractors must not be told apart by their files): non-image files, corrupt / truncated / zero-byte images, near-duplicates, off-topic images of
 another modality and wrong labels. Class names follow the dataset's label style. After injection the
 image list is shuffled, so an injected file's name, label-file row and nested path are random with
 respect to its issue; broken files take the same formats as clean ones, corrupt files about the
@@ -106,10 +106,9 @@ def _file_stem(plan: DatasetPlan, rng: np.random.Generator, index: int) -> str:
 
 
 def _class_counts(plan: DatasetPlan, classes: list[str], rng: np.random.Generator) -> dict[str, int]:
-    """Label-distribution skew: Dirichlet proportions with a floor, so every class appears."""
-    total = plan.images_per_class * len(classes)
-    if not plan.relevant_to:
-        return {c: max(1, plan.images_per_class // max(1, len(classes))) for c in classes}
+    """Label-distribution skew: Dirichlet proportions with a floor, so every class appears. The same
+    draw for relevant datasets and distractors (their image counts must not tell them apart)."""
+    total = plan.images
     p = 0.6 * rng.dirichlet(np.full(len(classes), 0.8)) + 0.4 / len(classes)
     return {c: max(3, int(round(total * q))) for c, q in zip(classes, p)}
 
@@ -152,28 +151,35 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
     counts: dict[str, int] = {}
     if labelled:
         wanted = _class_counts(plan, list(card.classes), rng)
-        if card.has_real_pixels:
-            vocab = vocabulary(card.environment)
-            for published in wanted:
+        vocab = vocabulary(card.environment)
+        for published in wanted:
+            if card.has_real_pixels:
                 pool_classes = vocab.concept(card.class_concepts[published]).pool_classes
                 share = min(ctx.pool_budget.get(c, 1.0) for c in pool_classes)
-                wanted[published] = max(3, int(round(wanted[published] * share)))
+            else:  # procedural pixels need no budget, but get the same cut as the real ones
+                share = _typical_share(ctx.pool_budget)
+            wanted[published] = max(3, int(round(wanted[published] * share)))
         for published, n in wanted.items():
             pixels = _draw_pixels(ctx, plan, published, n)
             counts[names[published]] = len(pixels)
             images += [_Image(p, names[published], names[published]) for p in pixels]
     else:
-        n = plan.images_per_class * 2
+        n = max(3, int(round(plan.images * _typical_share(ctx.pool_budget))))
         images = [_Image(p, None, None) for p in _draw_pixels(ctx, plan, "", n)]
     if colour is None:
         colour = images[0].pixels.ndim == 3
-    images = [_Image(apply_profile(to_mode(im.pixels, colour), ctx.profile, rng), im.site_label, im.true_label)
-              for im in images]
+    images = [_Image(to_mode(im.pixels, colour), im.site_label, im.true_label) for im in images]
     order = rng.permutation(len(images))
     images = [images[i] for i in order]
 
     aux = _aux_rng(ctx, plan)
+    # injected images are made from raw pool pixels and go through the site's acquisition profile with
+    # the clean ones, so their noise, sharpness and file sizes are the dataset's own (issue 22)
     injected = _inject_issues(ctx, plan, images, list(names.values()), colour, aux)
+    for im in images:
+        if im.issue != "duplicate":
+            im.pixels = apply_profile(im.pixels, ctx.profile, rng)
+    _copy_duplicates(images, rng)
     for im in images:  # each image's format is an independent draw, so drawing it before the shuffle tells nothing
         im.fmt = plan.formats[0] if len(plan.formats) == 1 or rng.random() < 0.7 else plan.formats[1]
         if im.fmt == "nifti" and im.pixels.ndim == 3:
@@ -182,6 +188,8 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
 
     layout = plan.layout if labelled else ("flat" if "segmentation" not in card.task_types else "segmentation")
     label_file = _place_and_write(ctx, plan, root, root_rel, images, layout, records, aux)
+    if not labelled:
+        _write_file_list(plan, root, root_rel, images, records, aux)
     injected["non_image"] = _write_junk(ctx, plan, root, root_rel, records)
 
     legend = None
@@ -191,6 +199,7 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
         records.append(FileRecord(path=f"{root_rel}/{legend}", kind="legend"))
     errata += _pick_errata(plan, rng)
     records.sort(key=lambda r: r.path)
+    _set_times(root, aux)
     return DatasetKey(
         hospital=ctx.hospital,
         name=card.name,
@@ -223,41 +232,77 @@ def _aux_rng(ctx: BuildContext, plan: DatasetPlan) -> np.random.Generator:
 
 def _inject_issues(ctx: BuildContext, plan: DatasetPlan, images: list[_Image], classes: list[str], colour: bool,
                    aux: np.random.Generator) -> dict[str, int]:
-    """Add duplicates, off-topic images, wrong labels and broken files to the image list in place."""
+    """Add duplicates, off-topic images, wrong labels and broken files to the (raw) image list in place.
+
+    Near-duplicates get their pixels in :func:`_copy_duplicates`, after the acquisition profile: a
+    copy of the original file as the site stored it, re-exported with a slight intensity change."""
     rng, done = ctx.rng, {}
-    if not plan.issues or not classes:
+    if not plan.issues or not images:
         return done
     clean = [i for i, im in enumerate(images) if im.issue == "none"]
     picks = list(rng.permutation(clean))
-    for _ in range(plan.issues.get("label_error", 0)):
-        im = images[picks.pop()]
-        im.site_label = str(rng.choice([c for c in classes if c != im.true_label]))
-        im.issue = "label_error"
-        done["label_error"] = done.get("label_error", 0) + 1
-    for _ in range(plan.issues.get("duplicate", 0)):
+    if len(classes) >= 2:
+        for _ in range(min(plan.issues.get("label_error", 0), len(picks) - 1)):
+            im = images[picks.pop()]
+            im.site_label = str(rng.choice([c for c in classes if c != im.true_label]))
+            im.issue = "label_error"
+            done["label_error"] = done.get("label_error", 0) + 1
+    for _ in range(min(plan.issues.get("duplicate", 0), len(picks))):
         src = picks.pop()
-        orig = images[src].pixels.astype(np.float32)
-        near = orig * rng.uniform(0.96, 1.04) + rng.normal(0, 2.0, orig.shape)
-        images.append(_Image(np.clip(near, 0, 255).round().astype(np.uint8), images[src].site_label,
-                             images[src].true_label, "duplicate", duplicate_of=src))
+        images.append(_Image(images[src].pixels, images[src].site_label, images[src].true_label, "duplicate",
+                             duplicate_of=src))
         done["duplicate"] = done.get("duplicate", 0) + 1
     size = images[0].pixels.shape[0]
     source_env = OFF_TOPIC_SOURCE[plan.card.environment]
+    label = (lambda: str(rng.choice(classes))) if classes else (lambda: None)
     for _ in range(plan.issues.get("off_topic", 0)):
         other = ctx.pool.generate(int(rng.integers(0, 2)), 1, environment=source_env)[0]
         from PIL import Image
 
         other = np.asarray(Image.fromarray(to_mode(other, colour)).resize((size, size), Image.BILINEAR))
-        images.append(_Image(other, str(rng.choice(classes)), None, "off_topic"))
+        images.append(_Image(other, label(), None, "off_topic"))
         done["off_topic"] = done.get("off_topic", 0) + 1
     for kind in ("corrupt", "truncated", "zero_byte"):
         for _ in range(plan.issues.get(kind, 0)):
-            # a perturbed copy of a random image: a truncated file shares no byte prefix with a kept one
+            # another acquisition of a random image: a truncated file shares no byte prefix with a kept one
             base = images[int(aux.integers(0, len(images)))].pixels.astype(np.float32)
-            pixels = np.clip(base * aux.uniform(0.96, 1.04) + aux.normal(0, 2.0, base.shape), 0, 255)
-            images.append(_Image(pixels.round().astype(np.uint8), str(rng.choice(classes)), None, kind))
+            pixels = np.clip(base * aux.uniform(0.96, 1.04), 0, 255)
+            images.append(_Image(pixels.round().astype(np.uint8), label(), None, kind))
             done[kind] = done.get(kind, 0) + 1
     return done
+
+
+def _copy_duplicates(images: list[_Image], rng: np.random.Generator) -> None:
+    """Give each near-duplicate its original's stored pixels with a slight gain and offset change
+    (another export of the same acquisition): what a duplicate detector is meant to catch."""
+    for im in images:
+        if im.issue == "duplicate" and im.duplicate_of is not None:
+            orig = images[im.duplicate_of].pixels.astype(np.float32)
+            near = orig * rng.uniform(0.96, 1.04) + rng.uniform(-3.0, 3.0)
+            im.pixels = np.clip(near, 0, 255).round().astype(np.uint8)
+
+
+def _typical_share(budget: dict[int, float]) -> float:
+    """The pool-budget cut a dataset without real pixels takes: the mean of the real classes' cuts."""
+    return float(np.mean(list(budget.values()))) if budget else 1.0
+
+
+#: modification times: every file of a dataset gets a time drawn on its own within this window after a
+#: per-dataset start, so that neither write order nor injection shows in ``ls -t`` (issue 22)
+_TIME_ORIGIN = 1_640_995_200  # 2022-01-01 UTC
+_TIME_SPAN = 2 * 365 * 86_400
+_TIME_WINDOW = 30 * 86_400
+
+
+def _set_times(root: Path, aux: np.random.Generator) -> None:
+    """Seeded modification times for every file and folder under ``root``, in path order."""
+    import os
+
+    start = _TIME_ORIGIN + float(aux.uniform(0, _TIME_SPAN))
+    paths = sorted(root.rglob("*"), key=lambda p: p.as_posix())
+    for path in [*paths, root]:
+        t = start + float(aux.uniform(0, _TIME_WINDOW))
+        os.utime(path, (t, t))
 
 
 def _shuffle(images: list[_Image], rng: np.random.Generator) -> list[_Image]:
@@ -338,6 +383,27 @@ def _write_corrupt(corrupt: list[tuple[Path, str, bytes]], written: list[tuple[P
         n = max(64, int(typical * aux.uniform(0.85, 1.15)))
         extra = aux.integers(0, 256, max(0, n - len(garbage)), dtype=np.uint8).tobytes()
         path.write_bytes((garbage + extra)[:n])
+
+
+def _write_file_list(plan: DatasetPlan, root: Path, root_rel: str, images: list[_Image], records: list[FileRecord],
+                     aux: np.random.Generator) -> None:
+    """An unlabelled dataset's export list (file, study date, device; no labels), in the planned
+    layout's table format, so that it carries side files as often as a labelled one does (issue 22)."""
+    if plan.layout == "class_folders":
+        return
+    rows = [{"file": im.relpath, "study_date": f"20{int(aux.integers(10, 25))}-{int(aux.integers(1, 13)):02d}-15",
+             "device": str(aux.choice(["A", "B", "C"]))} for im in images]
+    if plan.layout == "flat_json":
+        name = "file_list.json"
+        (root / name).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    else:
+        name = "file_list.csv" if plan.layout == "flat_csv" else "metadata.csv"
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["file", "study_date", "device"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        (root / name).write_text(buf.getvalue(), encoding="utf-8")
+    records.append(FileRecord(path=f"{root_rel}/{name}", kind="junk", issue="non_image"))
 
 
 def _write_label_file(plan: DatasetPlan, root: Path, root_rel: str, layout: str, rows: list[dict],
@@ -470,5 +536,5 @@ def pool_budget(pool: ImagePool, plans: list[DatasetPlan]) -> dict[int, float]:
         for published in plan.card.classes:
             classes = vocab.concept(plan.card.class_concepts[published]).pool_classes
             for c in classes:
-                demand[c] = demand.get(c, 0.0) + plan.images_per_class / len(classes)
+                demand[c] = demand.get(c, 0.0) + plan.images / len(plan.card.classes) / len(classes)
     return {c: min(1.0, 0.6 * (pool.available(c) or 0) / d) for c, d in demand.items() if d}

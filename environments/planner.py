@@ -3,6 +3,8 @@
 The plan guarantees what the benchmark needs: every task has at least two hospitals with a fitting
 dataset and at least one hospital without; at ``small`` scale and above the relevant datasets
 cycle through every layout, format, label style and issue so each occurs in every environment.
+Distractors are drawn from the same distributions (sizes, layouts, formats, label styles, namings,
+injected issues): only what the relevance criterion is about may set them apart.
 Cards the answer key could not judge the way the stated criterion does (see
 :func:`environments.tasks.placeable`) are never placed; they stay in the catalogue.
 """
@@ -28,16 +30,15 @@ class ScaleSpec:
     relevant_per_hospital: tuple[int, int]
     datasets_per_hospital: tuple[int, int]
     images_per_class: tuple[int, int]
-    distractor_images: tuple[int, int]
     issue_rate: float  # fraction of a relevant dataset's images per injected issue kind
 
 
 SCALES: dict[str, ScaleSpec] = {
-    "tiny": ScaleSpec(3, (1, 1), (1, 2), (6, 9), (3, 5), 0.04),
-    "small": ScaleSpec(5, (2, 2), (2, 4), (18, 30), (5, 8), 0.05),
-    "full": ScaleSpec(None, (1, 3), (1, 4), (18, 30), (5, 8), 0.05),
+    "tiny": ScaleSpec(3, (1, 1), (1, 2), (6, 9), 0.04),
+    "small": ScaleSpec(5, (2, 2), (2, 4), (18, 30), 0.05),
+    "full": ScaleSpec(None, (1, 3), (1, 4), (18, 30), 0.05),
     # hundreds of images per site, as many as the real pools allow (the pool budget scales them down)
-    "real": ScaleSpec(4, (2, 2), (2, 3), (150, 300), (5, 8), 0.04),
+    "real": ScaleSpec(4, (2, 2), (2, 3), (150, 300), 0.04),
 }
 
 
@@ -49,9 +50,11 @@ class DatasetPlan:
     formats: list[str] = field(default_factory=lambda: ["png"])
     label_style: str = "as_published"
     naming: str = "plain"
-    #: issues to inject: kind -> count (relevant datasets only)
+    #: issues to inject: kind -> count (every dataset, relevant or not)
     issues: dict[str, int] = field(default_factory=dict)
     images_per_class: int = 8
+    #: planned image count before injection (``images_per_class`` x a drawn class count)
+    images: int = 16
 
 
 @dataclass
@@ -137,42 +140,46 @@ def plan_environment(
 
 
 def _assign_styles(hospitals: list[HospitalPlan], spec: ScaleSpec, rng: np.random.Generator, grey: bool) -> None:
-    """Cycle layouts, formats, label styles and namings over the relevant datasets."""
+    """Cycle layouts, formats, label styles, namings, sizes and issues over every dataset.
+
+    Relevant datasets and distractors each run through their own copy of the same cycles, with the
+    same size and issue draws: nothing but what the criterion is about (modality, organ, species, task
+    type, classes) may tell them apart, or a card count or a file list would give the answer away
+    (issue 22). Sizes are ``images_per_class`` times a class count drawn from the relevant cards of the
+    environment, not the card's own, so that the number of classes does not set the image count."""
     formats = ["png", "jpeg", "dicom", "tiff"] + (["nifti"] if grey else [])
-    relevant = [d for h in hospitals for d in h.datasets if d.relevant_to]
-    cycles = {
-        "layout": list(rng.permutation(LAYOUTS)),
-        "format": list(rng.permutation(formats)),
-        "style": list(rng.permutation(LABEL_STYLES)),
-        "naming": list(rng.permutation(NAMINGS)),
-    }
-    for i, plan in enumerate(relevant):
-        plan.layout = str(cycles["layout"][i % len(LAYOUTS)])
-        primary = str(cycles["format"][i % len(formats)])
-        plan.formats = [primary]
-        if i % 2 == 0:  # every other dataset mixes in a second format
-            plan.formats.append(str(rng.choice([f for f in formats if f != primary and f != "nifti"])))
-        plan.label_style = str(cycles["style"][i % len(LABEL_STYLES)])
-        plan.naming = str(cycles["naming"][i % len(NAMINGS)])
-        plan.images_per_class = int(rng.integers(spec.images_per_class[0], spec.images_per_class[1] + 1))
-        n_images = plan.images_per_class * len(plan.card.classes)
-        k = max(1, round(spec.issue_rate * n_images))
-        plan.issues = {
-            "duplicate": k,
-            "off_topic": k,
-            "label_error": k,
-            "corrupt": 1,
-            "truncated": 1,
-            "zero_byte": 1 if i % 2 == 0 else 0,
-            "non_image": int(rng.integers(2, 5)),
+    every = [d for h in hospitals for d in h.datasets]
+    relevant = [d for d in every if d.relevant_to]
+    distractors = [d for d in every if not d.relevant_to]
+    class_counts = [len(d.card.classes) for d in relevant] or [2]
+    for group in (relevant, distractors):
+        cycles = {
+            "layout": list(rng.permutation(LAYOUTS)),
+            "format": list(rng.permutation(formats)),
+            "style": list(rng.permutation(LABEL_STYLES)),
+            "naming": list(rng.permutation(NAMINGS)),
         }
-    if relevant and not any("dicom" in plan.formats for plan in relevant):
-        # every environment has DICOM among its relevant data (small scale and above cycle through it anyway)
-        relevant[0].formats = ["dicom", *relevant[0].formats[:1]]
-    for h in hospitals:
-        for plan in h.datasets:
-            if not plan.relevant_to:
-                plan.layout = plan.card.layout
-                plan.formats = [plan.card.file_format]
-                plan.images_per_class = int(rng.integers(spec.distractor_images[0], spec.distractor_images[1] + 1))
-                plan.issues = {"non_image": int(rng.integers(1, 3))}
+        for i, plan in enumerate(group):
+            plan.layout = str(cycles["layout"][i % len(LAYOUTS)])
+            primary = str(cycles["format"][i % len(formats)])
+            plan.formats = [primary]
+            if i % 2 == 0:  # every other dataset mixes in a second format
+                plan.formats.append(str(rng.choice([f for f in formats if f != primary and f != "nifti"])))
+            plan.label_style = str(cycles["style"][i % len(LABEL_STYLES)])
+            plan.naming = str(cycles["naming"][i % len(NAMINGS)])
+            plan.images_per_class = int(rng.integers(spec.images_per_class[0], spec.images_per_class[1] + 1))
+            plan.images = plan.images_per_class * int(rng.choice(class_counts))
+            k = max(1, round(spec.issue_rate * plan.images))
+            plan.issues = {
+                "duplicate": k,
+                "off_topic": k,
+                "label_error": k,
+                "corrupt": 1,
+                "truncated": 1,
+                "zero_byte": 1 if i % 2 == 0 else 0,
+                "non_image": int(rng.integers(2, 5)),
+            }
+        if group and not any("dicom" in plan.formats for plan in group):
+            # every environment has DICOM among its relevant data (small scale and above cycle through it
+            # anyway); distractors follow the same rule
+            group[0].formats = ["dicom", *group[0].formats[:1]]

@@ -6,6 +6,7 @@ files, as a client finds them) and prints precision and recall per environment a
     python scripts/bench_detectors.py                 # builds all six at small scale in a temp dir
     python scripts/bench_detectors.py --envs /tmp/small --json out/bench_detectors.json
     python scripts/bench_detectors.py --scale real --data-dir ../shared/datasets   # the label-error comparison
+    python scripts/bench_detectors.py --scale tiny --seeds 500-519 --fast          # recall over many seeds
 
 Counting: an injected duplicate pair (copy, original) is found when both land in one predicted
 duplicate group; a flagged duplicate is correct when it belongs to such a pair. Off-topic and label
@@ -80,7 +81,8 @@ def bench_dataset(ws: Path, ds: DatasetKey, label_variants: list[str]) -> dict[s
     return out
 
 
-def run(envs_dir: Path, label_variants: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def run(envs_dir: Path, label_variants: list[str] | None = None,
+        misses: dict[str, list[str]] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Counts per environment and detector; ``label_variants``: the label-error detectors to compare
     (default: all of LABEL_VARIANTS)."""
     label_variants = list(label_variants or LABEL_VARIANTS)
@@ -88,7 +90,8 @@ def run(envs_dir: Path, label_variants: list[str] | None = None) -> dict[str, di
     results: dict[str, dict[str, dict[str, float]]] = {}
     for env_dir in sorted(p for p in envs_dir.iterdir() if (p / "answer_key").is_dir()):
         key = load_environment_key(env_dir)
-        totals = {d: {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "kept_original": 0, "seconds": 0.0}
+        totals = {d: {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "kept_original": 0, "seconds": 0.0,
+                      "datasets": 0, "datasets_missed": 0}
                   for d in detectors_run}
         for ds in key.datasets:
             if not ds.relevant_to:
@@ -96,6 +99,11 @@ def run(envs_dir: Path, label_variants: list[str] | None = None) -> dict[str, di
             for det, counts in bench_dataset(env_dir / "clients" / ds.hospital, ds, label_variants).items():
                 for k, v in counts.items():
                     totals[det][k] += v
+                totals[det]["datasets"] += counts["positives"] > 0
+                if counts["found"] < counts["positives"]:
+                    totals[det]["datasets_missed"] += 1
+                    if misses is not None:
+                        misses.setdefault(det, []).append(f"{env_dir.parent.name}/{env_dir.name}/{ds.hospital}/{ds.name}")
         for det in detectors_run:
             totals[det]["seconds"] = round(totals[det]["seconds"], 1)
         results[env_dir.name] = totals
@@ -113,20 +121,22 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], title: str) -> 
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("detector", "environment", "injected", "flagged", "correct", "precision", "recall", "seconds"):
+    for col in ("detector", "environment", "injected", "flagged", "correct", "precision", "recall",
+                "datasets missed", "seconds"):
         table.add_column(col, justify="left" if col in ("detector", "environment") else "right")
     for det in next(iter(results.values()), {}):
-        total = {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "seconds": 0.0}
+        total = {"flagged": 0, "tp": 0, "positives": 0, "found": 0, "seconds": 0.0, "datasets": 0, "datasets_missed": 0}
         for env, by_det in results.items():
             c = by_det[det]
             for k in total:
-                total[k] += c[k]
+                total[k] += c.get(k, 0)
             p, r = metrics(c)
             table.add_row(det, env, str(c["positives"]), str(c["flagged"]), str(c["tp"]), f"{p:.2f}", f"{r:.2f}",
-                          f"{c['seconds']:.1f}")
+                          f"{c.get('datasets_missed', 0)}/{c.get('datasets', 0)}", f"{c['seconds']:.1f}")
         p, r = metrics(total)
         table.add_row(f"[bold]{det}[/]", "[bold]all[/]", str(total["positives"]), str(total["flagged"]), str(total["tp"]),
-                      f"[bold]{p:.2f}[/]", f"[bold]{r:.2f}[/]", f"{total['seconds']:.1f}", end_section=True)
+                      f"[bold]{p:.2f}[/]", f"[bold]{r:.2f}[/]", f"{total['datasets_missed']}/{total['datasets']}",
+                      f"{total['seconds']:.1f}", end_section=True)
     Console(width=140).print(table)
 
 
@@ -135,23 +145,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", type=Path, help="folder of built environments (default: build them)")
     parser.add_argument("--scale", default="small")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", help="several seeds, e.g. 500-519 (summed per environment); overrides --seed")
+    parser.add_argument("--fast", action="store_true", help="only the agents' label-error detector")
+    parser.add_argument("--misses", action="store_true", help="list the datasets where a detector missed")
     parser.add_argument("--data-dir", default=os.environ.get("FEDAGENTBENCH_DATA"))
     parser.add_argument("--json", type=Path, help="also write the counts here")
     args = parser.parse_args(argv)
+    variants = ["label_errors"] if args.fast else None
+    misses: dict[str, list[str]] = {}
+    seeds = [args.seed]
+    if args.seeds:
+        lo, _, hi = args.seeds.partition("-")
+        seeds = list(range(int(lo), int(hi or lo) + 1))
     with tempfile.TemporaryDirectory() as tmp:
-        envs = args.envs
-        if envs is None:
+        started = time.perf_counter()
+        if args.envs is not None:
+            results = run(args.envs, variants, misses)
+        else:
             from environments.builder import build_environment
             from environments.concepts import ENVIRONMENTS
 
-            envs = Path(tmp)
-            for env in ENVIRONMENTS:
-                build_environment(env, args.scale, args.seed, envs, args.data_dir)
-        started = time.perf_counter()
-        results = run(envs)
+            results = {}
+            for seed in seeds:
+                envs = Path(tmp) / str(seed)
+                for env in ENVIRONMENTS:
+                    build_environment(env, args.scale, seed, envs, args.data_dir)
+                for env, by_det in run(envs, variants, misses).items():
+                    into = results.setdefault(env, {})
+                    for det, counts in by_det.items():
+                        for k, v in counts.items():
+                            into.setdefault(det, {}).setdefault(k, 0)
+                            into[det][k] += v
         seconds = time.perf_counter() - started
-    print_table(results, f"detectors vs answer keys ({envs.name if args.envs else args.scale}, seed {args.seed}), "
-                         f"{seconds:.0f} s")
+    where = args.envs.name if args.envs else f"{args.scale}, seeds {args.seeds or args.seed}"
+    print_table(results, f"detectors vs answer keys ({where}), {seconds:.0f} s")
+    if args.misses:
+        for det, names in misses.items():
+            if det in ("duplicates", "off_topic"):
+                print(f"{det} missed in: " + ", ".join(names))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
