@@ -66,7 +66,7 @@ def window_needed(largest: int, reply: int) -> int:
 
 
 def main() -> int:
-    from agents.context import DEFAULT_MAX_OUTPUT
+    from agents.context import DEFAULT_MAX_OUTPUT, MIN_OUTPUT
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="tiny,small,real")
@@ -84,16 +84,18 @@ def main() -> int:
             if values:
                 rows.append({"role": role, "scale": scale, "calls": len(values), "p50": round(statistics.median(values)),
                              "p95": percentile(values, 0.95), "max": max(values)})
+    short, long = f"window, {MIN_OUTPUT:,}-token reply", f"window, {DEFAULT_MAX_OUTPUT:,}-token reply (thinking)"
     table = Table(title=f"prompt tokens per model call (skyline, seed {args.seed}, {args.guidance} guidance; "
-                        f"window = smallest power of two holding the largest call + a {DEFAULT_MAX_OUTPUT}-token reply)")
-    for col in ("role", "scale", "calls", "p50", "p95", "max", "window needed"):
+                        "window = smallest power of two holding the largest call and the reply)")
+    for col in ("role", "scale", "calls", "p50", "p95", "max", short, long):
         table.add_column(col, justify="left" if col in ("role", "scale") else "right")
-    lines = ["| role | scale | calls | p50 | p95 | max | window needed |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| role | scale | calls | p50 | p95 | max | {short} | {long} |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (ROLES.index(r["role"]), args.scales.split(",").index(r["scale"]))):
-        need = window_needed(r["max"], DEFAULT_MAX_OUTPUT)
-        table.add_row(r["role"], r["scale"], str(r["calls"]), str(r["p50"]), str(r["p95"]), str(r["max"]), str(need))
+        needs = [window_needed(r["max"], reply) for reply in (MIN_OUTPUT, DEFAULT_MAX_OUTPUT)]
+        table.add_row(r["role"], r["scale"], str(r["calls"]), str(r["p50"]), str(r["p95"]), str(r["max"]),
+                      *(str(n) for n in needs))
         lines.append(f"| {r['role']} | {r['scale']} | {r['calls']} | {r['p50']:,} | {r['p95']:,} | {r['max']:,} | "
-                     f"{need:,} |")
+                     f"{needs[0]:,} | {needs[1]:,} |")
     Console(width=140).print(table)
     print("\n".join(lines))
     return 0
