@@ -68,6 +68,8 @@ class _Image:
     true_label: str | None
     issue: str = "none"
     duplicate_of: int | None = None
+    #: an off-topic image whose own modality is grey
+    source_grey: bool = False
     fmt: str = "png"
     relpath: str = ""
 
@@ -177,7 +179,12 @@ def materialise_dataset(ctx: BuildContext, plan: DatasetPlan) -> DatasetKey:
     # the clean ones, so their noise, sharpness and file sizes are the dataset's own (issue 22)
     injected = _inject_issues(ctx, plan, images, list(names.values()), colour, aux)
     for im in images:
-        if im.issue != "duplicate":
+        if im.issue == "off_topic" and im.source_grey and colour:
+            # another modality's grey image: the site's resolution, intensity curve, blur and noise, but
+            # no colour cast from its camera (it was not taken with it); grey stays grey, which is content
+            grey = apply_profile(to_mode(im.pixels, colour=False), ctx.profile, rng)
+            im.pixels = to_mode(grey, colour=True)
+        elif im.issue != "duplicate":
             im.pixels = apply_profile(im.pixels, ctx.profile, rng)
     _copy_duplicates(images, rng)
     for im in images:  # each image's format is an independent draw, so drawing it before the shuffle tells nothing
@@ -259,8 +266,9 @@ def _inject_issues(ctx: BuildContext, plan: DatasetPlan, images: list[_Image], c
         other = ctx.pool.generate(int(rng.integers(0, 2)), 1, environment=source_env)[0]
         from PIL import Image
 
+        grey_source = other.ndim == 2
         other = np.asarray(Image.fromarray(to_mode(other, colour)).resize((size, size), Image.BILINEAR))
-        images.append(_Image(other, label(), None, "off_topic"))
+        images.append(_Image(other, label(), None, "off_topic", source_grey=grey_source))
         done["off_topic"] = done.get("off_topic", 0) + 1
     for kind in ("corrupt", "truncated", "zero_byte"):
         for _ in range(plan.issues.get(kind, 0)):

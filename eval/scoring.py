@@ -7,8 +7,10 @@ supplied (per-phase mode hands a phase the key's upstream result; that input is 
   C1  dataset selection: precision / recall / F1 per client; pass when every client is exact
   S2  against the replies S2 was shown: it approved exactly the clients that reported a dataset
   C2  per approved client (see :func:`score_c2`): exact gates for the schema, the class folders and
-      broken / non-image files; near-duplicate groups and off-topic images found (recall >= 0.8
-      each); at most 5 % of the clean images lost (at least 2 allowed). Label errors are reported as
+      broken / non-image files; near-duplicate groups and off-topic images found, counted together
+      (misses allowed: :func:`c2_misses_allowed`, none of two, one of three to nine, 20 % beyond;
+      a kind with two or more items may not be missed entirely); at most 5 % of the clean images
+      lost (at least 2 allowed). Label errors are reported as
       removal precision / recall beside the pass but do not gate it: the tools cannot find them
       reliably, and about a quarter of them do not change the target class.
   C3  against the files C3 was given (C2's output end to end): for every local class folder it
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GRADER_VERSION = "4"  # 3: the held-out outcome beside the sub-tasks; 4: personalised algorithms scored on their hospitals' models
+GRADER_VERSION = "5"  # 3: the held-out outcome beside the sub-tasks; 4: personalised algorithms scored on their hospitals' models; 5: C2 counts missed duplicates and off-topic images together (c2_misses_allowed)
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 _MODALITY_WORDS = {
@@ -131,13 +133,25 @@ def _provenance(folder: Path, candidates: list[str]) -> dict[str, str]:
     return out
 
 
-#: C2 thresholds (module docstring): recall of duplicate groups and off-topic images, and the clean
+#: C2 thresholds (module docstring): recall of duplicate groups and off-topic images together, and the clean
 #: images a client may lose: max(C2_MIN_LOST, C2_MAX_LOST x clean units). Measured on unseen tiny
 #: environments (seed 2026): the skyline's detectors (duplicates, off-topic) lose 0-2 clean images
 #: per client on real data; removing every flag, label-error flags included, loses 3-28.
 C2_MIN_RECALL = 0.8
 C2_MAX_LOST = 0.05
 C2_MIN_LOST = 2
+
+
+def c2_misses_allowed(items: int) -> int:
+    """How many of a client's injected near-duplicate groups and off-topic images C2 may miss.
+
+    A recall threshold alone (0.8) turns one miss into a failure whenever fewer than five items were
+    injected, which at tiny scale is every client (issue 22). Counted together, one miss is allowed
+    from three items on, and ``1 - C2_MIN_RECALL`` of them (rounded down) from ten on; of one or two
+    items none may be missed, so that finding nothing never passes."""
+    if items < 3:
+        return 0
+    return max(1, int((1 - C2_MIN_RECALL) * items + 1e-9))
 
 Locate = Callable[[str, str], Path]
 
@@ -228,14 +242,16 @@ def score_c2(clients: dict[str, Any], key, env_key, locate: Locate) -> dict[str,
                     le_removed += f.path not in kept
                     removed_images += f.path not in kept
                     removed_right += f.path not in kept
-        dup_recall = resolved / groups if groups else 1.0
-        off_recall = off_found / off_total if off_total else 1.0
+        missed = (groups - resolved) + (off_total - off_found)
+        misses_allowed = c2_misses_allowed(groups + off_total)
+        whole_kind_missed = (groups >= 2 and resolved == 0) or (off_total >= 2 and off_found == 0)
         allowance = max(C2_MIN_LOST, int(C2_MAX_LOST * units))
-        ok = (not problems and dup_recall >= C2_MIN_RECALL and off_recall >= C2_MIN_RECALL and lost <= allowance)
+        ok = (not problems and missed <= misses_allowed and not whole_kind_missed and lost <= allowance)
         all_ok &= ok
         details[hospital] = {
             "passed": ok, "compliant": not problems, "problems": problems[:5],
             "duplicate_groups_resolved": f"{resolved}/{groups}", "off_topic_found": f"{off_found}/{off_total}",
+            "missed": missed, "misses_allowed": misses_allowed,
             "clean_lost": lost, "clean_lost_allowed": allowance,
             "label_error_recall": round(le_removed / le_total, 4) if le_total else None,
             "removal_precision": round(removed_right / removed_images, 4) if removed_images else None,
