@@ -245,11 +245,14 @@ def off_topic(data: Loaded, ratio: float = 2.0, floor: float = 2.5, spectrum_rat
         structure = score / float(np.quantile(score, 0.75))
         spectrum = bulk_distance(radial_spectrum(sub.grey))
         texture = spectrum / float(np.quantile(spectrum, 0.75))
+        # an image with a near-duplicate is a second export of one of the site's own acquisitions: the
+        # weak texture rule alone does not make it off-topic (it removed both copies of an unusual lesion)
+        copied = {k for pair in near_duplicates(sub) for k in pair[:2]}
         for j in range(len(rest)):
             if structure[j] > ratio and score[j] > floor:
                 flagged.append((int(rest[j]), round(float(structure[j]), 2),
                                 "content and texture far from the dataset's typical images"))
-            elif texture[j] > spectrum_ratio and structure[j] > support_ratio:
+            elif texture[j] > spectrum_ratio and structure[j] > support_ratio and j not in copied:
                 flagged.append((int(rest[j]), round(float(texture[j]), 2),
                                 "texture (frequency spectrum) unlike the dataset's images"))
     return sorted(flagged, key=lambda t: -t[1])
