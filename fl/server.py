@@ -148,7 +148,7 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     last = result["rounds"][-1]
     result["final"] = {"global": last["global"], "clients": last["clients"]}
     _write(result, path)
-    weights = model_arrays(arrays)
+    weights = model_arrays(arrays, model)
     if weights:
         torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, Path(plan["out_dir"]) / "global_model.pt")
     return result

@@ -130,7 +130,7 @@ def test_fedgen_server_averages_weights_and_trains_a_generator_the_heads_agree_w
                                if k.startswith(AUX + "gen.")})  # fmt: skip
     after = _ensemble_accuracy(generator, heads, counts)
     assert after > before + 0.2 and after > 0.8, (before, after)
-    glob = model_arrays(record)  # the generator is not part of the global model
+    glob = model_arrays(record, build_model("FedGen", 1, 2, 28, 0))  # the generator is not part of the global model
     assert set(glob) == set(weights)
     for key, value in _fedavg(uploads, weights).items():
         np.testing.assert_allclose(glob[key], value, rtol=1e-5, atol=1e-6)
@@ -242,7 +242,7 @@ def test_fedmd_only_scores_travel_consensus_is_their_mean_and_digest_moves_towar
         uploads.append(payload)
     record, _ = strategy.aggregate_train(1, [_reply(n, u) for n, u in zip((11, 22), uploads)])
     arrays = _numpy(record)
-    assert set(arrays) == {AUX + "consensus"} and model_arrays(record) == {}  # no global_model.pt
+    assert set(arrays) == {AUX + "consensus"} and model_arrays(record, build_model("FedMD", 1, 2, 28, 0)) == {}  # no global_model.pt
     np.testing.assert_allclose(
         arrays[AUX + "consensus"], (uploads[0][AUX + "scores"] + uploads[1][AUX + "scores"]) / 2, rtol=1e-5, atol=1e-6
     )
@@ -294,7 +294,7 @@ def test_adcol_discriminator_learns_to_tell_clients_apart():
     disc.load_state_dict({k[len(AUX + "disc.") :]: torch.as_tensor(v.numpy()) for k, v in record.items()
                           if k.startswith(AUX + "disc.")})  # fmt: skip
     assert accuracy(disc) > 0.9 and accuracy(disc) > before + 0.3, (before, accuracy(disc))
-    assert set(model_arrays(record)) == set(weights)
+    assert set(model_arrays(record, build_model("ADCOL", 1, 2, 28, 0))) == set(weights)
 
 
 def test_adcol_client_makes_the_discriminator_less_sure_who_it_is():
@@ -338,7 +338,7 @@ def test_fediir_server_keeps_the_ema_of_the_mean_classifier_gradient():
     for key in ("head.weight", "head.bias"):
         expected = 0.9 * (0.9 * means[0][key] + 0.1 * means[1][key]) + 0.1 * means[2][key]
         np.testing.assert_allclose(arrays[AUX + "grad_mean." + key], expected, rtol=1e-5, atol=1e-6)
-    assert set(model_arrays(record)) == set(weights)
+    assert set(model_arrays(record, build_model("FedIIR", 1, 2, 28, 0))) == set(weights)
 
 
 def test_fediir_penalty_pulls_the_clients_classifier_gradient_to_the_mean():

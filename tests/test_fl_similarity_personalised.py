@@ -12,6 +12,7 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fl.algorithms.base import AUX, RunSpec, StateStore
+from fl.algorithms.server_base import to_record
 from fl.algorithms.similarity_personalised import (
     FedAP,
     FedFomo,
@@ -25,7 +26,7 @@ from fl.algorithms.similarity_personalised import (
 )
 from fl.data import LocalData
 from fl.models import batchnorm_keys, build_model, shareable_keys
-from fl.strategies import _record, build_strategy
+from fl.strategies import build_strategy
 
 NODES = [11, 22, 33, 44]
 
@@ -58,15 +59,15 @@ def _strategy(name: str, rounds: int, hp: dict):
 
 def _sent(strategy, rnd: int, arrays: dict, evaluate: bool = False) -> dict[int, dict[str, np.ndarray]]:
     configure = strategy.configure_evaluate if evaluate else strategy.configure_train
-    messages = configure(rnd, _record(arrays), ConfigRecord({}), _Grid())
+    messages = configure(rnd, to_record(arrays), ConfigRecord({}), _Grid())
     return {m.metadata.dst_node_id: {k: v.numpy() for k, v in m.content["arrays"].items()} for m in messages}
 
 
 def _round(strategy, rnd: int, arrays: dict, uploads: dict[int, dict], n: dict[int, int] | None = None):
     """One server round: send, receive ``uploads`` (node -> arrays) as the nodes' replies, aggregate."""
-    messages = strategy.configure_train(rnd, _record(arrays), ConfigRecord({}), _Grid())
+    messages = strategy.configure_train(rnd, to_record(arrays), ConfigRecord({}), _Grid())
     replies = [
-        Message(RecordDict({"arrays": _record(uploads[m.metadata.dst_node_id]),
+        Message(RecordDict({"arrays": to_record(uploads[m.metadata.dst_node_id]),
                             "metrics": MetricRecord({"num-examples": (n or {}).get(m.metadata.dst_node_id, 10),
                                                      "train_loss": 0.0})}), reply_to=m)
         for m in messages if m.metadata.dst_node_id in uploads  # a node not in ``uploads`` does not reply

@@ -6,8 +6,7 @@ and the local model (FedALA), a body aligned to the local head with Fisher-weigh
 Every ``predictor`` returns one plain network of the algorithm's architecture (the SplitNet), so
 each hospital's deployed model can be saved and scored like any other. The server is FedAvg except
 for pFedMe (its beta-mixing), FedAS (weights from the clients' Fisher information) and MetaFed (a
-ring: each node is sent its predecessor's model); their strategies are built inside the factories,
-because fl.strategies imports this package.
+ring: each node is sent its predecessor's model), built from :mod:`fl.algorithms.server_base`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fl.algorithms.base import ClientAlgorithm, param_dict, squared_distance
+from fl.algorithms.server_base import CustomStrategy, PerNode, arrays_of, to_record
 from fl.data import train_loader
 
 
@@ -152,11 +152,10 @@ class PFedMe(ClientAlgorithm):
 
 def _pfedme(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
             param_keys: set[str], buffer_keys: set[str]) -> Any:  # fmt: skip
-    from fl.strategies import _Custom, _record
 
     beta = float(hp.get("beta", 1.0))
 
-    class PFedMeServer(_Custom):
+    class PFedMeServer(CustomStrategy):
         """w <- (1 - beta) w + beta * FedAvg(local w) on the parameters; BatchNorm statistics are
         plainly averaged (an extrapolating beta could push a running variance below zero)."""
 
@@ -166,7 +165,7 @@ def _pfedme(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any],
                 return arrays, metrics
             mean = {k: v.numpy() for k, v in arrays.items()}
             mixed = {k: (1 - beta) * self.sent[k] + beta * v if k in param_keys else v for k, v in mean.items()}
-            return _record(mixed), metrics
+            return to_record(mixed), metrics
 
     return PFedMeServer(**common)
 
@@ -330,9 +329,8 @@ def fisher_weights(scores: list[float]) -> np.ndarray:
 
 def _fedas(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
            param_keys: set[str], buffer_keys: set[str]) -> Any:  # fmt: skip
-    from fl.strategies import _arrays, _Custom, _record
 
-    class FedASServer(_Custom):
+    class FedASServer(CustomStrategy):
         """Body = sum_i F_i body_i / sum_i F_i over the round's clients (F_i their Fisher trace); the
         keys no client sends (the heads) keep the values last sent, so the arrays stay one model."""
 
@@ -341,9 +339,9 @@ def _fedas(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], 
             if not contents:
                 return None, None
             self.weights = fisher_weights([float(next(iter(c.metric_records.values()))[FISHER]) for c in contents])
-            updates = [_arrays(c) for c in contents]
+            updates = [arrays_of(c) for c in contents]
             mean = {k: sum(w * u[k] for w, u in zip(self.weights, updates)) for k in updates[0]}
-            return _record({**self.sent, **mean}), self._metrics(contents)
+            return to_record({**self.sent, **mean}), self._metrics(contents)
 
     return FedASServer(**common)
 
@@ -413,7 +411,6 @@ def _metafed(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any]
              param_keys: set[str], buffer_keys: set[str]) -> Any:  # fmt: skip
     from flwr.app import ArrayRecord, ConfigRecord, MessageType
 
-    from fl.strategies import PerNode, _record
 
     warmup = warmup_rounds(float(hp.get("warmup_round", 30)), int(plan.get("rounds", 1)))
 
@@ -437,7 +434,7 @@ def _metafed(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any]
         def arrays_for(self, node_id, arrays, message_type):
             if message_type == MessageType.TRAIN:
                 previous = self.models.get(self.predecessor(node_id))
-                return _record(previous) if previous is not None else arrays
+                return to_record(previous) if previous is not None else arrays
             return ArrayRecord() if node_id in self.models else arrays  # it predicts with its own model
 
         def aggregate_train(self, server_round, replies):
@@ -447,7 +444,7 @@ def _metafed(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any]
                 return None, None
             self.models.update({node: arrays for node, (arrays, _) in by_node.items()})
             last = next(n for n in reversed(self.ring) if n in self.models)
-            return _record(self.models[last]), self._metrics(self._valid(replies))
+            return to_record(self.models[last]), self._metrics(self._valid(replies))
 
     return MetaFedRing(**common)
 

@@ -1,22 +1,34 @@
-"""Client side of the personalised algorithms: each client ends up with its own model.
+"""The personalised algorithms: each client ends up with its own model.
 
 Personal parts are kept in Flower's ``context.state`` and never sent; evaluation uses the client's
 personalised model on its own validation split. Every ``predictor`` is one plain network of the
 algorithm's architecture (APFL's mixture and FedRoD's two heads are folded into one), so after the
-last round each hospital can keep its model as a file that the outcome scoring evaluates.
+last round each hospital can keep its model as a file that the outcome scoring evaluates. FedProto
+(prototype averaging) and Local-Only (no aggregation) bring servers of their own; the others are
+served by FedAvg.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from fl.algorithms.base import ClientAlgorithm, param_dict, squared_distance, suppress_small_classes
+from fl.algorithms.base import (
+    ClientAlgorithm,
+    param_dict,
+    squared_distance,
+    suppress_small_classes,
+)
+from fl.algorithms.server_base import Arrays, CustomStrategy, arrays_of, to_record
 from fl.models import batchnorm_keys, shareable_keys
 
 
@@ -290,3 +302,48 @@ CLIENTS: dict[str, type[ClientAlgorithm]] = {
     "FedProto": FedProto,
     "Local-Only": LocalOnly,
 }
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+class PrototypeServer(CustomStrategy):
+    """Global prototype of class c = count-weighted mean of the clients' prototypes (Tan et al. 2022)."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        contents = self._valid(replies)
+        if not contents:
+            return None, None
+        updates = [arrays_of(c) for c in contents]
+        counts = sum(u["counts"] for u in updates)
+        protos = sum(u["protos"] * u["counts"][:, None] for u in updates) / np.maximum(counts, 1)[:, None]
+        return to_record({"protos": protos, "counts": counts}), self._metrics(contents)
+
+
+class LocalOnlyServer(CustomStrategy):
+    """Nothing is aggregated: the server only schedules rounds and collects metrics."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        return ArrayRecord(), self._metrics(self._valid(replies))
+
+
+def prototype_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                     param_keys: set[str], buffer_keys: set[str]) -> Strategy:
+    return PrototypeServer(**common)
+
+
+def local_only_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                      param_keys: set[str], buffer_keys: set[str]) -> Strategy:
+    return LocalOnlyServer(**common)
+
+
+def prototype_initial(model: nn.Module, n_classes: int, weights: Arrays) -> Arrays:
+    """No weights: empty prototypes (counts 0: clients train without the prototype term in round 1)."""
+    return {"protos": np.zeros((n_classes, model.feature_dim), np.float32), "counts": np.zeros(n_classes, np.float32)}
+
+
+def nothing_initial(model: nn.Module, n_classes: int, weights: Arrays) -> Arrays:
+    return {}
+
+
+SERVERS = {"FedProto": prototype_server, "Local-Only": local_only_server}
+INITIAL = {"FedProto": prototype_initial, "Local-Only": nothing_initial}

@@ -9,14 +9,17 @@ the hospital's model), FLUTE's and pFedFDA's personal heads are the plain linear
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 from torch.nn import functional as F
 
 from fl.algorithms.base import AUX, MIN_CLASS_EXAMPLES, ClientAlgorithm, split_aux
 from fl.algorithms.personalised import FedPer, head_keys
+from fl.algorithms.server_base import CustomStrategy, with_aux
 from fl.models import SplitNet
 
 
@@ -407,9 +410,8 @@ def _complete_fedavg(common: dict, lda: bool):
     the averaged statistics (pFedFDA's global model)."""
     from flwr.app import Array
 
-    from fl.strategies import _Custom
 
-    class CompleteFedAvg(_Custom):
+    class CompleteFedAvg(CustomStrategy):
         def aggregate_train(self, server_round, replies):
             replies = list(replies)
             arrays, metrics = super().aggregate_train(server_round, replies)
@@ -429,15 +431,17 @@ def _complete_fedavg(common: dict, lda: bool):
     return CompleteFedAvg(**common)
 
 
-def complete_server(hp, common, plan, model, param_keys, buffer_keys):
+def complete_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                    param_keys: set[str], buffer_keys: set[str]) -> Strategy:
     return _complete_fedavg(common, lda=False)
 
 
-def fda_server(hp, common, plan, model, param_keys, buffer_keys):
+def fda_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+               param_keys: set[str], buffer_keys: set[str]) -> Strategy:
     return _complete_fedavg(common, lda=True)
 
 
 CLIENTS: dict[str, type[ClientAlgorithm]] = {"FedEM": FedEM, "kNN-Per": KNNPer, "FLUTE": FLUTE, "pFedFDA": PFedFDA}
 MODELS: dict[str, type[nn.Module]] = {"FedEM": MixtureNet, "kNN-Per": KNNPerNet}
-INITIAL = {"pFedFDA": fda_initial}
+INITIAL = {"pFedFDA": with_aux(fda_initial)}
 SERVERS = {"FedEM": complete_server, "kNN-Per": complete_server, "FLUTE": complete_server, "pFedFDA": fda_server}

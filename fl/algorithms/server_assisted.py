@@ -6,8 +6,8 @@ clients apart by their representations (ADCOL), a running mean of the clients' c
 
 What the server learns travels back as ``aux.`` arrays beside the weights, so
 ``fl.strategies.model_arrays`` leaves it out of global_model.pt; FedMD sends no weights at all.
-The strategies subclass ``fl.strategies.PerNode`` (for its replies by node; every node gets the same
-arrays) inside their factories, because fl.strategies imports the algorithm modules.
+The strategies subclass :class:`fl.algorithms.server_base.PerNode` (for its replies by node; every
+node gets the same arrays).
 """
 
 from __future__ import annotations
@@ -17,10 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 from torch.nn import functional as F
 
-from fl.algorithms.base import AUX, MIN_CLASS_EXAMPLES, ClientAlgorithm, split_aux, to_numpy
+from fl.algorithms.base import (
+    AUX,
+    MIN_CLASS_EXAMPLES,
+    ClientAlgorithm,
+    split_aux,
+    to_numpy,
+)
+from fl.algorithms.server_base import PerNode, to_record
 from fl.models import FEATURE_DIM
 
 Arrays = dict[str, np.ndarray]
@@ -180,8 +188,8 @@ class FedGen(ClientAlgorithm):
         return {**super().payload(model), AUX + "label_counts": counts}
 
 
-def _fedgen(hp, common, plan, model, param_keys, buffer_keys):
-    from fl.strategies import PerNode, _record
+def _fedgen(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+            param_keys: set[str], buffer_keys: set[str]) -> Strategy:
 
     n_classes = model.head.out_features
 
@@ -205,7 +213,7 @@ def _fedgen(hp, common, plan, model, param_keys, buffer_keys):
             counts = torch.from_numpy(np.stack([a[AUX + "label_counts"] for a in uploads]))
             train_generator(self.generator, self.optimizer, heads, counts, self.rng)
             generator = _prefixed(AUX + "gen.", self.generator.state_dict())
-            return _record({**_fedavg(by_node), **generator}), self._metrics(self._valid(replies))
+            return to_record({**_fedavg(by_node), **generator}), self._metrics(self._valid(replies))
 
     return FedGenServer(**common)
 
@@ -281,8 +289,8 @@ class CCVR(ClientAlgorithm):
         return _prefixed(AUX, stats), {"train_loss": float(loss)}
 
 
-def _ccvr(hp, common, plan, model, param_keys, buffer_keys):
-    from fl.strategies import PerNode, _record
+def _ccvr(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+          param_keys: set[str], buffer_keys: set[str]) -> Strategy:
 
     rounds = int(plan.get("rounds", 1))
 
@@ -312,7 +320,7 @@ def _ccvr(hp, common, plan, model, param_keys, buffer_keys):
             head.load_state_dict({k.removeprefix("head."): torch.from_numpy(self.sent[k]) for k in HEAD})
             calibrate_head(head, x, y, int(plan.get("seed", 0)))
             calibrated = _prefixed("head.", head.state_dict())
-            return _record({**self.sent, **calibrated}), self._metrics(self._valid(replies))
+            return to_record({**self.sent, **calibrated}), self._metrics(self._valid(replies))
 
     return CCVRServer(**common)
 
@@ -380,10 +388,10 @@ class FedMD(ClientAlgorithm):
             return {AUX + "scores": self.scores(model).numpy()}
 
 
-def _fedmd(hp, common, plan, model, param_keys, buffer_keys):
+def _fedmd(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+           param_keys: set[str], buffer_keys: set[str]) -> Strategy:
     from flwr.app import ArrayRecord
 
-    from fl.strategies import PerNode, _record
 
     def scores_only(arrays: ArrayRecord) -> ArrayRecord:
         return ArrayRecord({k: v for k, v in arrays.items() if k.startswith(AUX)})
@@ -405,7 +413,7 @@ def _fedmd(hp, common, plan, model, param_keys, buffer_keys):
             if not uploads:
                 return None, None
             consensus = np.mean([a[AUX + "scores"] for a in uploads], axis=0)
-            return _record({AUX + "consensus": consensus}), self._metrics(self._valid(replies))
+            return to_record({AUX + "consensus": consensus}), self._metrics(self._valid(replies))
 
     return FedMDServer(**common)
 
@@ -464,8 +472,8 @@ class ADCOL(ClientAlgorithm):
         return {**super().payload(model), AUX + "features": _embed(model, self.data.train_x[idx]).numpy()}
 
 
-def _adcol(hp, common, plan, model, param_keys, buffer_keys):
-    from fl.strategies import PerNode, _record
+def _adcol(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+           param_keys: set[str], buffer_keys: set[str]) -> Strategy:
 
     n_clients = max(2, len(plan.get("clients", [])))
 
@@ -499,7 +507,7 @@ def _adcol(hp, common, plan, model, param_keys, buffer_keys):
             )
             train_discriminator(self.disc, self.optimizer, z, who, self.rng)
             disc = _prefixed(AUX + "disc.", self.disc.state_dict())
-            return _record({**_fedavg(by_node), **disc}), self._metrics(self._valid(replies))
+            return to_record({**_fedavg(by_node), **disc}), self._metrics(self._valid(replies))
 
     return ADCOLServer(**common)
 
@@ -542,8 +550,8 @@ class FedIIR(ClientAlgorithm):
         return {**super().payload(model), **_prefixed(AUX + "grad.", self.gradient)}
 
 
-def _fediir(hp, common, plan, model, param_keys, buffer_keys):
-    from fl.strategies import PerNode, _record
+def _fediir(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+            param_keys: set[str], buffer_keys: set[str]) -> Strategy:
 
     ema = float(hp.get("ema", 0.95))
 
@@ -564,7 +572,7 @@ def _fediir(hp, common, plan, model, param_keys, buffer_keys):
             previous = self.grad_mean
             self.grad_mean = mean if previous is None else {k: ema * previous[k] + (1 - ema) * mean[k] for k in HEAD}
             grad_mean = {AUX + "grad_mean." + k: v for k, v in self.grad_mean.items()}
-            return _record({**_fedavg(by_node), **grad_mean}), self._metrics(self._valid(replies))
+            return to_record({**_fedavg(by_node), **grad_mean}), self._metrics(self._valid(replies))
 
     return FedIIRServer(**common)
 

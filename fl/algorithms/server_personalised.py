@@ -1,7 +1,7 @@
 """Personalisation the server computes: a hypernetwork that generates each client's model (pFedHN) or
 its layer-wise aggregation weights (pFedLA), and clustering of clients by update direction (CFL).
 
-Each node gets its own arrays from a ``fl.strategies.PerNode`` strategy, told apart by its node id.
+Each node gets its own arrays from a ``fl.algorithms.server_base.PerNode`` strategy, told apart by its node id.
 The clients are the plain local-SGD client (pFedHN keeps its BatchNorm statistics and last trained
 weights locally). After the last round the strategy's arrays are still one valid set of weights for
 ``global_model.pt``: the hypernetwork's model for the example-weighted mean embedding (pFedHN), the
@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fl.algorithms.base import ClientAlgorithm
+from fl.algorithms.server_base import PerNode, to_record
 
 
 class PFedHNClient(ClientAlgorithm):
@@ -99,8 +101,8 @@ def _weighted_mean(items: list[tuple[dict[str, np.ndarray], float]]) -> dict[str
     return {k: sum(a[k] * (n / total) for a, n in items) for k in items[0][0]}
 
 
-def _pfedhn(hp, common, plan, model, param_keys, buffer_keys):
-    from fl.strategies import PerNode, _record
+def _pfedhn(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+            param_keys: set[str], buffer_keys: set[str]) -> Strategy:
 
     class PFedHN(PerNode):
         """Shamsian et al. 2021, server: node i gets h(e_i); after its local training the hypernetwork
@@ -124,7 +126,7 @@ def _pfedhn(hp, common, plan, model, param_keys, buffer_keys):
 
         def arrays_for(self, node_id, arrays, message_type):
             with torch.no_grad():
-                return _record(self.layout.unflatten(self.generate(node_id)))
+                return to_record(self.layout.unflatten(self.generate(node_id)))
 
         def aggregate_train(self, server_round, replies):
             replies = list(replies)
@@ -139,7 +141,7 @@ def _pfedhn(hp, common, plan, model, param_keys, buffer_keys):
                 self.examples[node] = n
             self.step_without_absent(by_node)
             buffers = _weighted_mean([({k: a[k] for k in buffer_keys if k in a}, n) for a, n in by_node.values()])
-            return _record({**self.global_weights(), **buffers}), self._metrics(self._valid(replies))
+            return to_record({**self.global_weights(), **buffers}), self._metrics(self._valid(replies))
 
         def step_without_absent(self, by_node: dict) -> None:
             """The optimiser step, with the embedding of a node that sent nothing this round (and its
@@ -188,8 +190,8 @@ def layer_of(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
 
-def _pfedla(hp, common, plan, model, param_keys, buffer_keys):
-    from fl.strategies import PerNode, _record
+def _pfedla(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+            param_keys: set[str], buffer_keys: set[str]) -> Strategy:
 
     class PFedLA(PerNode):
         """Ma et al. 2022, server: keeps every client's latest model theta_j and, per client i, a
@@ -221,7 +223,7 @@ def _pfedla(hp, common, plan, model, param_keys, buffer_keys):
 
         def arrays_for(self, node_id, arrays, message_type):
             with torch.no_grad():
-                return _record({k: v.numpy() for k, v in self.personalised(self.row(node_id)).items()})
+                return to_record({k: v.numpy() for k, v in self.personalised(self.row(node_id)).items()})
 
         def aggregate_train(self, server_round, replies):
             replies = list(replies)
@@ -240,7 +242,7 @@ def _pfedla(hp, common, plan, model, param_keys, buffer_keys):
             for node, (arrays, _) in by_node.items():  # theta_i <- trained_i once every alpha has been updated
                 for k in self.keys:
                     self.models[k][self.row(node)] = torch.as_tensor(arrays[k])
-            return _record(self.global_weights()), self._metrics(self._valid(replies))
+            return to_record(self.global_weights()), self._metrics(self._valid(replies))
 
         def global_weights(self) -> dict[str, np.ndarray]:
             """The example-weighted mean of the personalised models of the clients seen."""
@@ -267,8 +269,8 @@ def start_round(hp: dict[str, Any], rounds: int) -> int:
     return min(int(hp.get("start_round", 20)), max(1, rounds - 1))
 
 
-def _cfl(hp, common, plan, model, param_keys, buffer_keys):
-    from fl.strategies import PerNode, _record
+def _cfl(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+         param_keys: set[str], buffer_keys: set[str]) -> Strategy:
 
     min_size = int(hp.get("min_cluster_size", 2))
     ratio = float(hp.get("split_ratio", 0.4))
@@ -302,7 +304,7 @@ def _cfl(hp, common, plan, model, param_keys, buffer_keys):
         def arrays_for(self, node_id, arrays, message_type):
             if not self.models:  # round 1: every cluster model starts from the initial weights
                 self.models = [dict(self.sent)]
-            return _record(self.models[self.cluster_of(node_id)])
+            return to_record(self.models[self.cluster_of(node_id)])
 
         def aggregate_train(self, server_round, replies):
             replies = list(replies)
@@ -321,7 +323,7 @@ def _cfl(hp, common, plan, model, param_keys, buffer_keys):
                 if replied:
                     mean = _weighted_mean(replied)
                     self.models[c] = {k: v + mean[k] for k, v in self.models[c].items()}
-            return _record(self.global_weights()), self._metrics(self._valid(replies))
+            return to_record(self.global_weights()), self._metrics(self._valid(replies))
 
         def maybe_split(self, c: int, updates: dict[int, dict[str, np.ndarray]]) -> None:
             members = self.clusters[c]

@@ -2,10 +2,9 @@
 clients whose models or data look alike (pFedSim, FedFomo, FedAP, FedPAC).
 
 Every server here remembers each node's latest upload and sends each node its own arrays
-(``fl.strategies.PerNode``); what the strategy returns as its global arrays is always a complete,
-plainly averaged model, so global_model.pt stays a valid network. The server halves are mixins
-combined with PerNode inside their factories: fl.strategies imports this package, so it is imported
-there and not at module top.
+(:class:`fl.algorithms.server_base.PerNode`); what the strategy returns as its global arrays is
+always a complete, plainly averaged model, so global_model.pt stays a valid network. The server
+halves are mixins combined with PerNode by their factories.
 """
 
 from __future__ import annotations
@@ -19,7 +18,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl.algorithms.base import AUX, ClientAlgorithm, split_aux, suppress_small_classes, to_numpy
+from fl.algorithms.base import (
+    AUX,
+    ClientAlgorithm,
+    split_aux,
+    suppress_small_classes,
+    to_numpy,
+)
+from fl.algorithms.server_base import PerNode, to_record
 from fl.data import LocalData, stratified_split
 from fl.models import batchnorm_keys, shareable_keys
 
@@ -121,12 +127,10 @@ class _Remembering:
         self.personal: dict[int, Arrays] = {}
 
     def arrays_for(self, node_id, arrays, message_type):
-        from fl.strategies import _record
 
-        return _record(self.personal[node_id]) if node_id in self.personal else arrays
+        return to_record(self.personal[node_id]) if node_id in self.personal else arrays
 
     def aggregate_train(self, server_round, replies):
-        from fl.strategies import _record
 
         replies = list(replies)
         by_node = self._by_node(replies)
@@ -134,7 +138,7 @@ class _Remembering:
             return None, None
         self.latest.update(by_node)
         arrays = self.personalise(server_round, by_node)
-        return _record(arrays), self._metrics(self._valid(replies))
+        return to_record(arrays), self._metrics(self._valid(replies))
 
     def global_arrays(self, by_node: dict[int, tuple[Arrays, float]]) -> Arrays:
         """The model weights last sent, each one the nodes returned replaced by its FedAvg (no aux.)."""
@@ -176,7 +180,6 @@ class FedFomoServer(_Remembering):
     def arrays_for(self, node_id, arrays, message_type):
         from flwr.app import ArrayRecord, MessageType
 
-        from fl.strategies import _record
 
         known = node_id in self.latest
         if message_type == MessageType.EVALUATE:
@@ -185,7 +188,7 @@ class FedFomoServer(_Remembering):
         for peer, (model, _) in self.latest.items():
             if peer != node_id:
                 out.update({f"{AUX}peer{peer}.{k}": v for k, v in model.items()})
-        return _record(out)
+        return to_record(out)
 
     def personalise(self, server_round, by_node):
         return self.global_arrays(self.latest)
@@ -245,8 +248,7 @@ class FedPACServer(_Remembering):
 
 
 def _strategy(server: type, **kwargs: Any):
-    """``server`` combined with fl.strategies.PerNode (imported here: fl.strategies imports this package)."""
-    from fl.strategies import PerNode
+    """``server`` combined with :class:`PerNode`."""
 
     return type(server.__name__, (server, PerNode), {})(**kwargs)
 

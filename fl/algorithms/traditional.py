@@ -1,17 +1,36 @@
-"""Client side of the traditional (one global model) algorithms.
+"""The traditional (one global model) algorithms: their clients and servers.
 
-FedAvg, FedAvgM and FedOpt need only the default client: their difference is on the server.
+FedAvg, FedAvgM and FedOpt need only the default client: their difference is on the server
+(Flower's FedAvgM and FedAdam/FedYogi/FedAdagrad, on trainable parameters only). SCAFFOLD and
+FedDyn keep server state of their own.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import torch
+from flwr.app import Message
+from flwr.serverapp.strategy import FedProx as FedProxStrategy
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 from torch.nn import functional as F
 
 from fl.algorithms.base import ClientAlgorithm, param_dict, squared_distance, to_numpy
+from fl.algorithms.server_base import (
+    Arrays,
+    CustomStrategy,
+    FedAdagradParams,
+    FedAdamParams,
+    FedAvgMParams,
+    FedYogiParams,
+    arrays_of,
+    node_weights,
+    to_record,
+)
 
 #: key prefixes SCAFFOLD uses to carry control variates next to the weights in one ArrayRecord
 C_GLOBAL, C_DELTA = "scaffold_c.", "scaffold_dc."
@@ -122,6 +141,95 @@ class FedLC(ClientAlgorithm):
         return F.cross_entropy(model(x) - tau * counts.pow(-0.25), y)
 
 
+# -- servers ---------------------------------------------------------------------------------------
+
+class ScaffoldServer(CustomStrategy):
+    """x <- x + lr_g * mean(y_i - x); c <- c + |S|/N * mean(delta c_i) (Karimireddy et al. 2020)."""
+
+    def __init__(self, global_lr: float = 1.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.global_lr = global_lr
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        contents = self._valid(replies)
+        if not contents:
+            return None, None
+        w = node_weights(contents)
+        updates = [arrays_of(c) for c in contents]
+        out = {}
+        for key, x in self.sent.items():
+            if key.startswith(C_GLOBAL):
+                delta = np.mean([u[C_DELTA + key[len(C_GLOBAL) :]] for u in updates], axis=0)
+                out[key] = x + len(contents) / max(self.n_nodes, 1) * delta
+            else:
+                y = sum(wi * u[key] for wi, u in zip(w, updates))
+                out[key] = x + self.global_lr * (y - x)
+        return to_record(out), self._metrics(contents)
+
+
+class FedDynServer(CustomStrategy):
+    """h <- h - alpha/m * sum_i (w_i - w); w <- mean_i(w_i) - h/alpha (Acar et al. 2021)."""
+
+    def __init__(self, alpha: float, param_keys: set[str], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.alpha, self.param_keys, self.h = alpha, param_keys, {}
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        contents = self._valid(replies)
+        if not contents:
+            return None, None
+        updates = [arrays_of(c) for c in contents]
+        out = {}
+        for key, prev in self.sent.items():
+            mean = np.mean([u[key] for u in updates], axis=0)
+            if key in self.param_keys:
+                h = self.h.get(key, np.zeros_like(prev))
+                h = h - self.alpha / max(self.n_nodes, 1) * sum(u[key] - prev for u in updates)
+                self.h[key] = h
+                mean = mean - h / self.alpha
+            out[key] = mean
+        return to_record(out), self._metrics(contents)
+
+
+def fedavgm_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                   param_keys: set[str], buffer_keys: set[str]) -> Strategy:
+    return FedAvgMParams(server_learning_rate=float(hp.get("server_lr", 1.0)),
+                         server_momentum=float(hp.get("server_momentum", 0.9)), **common)
+
+
+def fedprox_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                   param_keys: set[str], buffer_keys: set[str]) -> Strategy:
+    return FedProxStrategy(proximal_mu=float(hp.get("mu", 0.01)), **common)
+
+
+def fedopt_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                  param_keys: set[str], buffer_keys: set[str]) -> Strategy:
+    variant = str(hp.get("variant", "adam")).lower().removeprefix("fed")
+    opt = {"eta": float(hp.get("server_lr", 0.01)), "eta_l": float(plan.get("lr", 0.01)),
+           "tau": float(hp.get("tau", 1e-3))}
+    if variant in ("adam", "yogi"):
+        opt.update(beta_1=float(hp.get("beta_1", 0.9)), beta_2=float(hp.get("beta_2", 0.99)))
+    classes = {"adam": FedAdamParams, "yogi": FedYogiParams, "adagrad": FedAdagradParams}
+    if variant not in classes:
+        raise ValueError(f"FedOpt variant must be adam, yogi or adagrad, not {variant!r}")
+    return classes[variant](**opt, **common)
+
+
+def scaffold_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                    param_keys: set[str], buffer_keys: set[str]) -> Strategy:
+    return ScaffoldServer(global_lr=float(hp.get("global_lr", 1.0)), **common)
+
+
+def feddyn_server(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
+                  param_keys: set[str], buffer_keys: set[str]) -> Strategy:
+    return FedDynServer(alpha=float(hp.get("alpha", 0.1)), param_keys=param_keys, **common)
+
+
+def scaffold_initial(model: nn.Module, n_classes: int, weights: Arrays) -> Arrays:
+    """The weights and a zero server control variate per trainable parameter."""
+    return {**weights, **{C_GLOBAL + n: np.zeros(tuple(p.shape), np.float32) for n, p in model.named_parameters()}}
+
+
 CLIENTS: dict[str, type[ClientAlgorithm]] = {
     "FedAvg": ClientAlgorithm,
     "FedAvgM": ClientAlgorithm,
@@ -132,3 +240,7 @@ CLIENTS: dict[str, type[ClientAlgorithm]] = {
     "FedDyn": FedDyn,
     "FedLC": FedLC,
 }
+
+SERVERS = {"FedAvgM": fedavgm_server, "FedProx": fedprox_server, "FedOpt": fedopt_server,
+           "SCAFFOLD": scaffold_server, "FedDyn": feddyn_server}
+INITIAL = {"SCAFFOLD": scaffold_initial}
