@@ -113,22 +113,26 @@ def context_window(config: RunConfig):
     return with_window(model_info(config)).window
 
 
-#: run deadlines (``time.time()``) by run folder: outside the checkpointed config, so a resumed run
-#: gets the limit of the bench that resumes it
+#: run deadlines (``time.time()``) by run: outside the checkpointed config, so a resumed run gets
+#: the limit of the bench that resumes it
 _deadlines: dict[str, float] = {}
+
+
+def _run_key(config: RunConfig) -> str:
+    return f"{config.env_dir}|{config.task_id}|{run_name(config)}"
 
 
 def set_deadline(config: RunConfig, deadline: float | None) -> None:
     with _lock:
         if deadline is None:
-            _deadlines.pop(str(run_root(config)), None)
+            _deadlines.pop(_run_key(config), None)
         else:
-            _deadlines[str(run_root(config))] = deadline
+            _deadlines[_run_key(config)] = deadline
 
 
 def deadline(config: RunConfig) -> float | None:
     with _lock:
-        return _deadlines.get(str(run_root(config)))
+        return _deadlines.get(_run_key(config))
 
 
 def provider_key(config: RunConfig) -> str | None:
