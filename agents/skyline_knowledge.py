@@ -616,6 +616,23 @@ def _legend_span(text: str) -> tuple[int, int, str] | None:
     return found
 
 
+def _letter_legend(text: str) -> dict[str, str]:
+    """A legend of letter codes a steward wrote ("(N = normal, P = pneumonia)"): the last bracketed
+    list of at least two short codes, each explained once; ``{}`` when there is none."""
+    found: dict[str, str] = {}
+    for m in re.finditer(r"[(\[]\s*(?=[A-Za-z][A-Za-z0-9]{0,3}\s*[=:]\s*\S)", text):
+        close = text.find(")" if text[m.start()] == "(" else "]", m.end())
+        if close < 0:
+            continue
+        body = text[m.end():close]
+        starts = list(re.finditer(r"(?:^|[,;]\s*)([A-Za-z][A-Za-z0-9]{0,3})\s*[=:]\s*", body))
+        entries = {s.group(1): body[s.end():(starts[i + 1].start() if i + 1 < len(starts) else len(body))].strip()
+                   for i, s in enumerate(starts)}
+        if len(starts) >= 2 and len(entries) == len(starts) and all(entries.values()):
+            found = entries
+    return found
+
+
 def _parse_legend(description: str) -> tuple[str, dict[str, str]]:
     """The card description without its code legend, and the legend: local code -> name.
 
@@ -625,7 +642,7 @@ def _parse_legend(description: str) -> tuple[str, dict[str, str]]:
     text = description or ""
     span = _legend_span(text)
     if span is None:
-        return text, {}
+        return text, _letter_legend(text)
     begin, end, body = span
     starts = list(re.finditer(r"(?:^|[,;]\s*)(\d+)\s*[=:]\s*", body))
     run, expected = [], 0  # keep only a consecutive run 0, 1, 2, ... (a name may itself contain ", 3 = ")

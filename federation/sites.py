@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -131,7 +132,27 @@ def draft_card(name: str, folder: Path, site: Path) -> tuple[dict[str, Any], lis
     }
     if label_file is not None:
         card["label_file"] = label_file.relative_to(folder).as_posix()
+    legend = readme_legend(folder)
+    if legend:
+        card["dataset description"] += f" Label legend (from {legend[0]}): {legend[1]}."
     return card, problems, identifiers
+
+
+#: a bracketed list of codes a steward explains: "(N = normal, P = pneumonia)", "[0: no DR; 1: mild]"
+_LEGEND = re.compile(r"[(\[]\s*[A-Za-z0-9]{1,4}\s*[=:][^()\[\]]{1,300}[)\]]")
+
+
+def readme_legend(folder: Path) -> tuple[str, str] | None:
+    """(file name, legend) of the first README at the dataset's top that explains its label codes:
+    only the legend reaches the card (and so an agent), never the rest of the file."""
+    for readme in sorted(folder.glob("[Rr][Ee][Aa][Dd][Mm][Ee]*")):
+        if not readme.is_file() or readme.is_symlink() or readme.stat().st_size > 64_000:
+            continue
+        text = readme.read_text("utf-8", errors="replace")
+        match = next((m for m in _LEGEND.finditer(text) if len(re.findall(r"[=:]", m.group(0))) >= 2), None)
+        if match:
+            return readme.name, " ".join(match.group(0).split())
+    return None
 
 
 def guess(words: str, table: dict[str, tuple[str, ...]]) -> str:

@@ -8,7 +8,7 @@ files as three hospitals might keep them (not made by the environment builder).
 
 - ``hospital_a``: ``chest_xrays/`` in class folders ``normal/`` and ``pneumonia/`` (PNG), and a
   ``knee_mri/`` set that has nothing to do with the request;
-- ``hospital_b``: DICOM files with a ``labels.csv`` (labels ``N`` and ``P``), one exact duplicate
+- ``hospital_b``: DICOM files with a ``labels.csv`` (labels ``N`` and ``P``, explained in README.txt), one exact duplicate
   and one truncated file;
 - ``hospital_c``: JPEGs in ``NORMAL/`` and ``PNEUMONIA/`` folders.
 
@@ -74,6 +74,8 @@ def make_example(out: Path, per_class: int = 30, seed: int = 0) -> str:
     data = (b / "img_P001.dcm").read_bytes()
     (b / "img_P999.dcm").write_bytes(data[: len(data) // 2])  # truncated in transfer
     rows.append(("img_P999.dcm", "P"))
+    (b / "README.txt").write_text("Chest radiographs exported from the PACS for the pneumonia study.\n"
+                                  "Label codes in labels.csv: (N = normal, P = pneumonia)\n", "utf-8")
     with (b / "labels.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["filename", "label"])
