@@ -106,3 +106,19 @@ def algorithm_runs(tmp_path_factory: pytest.TempPathFactory, flower_env) -> dict
     runs: dict = {plan["run_tag"]: TrainResult.model_validate(r) for plan, r in zip(plans, raw)}
     runs["_clients"] = clients
     return runs
+
+
+def _builds_something(fixturedef) -> bool:
+    """A module- or session-wide fixture that writes files (environments, federations, Flower homes)."""
+    return fixturedef.scope in ("module", "package", "session") and "tmp_path_factory" in fixturedef.argnames
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs a shared fixture which builds something (environments, a
+    federation, the all-algorithms simulation), so ``make check`` (``-m "not slow"``) leaves it to
+    ``make test`` without anyone having to remember the mark."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = [d for name in getattr(item, "fixturenames", ()) for d in (info.name2fixturedefs.get(name, ()) if info else ())]
+        if any(_builds_something(d) for d in defs):
+            item.add_marker(pytest.mark.slow)

@@ -115,6 +115,7 @@ def test_a_checksum_mismatch_or_a_missing_file_leaves_no_pool(server, tmp_path: 
         fetch_pool(_source(payload), folder, mirror="http://127.0.0.1:9", timeout=5)
 
 
+@pytest.mark.slow  # the CLI and an environment build
 def test_cli_names_the_mismatch_and_builds_find_fetched_pools_by_default(server, tmp_path: Path, monkeypatch) -> None:
     srv, payload = server
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}

@@ -102,6 +102,7 @@ def _balanced_accuracy_of(model_file: Path, result: TrainResult, client: str) ->
     return float(report["balanced_accuracy"])
 
 
+@pytest.mark.slow  # a local round of every algorithm
 def test_payloads_keep_personal_parts_local():
     """What each client sends: FedBN no BatchNorm, FedPer no head, LG-FedAvg only the head, ..."""
     import torch
