@@ -20,9 +20,9 @@ ifeq ($(origin FEDAGENTBENCH_DATA), undefined)
   endif
 endif
 
-.PHONY: setup setup-local test envs bench studio lock clean help
+.PHONY: setup setup-local test check envs bench studio lock clean help
 help:
-	@echo "make bench [MODEL=heuristic|oracle|random|local|<alias>|<spec>] | test | envs | studio | setup | lock | clean"
+	@echo "make bench [MODEL=heuristic|oracle|random|local|<alias>|<spec>] | test | check | envs | studio | setup | lock | clean"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need CPython 3.11 (python3.11)"; exit 1; }
@@ -54,6 +54,11 @@ setup-local: $(LOCAL_STAMP)
 TEST_SETUP := $(if $(WHEELS),setup-local,setup)
 test: $(TEST_SETUP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider
+
+# the fast tier: lint and every test that needs no shared build (a few minutes on 2 cores)
+check: $(TEST_SETUP)
+	$(VENV)/bin/ruff check .
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider -m "not slow"
 
 envs: setup
 	$(VENV)/bin/fedagentbench envs build --modality all --scale $(SCALE) --seed $(SEED) --out $(OUT)/envs

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import random as _random
-import time
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any

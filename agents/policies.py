@@ -11,8 +11,17 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from agents.baselines import (Turn, _answer, _call, _json_from_tool, agent_path, broadcast_facts, harmonisation_facts,
-                              request_facts, rng_for)
+from agents.baselines import (
+    Turn,
+    _answer,
+    _call,
+    _json_from_tool,
+    agent_path,
+    broadcast_facts,
+    harmonisation_facts,
+    request_facts,
+    rng_for,
+)
 
 #: words that tie a local class name to a target class, for rules that see only names
 TARGET_WORDS: dict[str, tuple[str, ...]] = {
@@ -130,8 +139,9 @@ class _OracleRoles(_HeuristicRoles):
 
     def __init__(self, context: dict[str, Any]) -> None:
         super().__init__(context)
-        from environments.answer_key import load_task_key
         from pathlib import Path
+
+        from environments.answer_key import load_task_key
 
         self.key = load_task_key(Path(context["env_dir"]), context["task_id"])
 

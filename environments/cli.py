@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedagentbench_cli import DefaultsHelpFormatter, console as wide_console
+from fedagentbench_cli import DefaultsHelpFormatter
+from fedagentbench_cli import console as wide_console
 
 ISSUE_ABBREV = {"duplicate": "dup", "off_topic": "offtopic", "label_error": "badlabel", "corrupt": "corrupt",
                 "truncated": "trunc", "zero_byte": "empty", "non_image": "junk"}

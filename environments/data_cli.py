@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedagentbench_cli import DefaultsHelpFormatter, console as wide_console
+from fedagentbench_cli import DefaultsHelpFormatter
+from fedagentbench_cli import console as wide_console
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

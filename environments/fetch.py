@@ -186,9 +186,7 @@ def fetch_pool(source: Source, folder: Path, mirror: str | None = None, progress
 
 def pool_status(folder: Path) -> dict[str, str]:
     """Environment -> "ok", or why its real pool in ``folder`` cannot be used."""
-    from environments.pools import REAL_POOL_FILES, verify_real_file
-
-    from environments.pools import pool_files
+    from environments.pools import REAL_POOL_FILES, pool_files, verify_real_file
 
     status = {}
     for env in REAL_POOL_FILES:

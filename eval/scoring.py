@@ -222,7 +222,7 @@ def score_c2(clients: dict[str, Any], key, env_key, locate: Locate) -> dict[str,
                 if f.kind == "image" and f.issue in ("none", "duplicate"):
                     head = group_of.get(f.path, f.path)
                     members.setdefault(head, []).append(f.path)
-            for head, paths in members.items():
+            for paths in members.values():
                 n_kept = sum(p in kept for p in paths)
                 units += 1
                 lost += n_kept == 0

@@ -96,7 +96,7 @@ def _init(args: argparse.Namespace) -> int:
         "rounds: 3",
         "sites:",
     ]
-    for name, folder, card_file, problems, cards in sites:
+    for name, folder, card_file, problems, _cards in sites:
         lines += [f"  - name: {name}", f"    path: {json.dumps(str(folder))}",
                   f"    data_card: {json.dumps(str(card_file.relative_to(out.parent)))}"]
         for problem in problems[:5]:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
 #: the state's own types, allowed to be restored from a checkpoint (nothing else is)
 STATE_TYPES = [("graphs.state", name) for name in ("ClientRecord", "TrainingStatus", "PhaseTiming", "RunError",
                                                   "RunConfig", "WorkflowState")] + [("graphs.phases", "ClientTask")]

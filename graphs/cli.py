@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedagentbench_cli import DefaultsHelpFormatter, console as wide_console
+from fedagentbench_cli import DefaultsHelpFormatter
+from fedagentbench_cli import console as wide_console
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

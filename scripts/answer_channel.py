@@ -64,10 +64,9 @@ def main() -> int:
 
     from rich.table import Table
 
-    from fedagentbench_cli import console as wide_console
-
     from environments.builder import build_environment
     from environments.tasks import tasks_for
+    from fedagentbench_cli import console as wide_console
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="local")

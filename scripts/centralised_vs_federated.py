@@ -71,7 +71,7 @@ def centralised_folder(env_dir: Path, task, data_dir: Path, dest: Path) -> int:
 
 def main() -> int:
     quiet_environment()
-    from outcome_matters import mean_sd, build_variant, train_and_score
+    from outcome_matters import build_variant, mean_sd, train_and_score
     from rich.console import Console
     from rich.table import Table
 

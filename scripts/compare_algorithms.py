@@ -84,7 +84,7 @@ def split_hospitals(labels: np.ndarray, setting: str, hospitals: int, per_hospit
 def write_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
     from PIL import Image
 
-    for c, name in enumerate(CLASSES):
+    for name in CLASSES:
         (folder / name).mkdir(parents=True, exist_ok=True)
     for i, (img, y) in enumerate(zip(images, labels)):
         Image.fromarray(img).save(folder / CLASSES[int(y)] / f"{i:05d}.png")

@@ -118,7 +118,7 @@ def test_injected_files_are_not_at_the_end_of_names_or_label_files(materialised)
 
 def test_duplicates_point_at_their_originals_and_are_not_named_next_to_them(materialised):
     adjacent = total = 0
-    for workspace, key in materialised:
+    for _workspace, key in materialised:
         images = sorted((f for f in key.files if f.kind in _IMAGE_KINDS), key=lambda f: f.path)
         index = {f.path: i for i, f in enumerate(images)}
         for f in images:

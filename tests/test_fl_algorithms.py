@@ -10,10 +10,11 @@ import math
 from pathlib import Path
 
 import pytest
-from .conftest import trained_algorithms
 
 from fl.registry import get_algorithm
 from fl.runner import TrainConfig, TrainResult, load_result
+
+from .conftest import trained_algorithms
 
 ALGORITHMS = trained_algorithms()
 METRICS = ("loss", "accuracy", "balanced_accuracy", "auroc")

@@ -80,7 +80,10 @@ def test_openai_reply_queue_repeats_last_and_callable_script():
     with OpenAICompatibleServer([Reply(content="first"), Reply(content="again")]) as srv:
         model = _chat_openai(srv)
         assert [model.invoke("x").content for _ in range(3)] == ["first", "again", "again"]
-    echo = lambda body: Reply(content=body["messages"][-1]["content"].upper())
+
+    def echo(body):
+        return Reply(content=body["messages"][-1]["content"].upper())
+
     with OpenAICompatibleServer(echo) as srv:
         assert _chat_openai(srv).invoke("shout").content == "SHOUT"
 

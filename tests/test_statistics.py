@@ -3,7 +3,6 @@ instances, pass^k with k = runs, the grader-version guard, and per-run sampling 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 from pathlib import Path

@@ -286,7 +286,7 @@ def test_checkpointer_waits_out_sqlite_lock_errors_that_skip_the_busy_timeout(tm
     for trial in range(5):
         barrier = threading.Barrier(8)
 
-        def open_it(path=tmp_path / f"race{trial}.sqlite"):
+        def open_it(path=tmp_path / f"race{trial}.sqlite", barrier=barrier):
             barrier.wait()
             try:
                 with sqlite_checkpointer(path) as s:

@@ -20,7 +20,6 @@ from torch.nn import functional as F
 from fl.data import LocalData, train_loader
 from fl.models import build_model, shareable_keys
 
-
 #: prefix of arrays that travel beside the model's weights (a generator, statistics, a mean gradient):
 #: ``assemble`` ignores them, ``fl.strategies.model_arrays`` leaves them out of the saved global model
 AUX = "aux."

@@ -71,7 +71,10 @@ class FedRep(FedPer):
     def local_train(self, model, global_model):
         head = list(model.head.parameters())
         body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
-        ce = lambda x, y: F.cross_entropy(model(x), y)
+
+        def ce(x, y):
+            return F.cross_entropy(model(x), y)
+
         for p in body:
             p.requires_grad_(False)
         self.run_epochs(model, self.spec.local_epochs, ce, self.sgd(head))
