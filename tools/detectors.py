@@ -7,10 +7,10 @@ benchmark (``scripts/bench_detectors.py``), which measures them against the answ
   standardised 32x32 grey thumbnails also correlate strongly. Both steps ignore brightness/contrast
   changes, re-encoding and resizing, so a copy exported by another device or format is still found.
 * Off-topic images: an image of another modality differs from its dataset in colour (a grey image
-  among colour photographs) or in content: each image gets colour, intensity, texture and layout
-  statistics plus an 8x8 thumbnail, robust z-scored per dataset; an image whose nearest neighbour
-  among the dataset's typical half is far away (relative to the other images) is flagged.
-  Thresholds favour precision: a wrongly flagged image is lost data.
+  among colour photographs) or in content: three outlier views (statistics and layout, frequency
+  spectrum, nearest look-alikes), each robust z-scored within the dataset and averaged; the images
+  standing apart at the top of that ranking, with a gap below them, are flagged. Thresholds favour
+  precision: a wrongly flagged image is lost data.
 * Label errors: confident learning (Northcutt et al. 2021, through cleanlab) on out-of-fold class
   probabilities from a model trained on the dataset's own images: a logistic regression on image
   features (standardised thumbnails + statistics, PCA-reduced), or the federation's CNN.
@@ -222,16 +222,66 @@ def radial_spectrum(grey: np.ndarray, bins: int = 8) -> np.ndarray:
     return bands - bands.mean(axis=1, keepdims=True)
 
 
-def off_topic(data: Loaded, ratio: float = 2.0, floor: float = 2.5, spectrum_ratio: float = 2.0,
-              support_ratio: float = 1.4) -> list[tuple[int, float, str]]:
+def neighbour_dissimilarity(grey: np.ndarray, size: int = 16, k: int = 3) -> np.ndarray:
+    """1 - mean correlation with the ``k`` most similar other images (standardised thumbnails): an image
+    of another modality resembles nothing in the dataset, while an unusual image of the right one
+    still has a few look-alikes."""
+    t = _thumbs(grey, size)
+    corr = t @ t.T
+    np.fill_diagonal(corr, -np.inf)
+    k = min(k, len(grey) - 1)
+    return 1.0 - np.sort(corr, axis=1)[:, -k:].mean(axis=1)
+
+
+def outlier_scores(data: Loaded) -> np.ndarray:
+    """How far each image stands out of its own dataset, in robust z units (median/MAD of log scores),
+    averaged over three views: statistics and layout, frequency spectrum, nearest look-alikes.
+
+    Each view alone has clean images among its top outliers; an image of another modality is an
+    outlier in all three, so the average ranks it first (scripts/bench_detectors.py)."""
+    views = [bulk_distance(np.concatenate([image_statistics(data), _thumbs(data.grey, 8)], axis=1)),
+             bulk_distance(radial_spectrum(data.grey)), neighbour_dissimilarity(data.grey)]
+    zs = []
+    for v in views:
+        log = np.log(np.maximum(v, 1e-6))
+        med = np.median(log)
+        zs.append((log - med) / (np.median(np.abs(log - med)) * 1.4826 + 1e-6))
+    return np.mean(zs, axis=0)
+
+
+def standout(scores: np.ndarray, threshold: float, gap: float, further: float | None = None,
+             max_fraction: float = 0.25) -> np.ndarray:
+    """Indices of the images that stand apart at the top of ``scores``: the top k above the widest
+    break in the ranking (k up to ``max_fraction`` of the images), when the break is at least ``gap``,
+    the top score reaches ``threshold`` and every further one ``further`` (default: ``threshold``).
+    A rank-and-gap rule, not a fixed cut: the dataset's own spread decides, and an unusual but
+    genuine image in a tail of similar ones is not singled out."""
+    order = np.argsort(-scores)
+    ranked = np.append(scores[order], -np.inf)
+    best, widest = 0, gap
+    for k in range(1, min(len(scores), max(1, int(max_fraction * len(scores)))) + 1):
+        if ranked[k - 1] < (threshold if k == 1 or further is None else further):
+            break
+        if ranked[k - 1] - ranked[k] >= widest:
+            best, widest = k, ranked[k - 1] - ranked[k]
+    return order[:best]
+
+
+def off_topic(data: Loaded, threshold: float = 1.5, further: float = 2.0, gap: float = 0.2,
+              colour_threshold: float = 4.0) -> list[tuple[int, float, str]]:
     """(index, score, reason) of images that do not belong to the dataset's modality.
 
-    Three rules: a colour mismatch (a grey image among colour photographs, or the reverse); a
-    structural outlier, whose distance to the dataset's typical images (statistics and layout) is more
-    than ``ratio`` times the 75th percentile of those distances and above ``floor``; and a texture
-    outlier, whose frequency spectrum is ``spectrum_ratio`` times as far from the typical images while
-    its structure is at least ``support_ratio`` times as far (two weak signals that agree). Measured
-    with ``scripts/bench_detectors.py``.
+    Two rules. A colour mismatch: a grey image among colour photographs, or the reverse. A content
+    outlier: the images whose :func:`outlier_scores` stand apart at the top of the dataset's own
+    distribution (:func:`standout`; the first needs ``threshold``, each further one ``further``,
+    so that one clean image beside an off-topic one is not taken with it). Injected images pass through the site's acquisition profile, so
+    no fixed cut on one statistic separates them; their rank and the gap below them do. In a colour
+    dataset the content rule asks for ``colour_threshold``: colour photographs (skin, retina, stained
+    tissue) vary far more in content than grey scans of one body part, and another modality among
+    them differs in colour, which the first rule catches. An image with a near-duplicate is a second
+    export of one of the site's own acquisitions, not flagged by the content rule (it removed both
+    copies of an unusual lesion). Thresholds favour precision: a wrongly flagged image is lost data.
+    Measured with ``scripts/bench_detectors.py``.
     """
     n = len(data.files)
     if n < 8:
@@ -241,20 +291,14 @@ def off_topic(data: Loaded, ratio: float = 2.0, floor: float = 2.5, spectrum_rat
     rest = np.flatnonzero(~mismatch)
     if len(rest) >= 8:
         sub = Loaded([data.files[i] for i in rest], data.grey[rest], data.rgb[rest], {})
-        score = bulk_distance(np.concatenate([image_statistics(sub), _thumbs(sub.grey, 8)], axis=1))
-        structure = score / float(np.quantile(score, 0.75))
-        spectrum = bulk_distance(radial_spectrum(sub.grey))
-        texture = spectrum / float(np.quantile(spectrum, 0.75))
-        # an image with a near-duplicate is a second export of one of the site's own acquisitions: the
-        # weak texture rule alone does not make it off-topic (it removed both copies of an unusual lesion)
+        scores = outlier_scores(sub)
+        colour = float(np.median(chroma(data))) > 0.03
         copied = {k for pair in near_duplicates(sub) for k in pair[:2]}
-        for j in range(len(rest)):
-            if structure[j] > ratio and score[j] > floor:
-                flagged.append((int(rest[j]), round(float(structure[j]), 2),
-                                "content and texture far from the dataset's typical images"))
-            elif texture[j] > spectrum_ratio and structure[j] > support_ratio and j not in copied:
-                flagged.append((int(rest[j]), round(float(texture[j]), 2),
-                                "texture (frequency spectrum) unlike the dataset's images"))
+        first = colour_threshold if colour else threshold
+        for j in standout(scores, first, gap, max(first, further)):
+            if int(j) not in copied:
+                flagged.append((int(rest[j]), round(float(scores[j]), 2),
+                                "content, texture and look-alikes far from the dataset's other images"))
     return sorted(flagged, key=lambda t: -t[1])
 
 
