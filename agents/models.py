@@ -85,15 +85,21 @@ def with_window(info: ModelInfo, timeout_s: float = 10.0) -> ModelInfo:
     return info.model_copy(update={"window": window})
 
 
-def load_aliases() -> dict[str, str]:
-    aliases = {k: v for k, v in json.loads(ALIASES_FILE.read_text("utf-8")).items() if not k.startswith("_")}
-    extra = os.environ.get("FEDAGENTBENCH_MODEL_ALIASES")
+def load_table(shipped: Path, variable: str) -> dict[str, Any]:
+    """A JSON table shipped beside this module, extended by the file ``$variable`` names (same
+    shape; its entries win). Keys starting with ``_`` are comments."""
+    table = {k: v for k, v in json.loads(shipped.read_text("utf-8")).items() if not k.startswith("_")}
+    extra = os.environ.get(variable)
     if extra:
         path = Path(extra).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"FEDAGENTBENCH_MODEL_ALIASES points at {path}, which does not exist")
-        aliases.update({k: v for k, v in json.loads(path.read_text("utf-8")).items() if not k.startswith("_")})
-    return aliases
+            raise FileNotFoundError(f"{variable} points at {path}, which does not exist")
+        table.update({k: v for k, v in json.loads(path.read_text("utf-8")).items() if not k.startswith("_")})
+    return table
+
+
+def load_aliases() -> dict[str, str]:
+    return load_table(ALIASES_FILE, "FEDAGENTBENCH_MODEL_ALIASES")
 
 
 def resolve_spec(spec: str, settings: ModelSettings | None = None) -> ModelInfo:

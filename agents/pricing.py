@@ -10,8 +10,6 @@ private address) and the baselines cost 0, without a warning; a hosted model wit
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,14 +31,9 @@ class Price(BaseModel):
 
 
 def load_prices() -> dict[str, dict[str, Any]]:
-    table = {k: v for k, v in json.loads(PRICES_FILE.read_text("utf-8")).items() if not k.startswith("_")}
-    extra = os.environ.get("FEDAGENTBENCH_MODEL_PRICES")
-    if extra:
-        path = Path(extra).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"FEDAGENTBENCH_MODEL_PRICES points at {path}, which does not exist")
-        table.update({k: v for k, v in json.loads(path.read_text("utf-8")).items() if not k.startswith("_")})
-    return table
+    from agents.models import load_table
+
+    return load_table(PRICES_FILE, "FEDAGENTBENCH_MODEL_PRICES")
 
 
 def _private_host(url: str | None) -> bool:

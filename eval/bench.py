@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agents.runner import RUN_TIMEOUT_ERROR
+from eval.scoring import SUBTASKS
 from eval.store import ResultStore, RunKey, RunResult
 
 
@@ -147,9 +148,6 @@ def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
     return result.model_copy(update={"transcript": transcript if Path(transcript).is_file() else None,
                                      "outcome": _with_reference(config, result.outcome), "context_window": window,
                                      "cost_usd": run_cost(spec, result.usage), "timed_out": timed_out})
-
-
-SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 
 def model_window(spec: BenchSpec) -> dict[str, Any] | None:
