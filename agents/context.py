@@ -176,16 +176,20 @@ def tool_schemas(tools: list[Any]) -> list[dict[str, Any]]:
     return [convert_to_openai_tool(t) for t in tools]
 
 
-def estimate_tokens(messages: list[Any], tools: list[Any] | None = None) -> int:
-    """Tokens of a request before it is sent: ~4 characters a token for messages and tool schemas."""
+def schema_tokens(tools: list[Any]) -> int:
+    """Tokens the tools' schemas take in a request (~4 characters a token)."""
     import json
 
+    return len(json.dumps(tool_schemas(tools))) // 4 if tools else 0
+
+
+def estimate_tokens(messages: list[Any], tools: list[Any] | None = None, tool_tokens: int | None = None) -> int:
+    """Tokens of a request before it is sent: ~4 characters a token for messages and tool schemas
+    (``tool_tokens``: the schemas' count, when the caller already has it)."""
     from langchain_core.messages.utils import count_tokens_approximately
 
     count = count_tokens_approximately(messages)
-    if tools:
-        count += len(json.dumps(tool_schemas(tools))) // 4
-    return int(count)
+    return int(count + (schema_tokens(tools or []) if tool_tokens is None else tool_tokens))
 
 
 class ContextEdit(BaseModel):
@@ -209,24 +213,26 @@ class ContextPolicy:
         self.limit = limit
         self.keep = keep
         self.ratio = 1.0
+        self._schemas: dict[tuple[str, ...], int] = {}  # the same tool set every step: sized once
 
     def estimate(self, messages: list[Any], tools: list[Any] | None = None) -> int:
-        return int(estimate_tokens(messages, tools) * self.ratio)
+        key = tuple(t.name for t in tools or [])
+        if key not in self._schemas:
+            self._schemas[key] = schema_tokens(list(tools or []))
+        return int(estimate_tokens(messages, tool_tokens=self._schemas[key]) * self.ratio)
 
     def calibrate(self, estimated: int, reported: int | None) -> None:
         """Learn from the provider's prompt count (never below 1: only ever more cautious)."""
         if reported and estimated > 0:
             self.ratio = max(1.0, min(3.0, reported / (estimated / self.ratio)))
 
-    def apply(self, messages: list[Any], tools: list[Any] | None = None) -> tuple[bool, ContextEdit | None]:
-        """Elide in place until the prompt fits; ``(fits, edit or None)``."""
+    def apply(self, messages: list[Any], tools: list[Any] | None = None) -> tuple[bool, ContextEdit | None, int]:
+        """Elide in place until the prompt fits; ``(fits, edit or None, estimated prompt tokens)``."""
         from langchain_core.messages import ToolMessage
 
-        if self.limit is None:
-            return True, None
         before = now = self.estimate(messages, tools)
-        if now <= self.limit:
-            return True, None
+        if self.limit is None or now <= self.limit:
+            return True, None, now
         results = [i for i, m in enumerate(messages) if isinstance(m, ToolMessage)]
         candidates = [i for i in results[:max(0, len(results) - self.keep)]
                       if not str(messages[i].content).startswith("[earlier tool output elided")]
@@ -239,7 +245,7 @@ class ContextPolicy:
             if now <= self.limit:
                 break
         edit = ContextEdit(elided=elided, chars=chars, before=before, after=now, limit=self.limit) if elided else None
-        return now <= self.limit, edit
+        return now <= self.limit, edit, now
 
 
 # -- overflow --------------------------------------------------------------------------------------
@@ -291,7 +297,7 @@ _EXAMPLE_CTX: dict[str, Any] = {
     "datasets": ["Chest-Xray-Pneumonia-Site-Collection", "Tuberculosis-Screening-Archive"],
     "output_path": "work/cleaned", "scratch_path": "work/raw", "image_size": 64, "mode": "L",
     "input_path": "work/cleaned", "clients": [f"hospital_{i}" for i in range(6)],
-    "stats_paths": [f"hospital_{i}/work/stats.json" for i in range(6)], "algorithm": "FedAvg", "rounds": 3,
+    "stats_paths": [f"hospital_{i}/statistics.json" for i in range(6)], "algorithm": "FedAvg", "rounds": 3,
 }
 
 

@@ -317,13 +317,12 @@ def run_agent(
                 choice = first_tool if (step == 0 and first_tool in by_name) else None
             if bound_tools:
                 bound = model.bind_tools(bound_tools, tool_choice=choice) if choice else model.bind_tools(bound_tools)
-        fits, edit = policy.apply(messages, bound_tools)
+        fits, edit, sent = policy.apply(messages, bound_tools)
         if edit is not None:
             usage.context_edits += 1
             emit("note", step, content=(f"context policy: {edit.elided} oldest tool result(s) elided "
                                         f"(~{edit.before} -> ~{edit.after} prompt tokens; limit {edit.limit})"),
                  policy="elide oldest tool results", **edit.model_dump())
-        sent = policy.estimate(messages, bound_tools)
         if not fits:
             error = (f"{CONTEXT_OVERFLOW}: the conversation needs ~{sent} prompt tokens and the {window.tokens}-token "
                      f"window leaves {window.prompt_limit} beside a {window.max_output}-token reply, even with old "
