@@ -1,9 +1,11 @@
-"""The graph nodes: one per agent (S1-S4, C1-C3), phase entry nodes, and the evaluation node.
+"""What each agent does in the workflow: its instruction (``prepare``) and what its answer changes
+in the shared state (``finish``), plus the phase entry nodes and the evaluation node.
 
-A node rebuilds what it needs from the state's :class:`RunConfig`, runs its agent through
-:func:`agents.runner.run_agent`, and returns only statuses, paths and aggregate numbers. Client
-nodes clear their run folder first, so a node replayed after a crash leaves no duplicated or
-half-written output. In per-phase mode the phase entry nodes load the answer key's upstream result.
+:mod:`graphs.agents` turns each :class:`AgentSpec` into a subgraph (prepare -> the agent's own
+steps -> finish). ``prepare`` builds the role's context from the state; client agents clear their
+run folder there, so a replayed agent leaves no duplicated or half-written output. ``finish``
+returns only statuses, paths and aggregate numbers. In per-phase mode the phase entry nodes load
+the answer key's upstream result.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.roles import ROLES, answer_tool, system_prompt, user_prompt
-from agents.runner import AgentOutcome, run_agent
+from agents.roles import ROLES
+from agents.runner import AgentOutcome
 from graphs import runtime
 from graphs.state import (
     ClientRecord,
@@ -40,14 +42,17 @@ class ClientTask(BaseModel):
     input_path: str | None = None
 
 
+class Skip(BaseModel):
+    """``prepare``'s answer when the agent has nothing to do (e.g. S4 without an algorithm)."""
+
+    why: str
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why=why)
+
+
 def _id(*parts: object) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
-def _auditor(config: RunConfig):
-    from graphs.privacy import PrivacyAuditor
-
-    return PrivacyAuditor.for_environment(config.env_dir)
 
 
 def _tools(role_name: str, config: RunConfig, client: str | None, extra: list | None = None) -> list:
@@ -67,80 +72,39 @@ def _tools(role_name: str, config: RunConfig, client: str | None, extra: list | 
     return [t for t in available if t.name in role.tools]
 
 
-def _run(role_name: str, config: RunConfig, ctx: dict, client: str | None = None, extra_tools: list | None = None,
-         parse=None) -> tuple[AgentOutcome, dict[str, Any]]:
-    """Run one agent and return its outcome plus the state update that records it.
-
-    Provider failures (:mod:`agents.providers`) propagate: they end the run as an infrastructure
-    failure, which the benchmark records apart from scores and runs again."""
-    from agents.providers import ProviderError, ProviderUnavailable
-    from agents.runner import UsageRecord
-
-    role = ROLES[role_name]
-    auditor = _auditor(config)
-    where = f"{role_name}@{client}" if client else role_name
-    try:
-        outcome = run_agent(
-            role=role_name, client=client, model=runtime.chat_model(config),
-            tools=_tools(role_name, config, client, extra_tools),
-            system=system_prompt(role, config.guidance, client, submit_tool=config.submit_tool),
-            user=user_prompt(role, config.guidance, ctx),
-            parse=parse or role.parse, budget=config.budget, auditor=auditor, first_tool=role.first_tool,
-            answer_tool=answer_tool(role) if config.submit_tool and role.schema is not None else None,
-            transcript=runtime.transcript_writer(config), cache=runtime.response_cache(config),
-            retries=config.retries, provider_key=runtime.provider_key(config),
-            describe_provider=runtime.provider_message(config),
-            window=runtime.context_window(config), deadline=runtime.deadline(config),
-        )
-    except (ProviderError, ProviderUnavailable):
-        raise
-    except Exception as exc:  # building the model or tools failed: a recorded failure, never a crash
-        if type(exc).__name__ == "LocalModelError":  # llama.cpp would not start: the machine's failure
-            raise ProviderUnavailable(f"{where}: {exc}") from exc
-        outcome = AgentOutcome(role=role_name, client=client, ok=False, error=f"{type(exc).__name__}: {exc}",
-                               usage=UsageRecord(role=role_name, client=client))
-    privacy = [v.model_dump() for v in auditor.violations]
+def record(config: RunConfig, outcome: AgentOutcome, privacy: list[dict[str, Any]]) -> dict[str, Any]:
+    """The state update that records a finished agent: its summary, timing, error and privacy findings."""
+    where = f"{outcome.role}@{outcome.client}" if outcome.client else outcome.role
+    mine = [v for v in privacy if str(v.get("where", "")).endswith(f"of {where}")]
+    usage = outcome.usage
     summary = {
         "id": _id(config.run_id, where, "agent"),
-        "role": role_name, "client": client, "ok": outcome.ok, "error": outcome.error, "steps": outcome.steps,
-        "seconds": outcome.seconds, "model_seconds": outcome.model_seconds, "tool_seconds": outcome.tool_seconds,
-        "tool_calls": len(outcome.tool_calls),
+        "role": outcome.role, "client": outcome.client, "ok": outcome.ok, "error": outcome.error,
+        "steps": outcome.steps, "seconds": outcome.seconds, "model_seconds": outcome.model_seconds,
+        "tool_seconds": outcome.tool_seconds, "tool_calls": len(outcome.tool_calls),
         "tool_errors": sum(1 for c in outcome.tool_calls if not c.ok),
         "tool_error_kinds": outcome.tool_error_kinds(),
         "tools_used": [c.tool for c in outcome.tool_calls],
         "repeated_calls": outcome.repeated_calls, "answered_by": outcome.answered_by,
-        "privacy_violations": len(privacy),
-        "model_calls": outcome.usage.model_calls, "input_tokens": outcome.usage.input_tokens,
-        "output_tokens": outcome.usage.output_tokens, "reasoning_tokens": outcome.usage.reasoning_tokens,
-        "cached_calls": outcome.usage.cached_calls, "peak_prompt_tokens": outcome.usage.peak_prompt_tokens,
-        "text_tool_calls": outcome.usage.text_tool_calls, "context_edits": outcome.usage.context_edits,
+        "privacy_violations": len(mine),
+        "model_calls": usage.model_calls, "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens,
+        "cached_calls": usage.cached_calls, "peak_prompt_tokens": usage.peak_prompt_tokens,
+        "text_tool_calls": usage.text_tool_calls, "context_edits": usage.context_edits,
     }
     update: dict[str, Any] = {
         "agents": [summary],
-        "privacy": privacy,
-        "timings": [PhaseTiming(id=_id(config.run_id, where, "time"), phase=_PHASE_OF[role_name],
+        "privacy": mine,
+        "timings": [PhaseTiming(id=_id(config.run_id, where, "time"), phase=_PHASE_OF[outcome.role],
                                 seconds=outcome.seconds)],
     }
     if not outcome.ok:
         update["errors"] = [RunError(id=_id(config.run_id, where, "error"), where=where, message=str(outcome.error))]
-    return outcome, update
+    return update
 
 
 _PHASE_OF = {"S1": "selection", "C1": "selection", "S2": "selection", "C2": "preprocessing",
              "C3": "harmonisation", "S3": "training", "S4": "training"}
-
-
-def _merge(*updates: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for u in updates:
-        for k, v in u.items():
-            if isinstance(v, list):
-                out[k] = out.get(k, []) + v
-            elif isinstance(v, dict) and isinstance(out.get(k), dict):
-                out[k] = {**out[k], **v}
-            else:
-                out[k] = v
-    return out
 
 
 # --- phase 1: client selection --------------------------------------------------------------------
@@ -151,13 +115,16 @@ def _server_request(config) -> str:
     return json.loads(task_file.read_text("utf-8"))["request"][config.guidance]
 
 
-def s1_node(state: WorkflowState) -> dict[str, Any]:
+def s1_prepare(state: WorkflowState) -> dict[str, Any]:
     config = state.config
-    request = _server_request(config)
-    outcome, update = _run("S1", config, {"task_id": config.task_id, "request": request})
+    return {"task_id": config.task_id, "request": _server_request(config)}
+
+
+def s1_finish(state: WorkflowState, outcome: AgentOutcome) -> dict[str, Any]:
+    config = state.config
     clients = {name: ClientRecord(name=name, status="pending") for name in runtime.client_names(config)}
-    return _merge(update, {"request": request, "requirements": outcome.result, "s1_answer": outcome.result,
-                           "clients": clients})
+    return {"request": _server_request(config), "requirements": outcome.result, "s1_answer": outcome.result,
+            "clients": clients}
 
 
 def fan_out_c1(state: WorkflowState) -> list:
@@ -174,20 +141,20 @@ def _request_words(spec) -> dict[str, str]:
     return {"title": spec.title, "body_part": spec.body_part, "class_note": spec.class_note}
 
 
-def c1_node(task: ClientTask) -> dict[str, Any]:
+def c1_prepare(task: ClientTask) -> dict[str, Any]:
     req = task.requirements
-    ctx = {"modality": req.get("modality", ""), "task_type": req.get("task_type", "classification"),
-           "target_classes": req.get("target_classes", []),
-           **_request_words(runtime.task_spec(task.config))}
-    outcome, update = _run("C1", task.config, ctx, client=task.client)
+    return {"modality": req.get("modality", ""), "task_type": req.get("task_type", "classification"),
+            "target_classes": req.get("target_classes", []), **_request_words(runtime.task_spec(task.config))}
+
+
+def c1_finish(task: ClientTask, outcome: AgentOutcome) -> dict[str, Any]:
     result = outcome.result or {}
     record = ClientRecord(name=task.client, status="replied" if outcome.ok else "failed", c1_answered=outcome.ok,
                           selected_datasets=result.get("datasets", []), selection_reason=result.get("reason", ""))
-    return _merge(update, {"clients": {task.client: record}})
+    return {"clients": {task.client: record}}
 
 
-def s2_node(state: WorkflowState) -> dict[str, Any]:
-    config = state.config
+def s2_prepare(state: WorkflowState) -> dict[str, Any]:
     replies = {}
     for name, rec in state.clients.items():
         if rec.status == "failed":
@@ -196,15 +163,23 @@ def s2_node(state: WorkflowState) -> dict[str, Any]:
             replies[name] = "; ".join(f"**Dataset Name** : {d}" for d in rec.selected_datasets)
         else:
             replies[name] = f"no dataset. {rec.selection_reason[:300]}"
-    names = list(state.clients)
-    outcome, update = _run("S2", config, {"replies": replies}, parse=partial(ROLES["S2"].parse, clients=names))
+    return {"replies": replies}
+
+
+def s2_parse(state: WorkflowState):
+    """S2's answer may name only the clients it was shown."""
+    return partial(ROLES["S2"].parse, clients=list(state.clients))
+
+
+def s2_finish(state: WorkflowState, outcome: AgentOutcome) -> dict[str, Any]:
+    names = [n for n in state.clients]
     approved = set((outcome.result or {}).get("approved", []))
     clients = {n: ClientRecord(name=n, approved=n in approved, status="approved" if n in approved else "released",
                                work_datasets=state.clients[n].selected_datasets if n in approved else [])
                for n in names}
     shown = {n: rec.status != "failed" and bool(rec.selected_datasets) for n, rec in state.clients.items()}
     answer = sorted(approved) if outcome.ok else None
-    return _merge(update, {"clients": clients, "s2_shown": shown, "s2_answer": answer})
+    return {"clients": clients, "s2_shown": shown, "s2_answer": answer}
 
 
 # --- phase 2: preprocessing -------------------------------------------------------------------------
@@ -225,20 +200,24 @@ def fan_out_c2(state: WorkflowState) -> list:
             for n, r in state.clients.items() if r.work_datasets]
 
 
-def c2_node(task: ClientTask) -> dict[str, Any]:
+C2_OUTPUT, C2_SCRATCH = "work/cleaned", "work/raw"
+
+
+def c2_prepare(task: ClientTask) -> dict[str, Any]:
     config = task.config
     spec = runtime.task_spec(config)
-    out_rel, scratch = "work/cleaned", "work/raw"
-    shutil.rmtree(runtime.client_path(config, task.client, out_rel), ignore_errors=True)
-    shutil.rmtree(runtime.client_path(config, task.client, scratch), ignore_errors=True)
-    ctx = {"datasets": task.datasets, "output_path": out_rel, "scratch_path": scratch, "image_size": spec.image_size,
-           "mode": "RGB" if spec.colour else "L"}
-    outcome, update = _run("C2", config, ctx, client=task.client)
+    shutil.rmtree(runtime.client_path(config, task.client, C2_OUTPUT), ignore_errors=True)
+    shutil.rmtree(runtime.client_path(config, task.client, C2_SCRATCH), ignore_errors=True)
+    return {"datasets": task.datasets, "output_path": C2_OUTPUT, "scratch_path": C2_SCRATCH,
+            "image_size": spec.image_size, "mode": "RGB" if spec.colour else "L"}
+
+
+def c2_finish(task: ClientTask, outcome: AgentOutcome) -> dict[str, Any]:
     record = ClientRecord(name=task.client, status="cleaned" if outcome.ok else "failed",
-                          cleaned_path=out_rel if outcome.ok else None,
-                          harmonisation_input=out_rel if outcome.ok else None,
+                          cleaned_path=C2_OUTPUT if outcome.ok else None,
+                          harmonisation_input=C2_OUTPUT if outcome.ok else None,
                           cleaning_summary=((outcome.result or {}).get("summary") or outcome.error or "")[:500])
-    return _merge(update, {"clients": {task.client: record}})
+    return {"clients": {task.client: record}}
 
 
 # --- phase 3: label harmonisation -------------------------------------------------------------------
@@ -270,21 +249,25 @@ def fan_out_c3(state: WorkflowState) -> list:
             for n, r in state.clients.items() if r.harmonisation_input]
 
 
-def c3_node(task: ClientTask) -> dict[str, Any]:
+C3_OUTPUT = "work/harmonised"
+
+
+def c3_prepare(task: ClientTask) -> dict[str, Any]:
     config = task.config
     spec = runtime.task_spec(config)
-    out_rel = "work/harmonised"
-    out_dir = runtime.client_path(config, task.client, out_rel)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    ctx = {"input_path": task.input_path, "output_path": out_rel, "target_classes": spec.target_classes,
-           **_request_words(spec)}
-    outcome, update = _run("C3", config, ctx, client=task.client)
+    shutil.rmtree(runtime.client_path(config, task.client, C3_OUTPUT), ignore_errors=True)
+    return {"input_path": task.input_path, "output_path": C3_OUTPUT, "target_classes": spec.target_classes,
+            **_request_words(spec)}
+
+
+def c3_finish(task: ClientTask, outcome: AgentOutcome) -> dict[str, Any]:
+    out_dir = runtime.client_path(task.config, task.client, C3_OUTPUT)
     mappings = _mappings_from_calls(outcome, task.datasets)
     record = ClientRecord(name=task.client, status="harmonised" if outcome.ok else "failed",
-                          label_mappings=mappings, harmonised_path=out_rel if outcome.ok else None,
-                          training_input=out_rel if outcome.ok else None,
+                          label_mappings=mappings, harmonised_path=C3_OUTPUT if outcome.ok else None,
+                          training_input=C3_OUTPUT if outcome.ok else None,
                           stats=class_counts(out_dir) if outcome.ok else {})
-    return _merge(update, {"clients": {task.client: record}})
+    return {"clients": {task.client: record}}
 
 
 def _mappings_from_calls(outcome: AgentOutcome, datasets: list[str]) -> dict[str, dict[str, str | None]]:
@@ -345,37 +328,47 @@ def _participants(state: WorkflowState) -> dict[str, ClientRecord]:
     return {n: r for n, r in state.clients.items() if r.training_input}
 
 
-def s3_node(state: WorkflowState) -> dict[str, Any]:
-    config = state.config
+def s3_prepare(state: WorkflowState) -> dict[str, Any]:
     participants = _participants(state)
     stats = [f"{n}: {json.dumps(r.stats.get('class_counts', {}))}" for n, r in participants.items()]
-    ctx = {"request": state.request or _server_request(config),
-           "clients": list(participants), "stats_paths": stats}
-    outcome, update = _run("S3", config, ctx)
+    return {"request": state.request or _server_request(state.config), "clients": list(participants),
+            "stats_paths": stats}
+
+
+def s3_finish(state: WorkflowState, outcome: AgentOutcome) -> dict[str, Any]:
     result = outcome.result or {}
-    return _merge(update, {"algorithm": result.get("algorithm"), "algorithm_reason": result.get("reason", "")[:300]})
+    return {"algorithm": result.get("algorithm"), "algorithm_reason": result.get("reason", "")[:300]}
 
 
-def s4_node(state: WorkflowState) -> dict[str, Any]:
+def _s4_plan(state: WorkflowState) -> dict[str, Any]:
+    # per-phase mode: S4 starts from the key's upstream (its algorithm), not from the model's S3
+    algorithm = upstream_algorithm(state.config) if state.config.mode == "phase" else state.algorithm
+    return {"algorithm": algorithm, "clients": sorted(_participants(state))}
+
+
+def s4_prepare(state: WorkflowState) -> dict[str, Any] | Skip:
+    config, plan = state.config, _s4_plan(state)
+    if not plan["algorithm"] or not plan["clients"]:
+        return Skip("no algorithm chosen" if not plan["algorithm"] else "no client with harmonised data")
+    shutil.rmtree(runtime.server_path(config, "work/training"), ignore_errors=True)
+    return {"algorithm": plan["algorithm"], "clients": list(_participants(state)), "rounds": config.rounds}
+
+
+def s4_tools(state: WorkflowState) -> list:
     from tools.training import build_training_tools
 
     config = state.config
-    participants = _participants(state)
-    # per-phase mode: S4 starts from the key's upstream (its algorithm), not from the model's S3
-    algorithm = upstream_algorithm(config) if config.mode == "phase" else state.algorithm
-    plan = {"algorithm": algorithm, "clients": sorted(participants)}
-    if not algorithm or not participants:
-        why = "no algorithm chosen" if not algorithm else "no client with harmonised data"
-        return {"training": TrainingStatus(status=f"not started: {why}"), "training_plan": plan,
-                "errors": [RunError(id=_id(config.run_id, "S4", "skip"), where="S4", message=why)]}
-    data_dirs = {n: runtime.client_path(config, n, r.training_input) for n, r in participants.items()}
-    out_dir = runtime.server_path(config, "work/training")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    training_tools = build_training_tools(out_dir, data_dirs, rounds=config.rounds,
-                                          local_epochs=config.local_epochs, seed=config.seed)
-    ctx = {"algorithm": algorithm, "clients": list(participants), "rounds": config.rounds}
-    outcome, update = _run("S4", config, ctx, extra_tools=training_tools)
-    return _merge(update, {"training": read_training_status(out_dir), "training_plan": plan})
+    data_dirs = {n: runtime.client_path(config, n, r.training_input) for n, r in _participants(state).items()}
+    return build_training_tools(runtime.server_path(config, "work/training"), data_dirs, rounds=config.rounds,
+                                local_epochs=config.local_epochs, seed=config.seed)
+
+
+def s4_finish(state: WorkflowState, outcome: AgentOutcome | None, skipped: str | None = None) -> dict[str, Any]:
+    config, plan = state.config, _s4_plan(state)
+    if skipped:
+        return {"training": TrainingStatus(status=f"not started: {skipped}"), "training_plan": plan,
+                "errors": [RunError(id=_id(config.run_id, "S4", "skip"), where="S4", message=skipped)]}
+    return {"training": read_training_status(runtime.server_path(config, "work/training")), "training_plan": plan}
 
 
 def read_training_status(folder) -> TrainingStatus:
@@ -389,6 +382,62 @@ def read_training_status(folder) -> TrainingStatus:
     return TrainingStatus(started=True, completed=data.get("status") == "completed", algorithm=data.get("algorithm"),
                           status=data.get("status", "unknown"), result_path=str(path), final_metrics=metrics,
                           clients=sorted(data.get("clients") or []))
+
+
+# --- what a person approves (``federate run --approve``) -----------------------------------------------
+
+def _c2_removal(tool: str, task: ClientTask) -> Any:
+    def what(args: dict[str, Any]) -> str:
+        if tool == "remove_files":
+            paths = [str(p) for p in args.get("paths") or []]
+            shown = ", ".join(paths[:20]) + (f" and {len(paths) - 20} more" if len(paths) > 20 else "")
+            return f"remove {len(paths)} file(s) at {task.client}: {shown}"
+        if tool == "remove_flagged_files":
+            kinds = ", ".join(args.get("kinds") or []) or "every kind"
+            return f"remove the files flagged in {args.get('flags_file')} ({kinds}) at {task.client}"
+        return f"remove every file that is not a readable image under {args.get('path')} at {task.client}"
+    return what
+
+
+def c2_gates(task: ClientTask) -> dict[str, Any]:
+    return {t: _c2_removal(t, task) for t in ("remove_files", "remove_flagged_files", "remove_non_image_files")}
+
+
+def s4_gates(state: WorkflowState) -> dict[str, Any]:
+    plan, rounds = _s4_plan(state), state.config.rounds
+
+    def what(args: dict[str, Any]) -> str:
+        clients = args.get("clients") or plan["clients"]
+        return (f"train {args.get('algorithm') or plan['algorithm']} across {len(clients)} client(s) "
+                f"({', '.join(clients)}) for {rounds} round(s)")
+    return {"launch_training": what}
+
+
+class AgentSpec(BaseModel):
+    """One agent of the workflow: its role, its instruction and what its answer changes."""
+
+    model_config = {"arbitrary_types_allowed": True}
+    role: str
+    #: the state the agent reads: the workflow's (server) or the client's task (client)
+    side: str
+    prepare: Any
+    finish: Any
+    #: tools beyond the role's own (S4's training tools), the parser (S2's), what a person approves
+    extra_tools: Any = None
+    parse: Any = None
+    gates: Any = None
+
+
+AGENTS: dict[str, AgentSpec] = {
+    "S1": AgentSpec(role="S1", side="server", prepare=s1_prepare, finish=s1_finish),
+    "C1": AgentSpec(role="C1", side="client", prepare=c1_prepare, finish=c1_finish),
+    "S2": AgentSpec(role="S2", side="server", prepare=s2_prepare, finish=s2_finish, parse=s2_parse),
+    "C2": AgentSpec(role="C2", side="client", prepare=c2_prepare, finish=c2_finish, gates=c2_gates),
+    "C3": AgentSpec(role="C3", side="client", prepare=c3_prepare, finish=c3_finish),
+    "S3": AgentSpec(role="S3", side="server", prepare=s3_prepare, finish=s3_finish),
+    "S4": AgentSpec(role="S4", side="server", prepare=s4_prepare, finish=s4_finish, extra_tools=s4_tools,
+                    gates=s4_gates),
+}
 
 
 # --- evaluation ---------------------------------------------------------------------------------------

@@ -81,20 +81,37 @@ def server_path(config: RunConfig, rel: str) -> Path:
     return server_workspace(config) / rel
 
 
-def chat_model(config: RunConfig) -> Any:
-    """The run's chat model (cached per spec, environment, task and seed)."""
+def chat_model(config: RunConfig, agent: str | None = None) -> Any:
+    """The run's chat model (cached per spec, environment, task and seed, so every step of an agent
+    talks to the same object). An installed override is made once per agent (``agent``), as a
+    scripted conversation starts afresh for each agent."""
     from agents.models import make_chat_model
 
-    if config.model in MODEL_OVERRIDES:
-        return MODEL_OVERRIDES[config.model](config)
-    key = (config.model, config.env_dir, config.task_id, config.seed, config.temperature, config.timeout_s,
+    override = MODEL_OVERRIDES.get(config.model)
+    key = (config.model, id(override), agent if override is not None else None, config.env_dir, config.task_id, config.seed, config.temperature, config.timeout_s,
            run_name(config))
     with _lock:
+        if key not in _models and override is not None:
+            _models[key] = override(config)
         if key not in _models:
             info = model_info(config)
             _models[key] = make_chat_model(info, {"env_dir": config.env_dir, "task_id": config.task_id,
                                                   "seed": config.seed, "run_root": str(run_root(config))})
         return _models[key]
+
+
+@lru_cache(maxsize=64)
+def _patient_identifiers(env_dir: str) -> tuple[str, ...]:
+    from graphs.privacy import PrivacyAuditor
+
+    return tuple(PrivacyAuditor.for_environment(env_dir).identifiers)
+
+
+def privacy_auditor(config: RunConfig):
+    """A fresh privacy auditor for one agent step (the environment's patients read once)."""
+    from graphs.privacy import PrivacyAuditor
+
+    return PrivacyAuditor(list(_patient_identifiers(config.env_dir)))
 
 
 def model_info(config: RunConfig):

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agents.runner import merge_by_id
+
 PHASES: tuple[str, ...] = ("selection", "preprocessing", "harmonisation", "training")
 
 
@@ -36,6 +38,8 @@ class RunConfig(BaseModel):
     #: harness outputs, outside every workspace: the run's transcript (JSONL) and the response cache
     transcript_path: str | None = None
     cache_dir: str | None = None
+    #: pause for a person before C2 removes files and before S4 starts training (never in a bench)
+    approve: bool = False
 
 
 class ClientRecord(BaseModel):
@@ -97,21 +101,6 @@ def merge_clients(left: dict[str, ClientRecord] | None, right: dict[str, ClientR
     return out
 
 
-def merge_by_id(left: list | None, right: list | None) -> list:
-    """Append records whose ``id`` is new (idempotent under replays and subgraph hand-backs)."""
-    out = list(left or [])
-    seen = {_id(r) for r in out}
-    for record in right or []:
-        if _id(record) not in seen:
-            out.append(record)
-            seen.add(_id(record))
-    return out
-
-
-def _id(record: Any) -> str:
-    return record["id"] if isinstance(record, dict) else record.id
-
-
 class WorkflowState(BaseModel):
     """The state every phase graph reads and writes."""
 
@@ -135,4 +124,6 @@ class WorkflowState(BaseModel):
     timings: Annotated[list[PhaseTiming], merge_by_id] = Field(default_factory=list)
     errors: Annotated[list[RunError], merge_by_id] = Field(default_factory=list)
     privacy: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
+    #: a person's decisions on the calls they were asked to approve (``federate run --approve``)
+    approvals: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
     scores: dict[str, Any] | None = None

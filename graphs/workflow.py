@@ -1,6 +1,7 @@
 """The workflow graph: four phase subgraphs and an evaluation node.
 
   selection      S1 -> C1 at every client (Send fan-out) -> S2
+  (each agent is itself a subgraph: prepare -> model <-> tools -> finish, see graphs.agents)
   preprocessing  start -> C2 at every approved client
   harmonisation  start -> C3 at every approved client
   training       start -> S3 -> S4
@@ -19,14 +20,15 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 
 from graphs import phases
+from graphs.agents import agent_graph
 from graphs.state import WorkflowState
 
 
 def selection_builder() -> StateGraph:
     g = StateGraph(WorkflowState)
-    g.add_node("S1", phases.s1_node)
-    g.add_node("C1", phases.c1_node, input_schema=phases.ClientTask)
-    g.add_node("S2", phases.s2_node)
+    g.add_node("S1", agent_graph("S1"))
+    g.add_node("C1", agent_graph("C1"))
+    g.add_node("S2", agent_graph("S2"))
     g.add_edge(START, "S1")
     g.add_conditional_edges("S1", phases.fan_out_c1, ["C1"])
     g.add_edge("C1", "S2")
@@ -34,10 +36,10 @@ def selection_builder() -> StateGraph:
     return g
 
 
-def _client_phase(start: Any, fan_out: Any, agent: str, node: Any) -> StateGraph:
+def _client_phase(start: Any, fan_out: Any, agent: str) -> StateGraph:
     g = StateGraph(WorkflowState)
     g.add_node("start", start)
-    g.add_node(agent, node, input_schema=phases.ClientTask)
+    g.add_node(agent, agent_graph(agent))
     g.add_edge(START, "start")
     g.add_conditional_edges("start", fan_out, [agent])
     g.add_edge(agent, END)
@@ -45,18 +47,18 @@ def _client_phase(start: Any, fan_out: Any, agent: str, node: Any) -> StateGraph
 
 
 def preprocessing_builder() -> StateGraph:
-    return _client_phase(phases.preprocessing_start, phases.fan_out_c2, "C2", phases.c2_node)
+    return _client_phase(phases.preprocessing_start, phases.fan_out_c2, "C2")
 
 
 def harmonisation_builder() -> StateGraph:
-    return _client_phase(phases.harmonisation_start, phases.fan_out_c3, "C3", phases.c3_node)
+    return _client_phase(phases.harmonisation_start, phases.fan_out_c3, "C3")
 
 
 def training_builder() -> StateGraph:
     g = StateGraph(WorkflowState)
     g.add_node("start", phases.training_start)
-    g.add_node("S3", phases.s3_node)
-    g.add_node("S4", phases.s4_node)
+    g.add_node("S3", agent_graph("S3"))
+    g.add_node("S4", agent_graph("S4"))
     g.add_edge(START, "start")
     g.add_edge("start", "S3")
     g.add_edge("S3", "S4")
