@@ -53,6 +53,10 @@ class FederationReport(BaseModel):
     training_metrics: dict[str, float] = Field(default_factory=dict)
     model_files: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    #: a person's decisions (``--approve``): agent, tool, arguments, approve/edit/reject, note
+    approvals: list[dict[str, Any]] = Field(default_factory=list)
+    #: questions still open: the run is paused until they are answered (run the command again)
+    paused_at: list[dict[str, Any]] = Field(default_factory=list)
     work_dir: str
 
 
@@ -135,9 +139,14 @@ def _read_card(site: str, path: Path) -> list[dict[str, Any]]:
 
 
 def run_federation(spec: FederationSpec, work: Path, model: str | None = None, request: str | None = None,
-                   progress: Callable[[str], None] | None = None) -> FederationReport:
-    """Prepare (or resume) the federation, run the workflow, and write ``report.json``/``report.md``."""
-    from graphs.run import run_task
+                   progress: Callable[[str], None] | None = None,
+                   ask: Callable[[dict[str, Any]], Any] | None = None) -> FederationReport:
+    """Prepare (or resume) the federation, run the workflow, and write ``report.json``/``report.md``.
+
+    With ``ask``, the run pauses before C2 removes files and before S4 starts training and asks it
+    (``graphs.run.run_task``); the decisions go into the report. A run whose person left (``ask``
+    raised EOFError) stays paused in its checkpoints: the same command asks the same question again."""
+    from graphs.run import pending_questions, run_task
     from graphs.state import RunConfig
 
     if request:
@@ -152,9 +161,11 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     work.mkdir(parents=True, exist_ok=True)
     env = prepare(spec, work)
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
-                       run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed)
-    state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress)
+                       run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed,
+                       approve=ask is not None)
+    state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask)
     report = build_report(spec, env, config, state)
+    report.paused_at = pending_questions(work / "checkpoints.sqlite", THREAD)
     (work / "report.json").write_text(report.model_dump_json(indent=1), "utf-8")
     (work / "report.md").write_text(report_markdown(report), "utf-8")
     return report
@@ -249,7 +260,7 @@ def build_report(spec: FederationSpec, env: Path, config, state: dict[str, Any])
         request=spec.request, model=spec.model, sites=sites, algorithm=state.get("algorithm"),
         algorithm_reason=str(state.get("algorithm_reason") or ""), training_status=training.get("status", "not started"),
         training_metrics={k: round(float(v), 4) for k, v in (training.get("final_metrics") or {}).items()},
-        model_files=models, errors=errors[:20], work_dir=str(env.parent))
+        model_files=models, errors=errors[:20], approvals=list(state.get("approvals") or []), work_dir=str(env.parent))
 
 
 def report_markdown(report: FederationReport) -> str:
@@ -281,6 +292,14 @@ def report_markdown(report: FederationReport) -> str:
         lines.append("Final metrics (hospitals' validation splits): "
                      + ", ".join(f"{k} {v:.3f}" for k, v in report.training_metrics.items()))
     lines += [f"Model files: {', '.join(f'`{m}`' for m in report.model_files) or 'none'}"]
+    if report.approvals:
+        lines += ["", "## Decisions asked of a person", "", "| agent | tool | decision | arguments | note |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {a.get('agent')} | {a.get('tool')} | {a.get('decision')} | "
+                  f"`{json.dumps(a.get('edited_args', a.get('args')))[:200]}` | {a.get('note', '')} |"
+                  for a in report.approvals]
+    if report.paused_at:
+        lines += ["", "Paused: waiting for a decision on " + "; ".join(q.get("what", "?") for q in report.paused_at)]
     if report.errors:
         lines += ["", "Errors:", *[f"- {e}" for e in report.errors]]
     return "\n".join(lines) + "\n"

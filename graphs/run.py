@@ -27,12 +27,18 @@ def transcript_path(db: str | Path, thread_id: str) -> Path:
 
 
 def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[str], None] | None = None,
+             ask: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
     """The final state of the thread: started, resumed, or read back when it already finished.
 
     The agents' conversations go to :func:`transcript_path` (JSONL, and an HTML page written when
     the run ends, however it ends). ``progress`` hears the name of every node as it starts (an
-    agent, e.g. ``c2`` for a client's cleaner, or a phase's entry)."""
+    agent, e.g. ``c2`` for a client's cleaner, or a phase's entry). With ``config.approve`` an agent
+    pauses before a gated tool call (a checkpointed interrupt); ``ask`` gets each question and
+    returns the person's decision, and the run goes on. A thread paused in an earlier process asks
+    its open questions first."""
+    from langgraph.types import Command
+
     from graphs.checkpoint import sqlite_checkpointer
     from graphs.workflow import compile_workflow
 
@@ -46,14 +52,22 @@ def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
             snapshot = graph.get_state(cfg)
             if snapshot.values and not snapshot.next:
                 return dict(snapshot.values)
-            start = None if snapshot.values else {"config": config.model_dump()}  # None: resume
-            if progress is None:
-                graph.invoke(start, cfg)
-            else:
-                for _, event in graph.stream(start, cfg, stream_mode="tasks", subgraphs=True):
-                    if "input" in event and "result" not in event:  # a task starts
-                        progress(_describe_task(event))
-            return dict(graph.get_state(cfg).values)
+            start: Any = None if snapshot.values else {"config": config.model_dump()}  # None: resume
+            while True:
+                questions = list(snapshot.interrupts) if snapshot.values else []
+                if questions and ask is not None:  # answer what the run waits for, then go on
+                    start = Command(resume={q.id: ask(q.value) for q in questions})
+                elif questions:
+                    return dict(snapshot.values)  # paused: the caller has nobody to ask
+                if progress is None:
+                    graph.invoke(start, cfg)
+                else:
+                    for _, event in graph.stream(start, cfg, stream_mode="tasks", subgraphs=True):
+                        if "input" in event and "result" not in event:  # a task starts
+                            progress(_describe_task(event))
+                snapshot = graph.get_state(cfg)
+                if not snapshot.interrupts:
+                    return dict(snapshot.values)
     finally:
         _write_html(config.transcript_path)
 
@@ -73,6 +87,16 @@ def _write_html(path: str | None) -> None:
             write_html(Path(path))
         except (OSError, ValueError):  # the JSONL stays; `fedagentbench show --html` can retry
             pass
+
+
+def pending_questions(db: str | Path, thread_id: str) -> list[dict[str, Any]]:
+    """What a paused thread waits for a person to decide (``federate run --approve``)."""
+    from graphs.checkpoint import sqlite_checkpointer
+    from graphs.workflow import compile_workflow
+
+    with sqlite_checkpointer(db) as saver:
+        snapshot = compile_workflow(saver).get_state({"configurable": {"thread_id": thread_id}})
+    return [q.value for q in snapshot.interrupts]
 
 
 def thread_status(db: str | Path, thread_id: str) -> str:

@@ -31,23 +31,27 @@ def run_agents(env_dir: Path, task: str, model: str, budget: int, submit: bool) 
     """S1, every C1 and S3 on one task; their scores, answer channels and model calls."""
     from eval.scoring import score_c1, score_s1, score_s3
     from graphs import phases, runtime
+    from graphs.agents import agent_graph
     from graphs.state import ClientRecord, RunConfig, WorkflowState
 
     config = RunConfig(env_dir=str(env_dir), task_id=task, guidance="fine", model=model, budget=budget,
                        run_id=f"answer-channel-{'tool' if submit else 'text'}", submit_tool=submit, timeout_s=900)
     key = runtime.task_key(config)
-    s1 = phases.s1_node(WorkflowState(config=config))
+    def run(role: str, state):  # one agent's subgraph on its own (no checkpointer)
+        return agent_graph(role).invoke(state, {"recursion_limit": 4 * budget + 40})
+
+    s1 = run("S1", WorkflowState(config=config))
     clients: dict[str, ClientRecord] = {}
     agents = list(s1["agents"])
     for name in runtime.client_names(config):
-        c1 = phases.c1_node(phases.ClientTask(config=config, client=name, requirements=key.requirements.model_dump()))
+        c1 = run("C1", phases.ClientTask(config=config, client=name, requirements=key.requirements.model_dump()))
         clients.update(c1["clients"])
         agents += c1["agents"]
     # S3 sees the hospitals the key approves (as in per-phase mode), without their statistics
     state = WorkflowState(config=config, request=s1.get("request", ""), clients={
         n: ClientRecord(name=n, approved=True, training_input="work/input_harmonised")
         for n in runtime.client_names(config) if key.relevant_datasets.get(n)})
-    s3 = phases.s3_node(state)
+    s3 = run("S3", state)
     agents += s3["agents"]
     return {
         "S1": score_s1(s1.get("s1_answer"), key)["passed"],
