@@ -21,13 +21,14 @@ from agents.roles import ROLES, answer_tool, system_prompt, user_prompt
 from agents.runner import AgentOutcome, UsageRecord, merge_by_id
 from graphs import runtime
 from graphs.phases import AGENTS, AgentSpec, ClientTask, Skip, _tools, record
-from graphs.state import ClientRecord, PhaseTiming, RunError, WorkflowState, merge_clients
+from graphs.state import PhaseTiming, RunError, WorkflowState, merge_client_updates
 
 
 class AgentOutputs(BaseModel):
     """What a client agent's subgraph hands back to its phase (the keys of the workflow state)."""
 
-    clients: Annotated[dict[str, ClientRecord], merge_clients] = Field(default_factory=dict)
+    #: the changes to this client's record, as field dicts (see graphs.state.client_update)
+    clients: Annotated[dict[str, dict[str, Any]], merge_client_updates] = Field(default_factory=dict)
     agents: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
     timings: Annotated[list[PhaseTiming], merge_by_id] = Field(default_factory=list)
     errors: Annotated[list[RunError], merge_by_id] = Field(default_factory=list)

@@ -29,6 +29,7 @@ from graphs.state import (
     RunError,
     TrainingStatus,
     WorkflowState,
+    client_update,
 )
 
 
@@ -122,7 +123,7 @@ def s1_prepare(state: WorkflowState) -> dict[str, Any]:
 
 def s1_finish(state: WorkflowState, outcome: AgentOutcome) -> dict[str, Any]:
     config = state.config
-    clients = {name: ClientRecord(name=name, status="pending") for name in runtime.client_names(config)}
+    clients = {name: client_update(name, status="pending") for name in runtime.client_names(config)}
     return {"request": _server_request(config), "requirements": outcome.result, "s1_answer": outcome.result,
             "clients": clients}
 
@@ -149,7 +150,7 @@ def c1_prepare(task: ClientTask) -> dict[str, Any]:
 
 def c1_finish(task: ClientTask, outcome: AgentOutcome) -> dict[str, Any]:
     result = outcome.result or {}
-    record = ClientRecord(name=task.client, status="replied" if outcome.ok else "failed", c1_answered=outcome.ok,
+    record = client_update(task.client, status="replied" if outcome.ok else "failed", c1_answered=outcome.ok,
                           selected_datasets=result.get("datasets", []), selection_reason=result.get("reason", ""))
     return {"clients": {task.client: record}}
 
@@ -174,7 +175,7 @@ def s2_parse(state: WorkflowState):
 def s2_finish(state: WorkflowState, outcome: AgentOutcome) -> dict[str, Any]:
     names = [n for n in state.clients]
     approved = set((outcome.result or {}).get("approved", []))
-    clients = {n: ClientRecord(name=n, approved=n in approved, status="approved" if n in approved else "released",
+    clients = {n: client_update(n, approved=n in approved, status="approved" if n in approved else "released",
                                work_datasets=state.clients[n].selected_datasets if n in approved else [])
                for n in names}
     shown = {n: rec.status != "failed" and bool(rec.selected_datasets) for n, rec in state.clients.items()}
@@ -189,7 +190,7 @@ def preprocessing_start(state: WorkflowState) -> dict[str, Any]:
     if state.config.mode != "phase":
         return {}
     key = runtime.task_key(state.config)
-    return {"clients": {name: ClientRecord(name=name, work_datasets=key.relevant_datasets.get(name, []))
+    return {"clients": {name: client_update(name, work_datasets=key.relevant_datasets.get(name, []))
                         for name in runtime.client_names(state.config)}}
 
 
@@ -213,7 +214,7 @@ def c2_prepare(task: ClientTask) -> dict[str, Any]:
 
 
 def c2_finish(task: ClientTask, outcome: AgentOutcome) -> dict[str, Any]:
-    record = ClientRecord(name=task.client, status="cleaned" if outcome.ok else "failed",
+    record = client_update(task.client, status="cleaned" if outcome.ok else "failed",
                           cleaned_path=C2_OUTPUT if outcome.ok else None,
                           harmonisation_input=C2_OUTPUT if outcome.ok else None,
                           cleaning_summary=((outcome.result or {}).get("summary") or outcome.error or "")[:500])
@@ -237,7 +238,7 @@ def harmonisation_start(state: WorkflowState) -> dict[str, Any]:
         if relevant:
             gold_cleaned(runtime.client_workspace(config, name), runtime.client_path(config, name, out_rel), key, name)
             path = out_rel
-        clients[name] = ClientRecord(name=name, work_datasets=relevant, harmonisation_input=path)
+        clients[name] = client_update(name, work_datasets=relevant, harmonisation_input=path)
     return {"clients": clients}
 
 
@@ -263,7 +264,7 @@ def c3_prepare(task: ClientTask) -> dict[str, Any]:
 def c3_finish(task: ClientTask, outcome: AgentOutcome) -> dict[str, Any]:
     out_dir = runtime.client_path(task.config, task.client, C3_OUTPUT)
     mappings = _mappings_from_calls(outcome, task.datasets)
-    record = ClientRecord(name=task.client, status="harmonised" if outcome.ok else "failed",
+    record = client_update(task.client, status="harmonised" if outcome.ok else "failed",
                           label_mappings=mappings, harmonised_path=C3_OUTPUT if outcome.ok else None,
                           training_input=C3_OUTPUT if outcome.ok else None,
                           stats=class_counts(out_dir) if outcome.ok else {})
@@ -311,7 +312,7 @@ def training_start(state: WorkflowState) -> dict[str, Any]:
             out = runtime.client_path(config, name, out_rel)
             gold_harmonised(runtime.client_workspace(config, name), out, key, name)
             path, stats = out_rel, class_counts(out)
-        clients[name] = ClientRecord(name=name, training_input=path, stats=stats)
+        clients[name] = client_update(name, training_input=path, stats=stats)
     return {"clients": clients, "requirements": key.requirements.model_dump()}
 
 

@@ -59,10 +59,12 @@ def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
                     start = Command(resume={q.id: ask(q.value) for q in questions})
                 elif questions:
                     return dict(snapshot.values)  # paused: the caller has nobody to ask
+                # "sync": every finished step (an agent's model call, its tool calls) is on disk before
+                # the next starts, so a killed run resumes after its last finished step
                 if progress is None:
-                    graph.invoke(start, cfg)
+                    graph.invoke(start, cfg, durability="sync")
                 else:
-                    for _, event in graph.stream(start, cfg, stream_mode="tasks", subgraphs=True):
+                    for _, event in graph.stream(start, cfg, stream_mode="tasks", subgraphs=True, durability="sync"):
                         if "input" in event and "result" not in event:  # a task starts
                             progress(_describe_task(event))
                 snapshot = graph.get_state(cfg)

@@ -86,18 +86,36 @@ class RunError(BaseModel):
     message: str
 
 
-def merge_clients(left: dict[str, ClientRecord] | None, right: dict[str, ClientRecord] | None) -> dict[str, ClientRecord]:
-    """Per-client merge: a branch updates only the fields it set for its own client."""
+def client_update(name: str, **fields: Any) -> dict[str, Any]:
+    """A change to one client's record: the fields given, validated, as a plain dict. Updates are
+    dicts because a checkpoint restores a pydantic record with every field marked as set, which
+    would turn a partial update read back after a crash into a reset of the other fields."""
+    record = ClientRecord(name=name, **fields)
+    return {"name": name, **record.model_dump(include=set(fields))}
+
+
+def merge_clients(left: dict[str, ClientRecord] | None,
+                  right: dict[str, ClientRecord | dict[str, Any]] | None) -> dict[str, ClientRecord]:
+    """Per-client merge: a dict (:func:`client_update`) changes only its fields; a record replaces
+    the fields it set (a whole record, as a subgraph hands its state back, replaces them all)."""
     out = dict(left or {})
     for name, record in (right or {}).items():
-        if isinstance(record, dict):
-            record = ClientRecord.model_validate(record)
+        changed = dict(record) if isinstance(record, dict) else record.model_dump(exclude_unset=True)
         if name in out:
-            base = out[name]
-            changed = record.model_dump(exclude_unset=True)
-            out[name] = base.model_copy(update=changed)
+            out[name] = out[name].model_copy(update=ClientRecord.model_validate(
+                {**out[name].model_dump(), **changed}).model_dump(include=set(changed)))
         else:
-            out[name] = record
+            out[name] = ClientRecord.model_validate({"name": name, **changed})
+    return out
+
+
+def merge_client_updates(left: dict[str, dict[str, Any]] | None,
+                         right: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """A client agent's own record of its changes (still dicts, so its phase merges only those)."""
+    out = {name: dict(fields) for name, fields in (left or {}).items()}
+    for name, fields in (right or {}).items():
+        out[name] = {**out.get(name, {}), **(fields if isinstance(fields, dict) else
+                                            fields.model_dump(exclude_unset=True))}
     return out
 
 

@@ -45,7 +45,7 @@ def run_agents(env_dir: Path, task: str, model: str, budget: int, submit: bool) 
     agents = list(s1["agents"])
     for name in runtime.client_names(config):
         c1 = run("C1", phases.ClientTask(config=config, client=name, requirements=key.requirements.model_dump()))
-        clients.update(c1["clients"])
+        clients.update({n: ClientRecord.model_validate(r) for n, r in c1["clients"].items()})
         agents += c1["agents"]
     # S3 sees the hospitals the key approves (as in per-phase mode), without their statistics
     state = WorkflowState(config=config, request=s1.get("request", ""), clients={
