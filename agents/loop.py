@@ -377,7 +377,7 @@ def tool_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
         tool_s += took
         calls.append(ToolCallRecord(role=setup.role, client=setup.client, tool=call["name"], ok=kind == "ok",
                                     kind=kind, args=call.get("args") or {}, output=output[:500]).model_dump())
-        new.append(ToolMessage(output, tool_call_id=call.get("id") or call["name"]))
+        new.append(ToolMessage(output, tool_call_id=call.get("id") or call["name"], name=call["name"]))
         setup.emit("tool", step, tool=call["name"], tool_call_id=call.get("id"), ok=kind == "ok", content=output,
                    seconds=round(took, 4))
         key = json.dumps([call.get("name"), call.get("args") or {}], sort_keys=True, default=str)
@@ -466,9 +466,8 @@ def approve_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
 
 
 def done_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
-    """The finished agent as an :class:`AgentOutcome` (and its transcript event)."""
-    from eval.taxonomy import agent_classes
-
+    """The finished agent as an :class:`AgentOutcome` (and its transcript event, whose failure class
+    the reader derives from the error, repeated calls and failed tool-call kinds)."""
     end = state.ending or _end(False, state.step, error="the agent stopped without an answer")
     usage = UsageRecord.model_validate(state.usage or {"role": setup.role, "client": setup.client})
     timers = state.timers
@@ -478,12 +477,9 @@ def done_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
                            tool_seconds=round(timers.get("tool", 0.0), 4),
                            tool_calls=[ToolCallRecord.model_validate(c) for c in state.calls], usage=usage,
                            repeated_calls=state.repeats, answered_by=end.get("answered_by"))
-    if setup.transcript is not None:
-        found = agent_classes({"ok": outcome.ok, "error": outcome.error, "repeated_calls": outcome.repeated_calls,
-                               "tool_error_kinds": outcome.tool_error_kinds()})
-        setup.emit("outcome", outcome.steps, ok=outcome.ok, error=outcome.error, result=outcome.result,
-                   seconds=outcome.seconds, failure=found[0] if found and not outcome.ok else None,
-                   usage=usage.model_dump(exclude={"id", "role", "client"}))
+    setup.emit("outcome", outcome.steps, ok=outcome.ok, error=outcome.error, result=outcome.result,
+               seconds=outcome.seconds, repeated_calls=outcome.repeated_calls,
+               tool_error_kinds=outcome.tool_error_kinds(), usage=usage.model_dump(exclude={"id", "role", "client"}))
     return {"outcome": outcome.model_dump(), "privacy": setup.violations()}
 
 

@@ -232,7 +232,7 @@ def store_reference(env_dir: Path, task_id: str, rounds: int, local_epochs: int,
 def reference_outcome(env_dir: Path, task_id: str, rounds: int, local_epochs: int = 1, seed: int = 0) -> Outcome:
     """The oracle pipeline's outcome on this environment and task: one oracle run (in a folder of
     the answer key, so no agent sees it), kept and read back afterwards."""
-    from graphs.run import run_task
+    from eval.runs import run_task
     from graphs.state import RunConfig
 
     path = _reference_file(env_dir, task_id, rounds, local_epochs, seed)

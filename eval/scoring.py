@@ -33,26 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from environments.concepts import normalise_modality  # noqa: F401 - scorers and callers use it here
+
 GRADER_VERSION = "5"  # 3: the held-out outcome beside the sub-tasks; 4: personalised algorithms scored on their hospitals' models; 5: C2 counts missed duplicates and off-topic images together (c2_misses_allowed)
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
-
-_MODALITY_WORDS = {
-    "dermatoscopy": ("dermatoscop", "dermoscop", "dermatolog", "skin"),
-    "ultrasound": ("ultrasound", "sonograph", "echograph"),
-    "fundus": ("fundus", "retina", "retinal"),
-    "histopathology": ("histopath", "histolog", "h&e", "pathology"),
-    "mri": ("mri", "magnetic resonance"),
-    "xray": ("x-ray", "xray", "radiograph", "cxr", "x ray"),
-}
-
-
-def normalise_modality(text: str) -> str:
-    low = text.lower()
-    for modality, words in _MODALITY_WORDS.items():
-        if any(w in low for w in words):
-            return modality
-    return low.strip()
-
 
 def normalise_name(text: str) -> str:
     return re.sub(r"[\s\-]+", "_", str(text).strip().lower())
@@ -391,3 +375,10 @@ def score_outcome(config, training: Any) -> dict[str, Any]:
         return evaluate_training(Path(config.env_dir), config.task_id, runtime.server_path(config, "work/training")).model_dump()
     except Exception as exc:  # noqa: BLE001 - an unreadable model or test set is a note, never a crashed score
         return Outcome(note=f"not evaluated: {type(exc).__name__}: {str(exc)[:200]}").model_dump()
+
+
+def score_run(state: Any) -> dict[str, Any]:
+    """The workflow's scorer (its evaluation node calls it): the run scored against its task's key."""
+    from graphs import runtime
+
+    return score_state(state, runtime.task_key(state.config))

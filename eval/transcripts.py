@@ -4,11 +4,10 @@ A workflow run writes ``<dir>/<thread_id>.jsonl`` (conventionally ``<results or 
 one :class:`TranscriptEvent` per line. The agents of one run share the file and write from their own threads,
 so their lines interleave; :func:`group_by_agent` sorts them back out by (role, client).
 
-Producer side: :class:`TranscriptWriter` (thread-safe append, one line + flush per event) and
-:func:`transcript_path` (a filename-safe path for a thread id).
-Consumer side: :func:`read_transcript`, :func:`summarize`, :func:`render_html` / :func:`write_html` (one
+Producer side (:mod:`agents.transcript`, where the agents write): :class:`TranscriptWriter` and
+:func:`transcript_path`. Consumer side (here): :func:`read_transcript`, :func:`summarize`, :func:`render_html` / :func:`write_html` (one
 self-contained offline page), :func:`print_transcript` (rich), :func:`find_transcript` and the ``show``
-subcommand (:func:`register_show`).
+subcommand (:mod:`eval.show_cli`).
 
 Top-level imports: the standard library and pydantic only (the CLI must start fast); rich is imported inside
 the functions that print.
@@ -16,21 +15,19 @@ the functions that print.
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
-import re
 import tempfile
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
+
+from agents.transcript import ToolCall, TranscriptEvent, TranscriptWriter, transcript_path
 
 __all__ = [
     "AgentSummary",
@@ -41,122 +38,16 @@ __all__ = [
     "group_by_agent",
     "print_transcript",
     "read_transcript",
-    "register_show",
     "render_html",
     "summarize",
     "transcript_path",
     "write_html",
 ]
 
-Kind = Literal["system", "user", "assistant", "tool", "note", "outcome"]
-
 #: contents longer than this are shown as a preview plus a collapsed remainder in the HTML page
 LONG_CHARS = 4000
 #: size of that preview
 PREVIEW_CHARS = 1500
-
-
-# --------------------------------------------------------------------------------------------- schema
-
-
-class ToolCall(BaseModel):
-    """One tool call requested by an assistant message."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str = ""
-    name: str
-    args: dict[str, Any] = Field(default_factory=dict)
-
-
-class TranscriptEvent(BaseModel):
-    """One line of a transcript. Unknown extra keys are kept (``model_extra``) and shown by the viewers."""
-
-    model_config = ConfigDict(extra="allow")
-
-    ts: float = Field(default_factory=time.time)  # epoch seconds
-    thread: str  # the run's thread id
-    role: str  # S1, C1, S2, C2, C3, S3, S4
-    client: str | None = None  # hospital name for C roles
-    step: int  # model-call index within that agent (0-based)
-    kind: Kind
-    content: str = ""  # message text (assistant: the final text with thinking removed)
-    reasoning: str = ""  # assistant only: the model's thinking
-    tool_calls: list[ToolCall] = Field(default_factory=list)  # assistant
-    tool: str | None = None  # kind "tool": the tool's name
-    tool_call_id: str | None = None
-    ok: bool | None = None  # tool: whether the tool succeeded; outcome: whether the agent succeeded
-    usage: dict[str, Any] = Field(default_factory=dict)  # assistant: input_tokens, output_tokens, reasoning_tokens
-    seconds: float = 0.0  # assistant: model-call time; tool: tool time; outcome: agent wall time
-    cached: bool = False  # assistant: reply served from the response cache
-    error: str | None = None  # outcome: why the agent failed; note: e.g. "retry after RateLimitError"
-    result: dict[str, Any] | None = None  # outcome: the parsed answer
-    failure: str | None = None  # outcome: failure class (e.g. "budget_exhausted", "unparseable_answer")
-
-
-# --------------------------------------------------------------------------------------------- writing
-
-_LOCKS: dict[str, threading.Lock] = {}
-_HEALED: set[str] = set()
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock_for(key: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(key)
-        if lock is None:
-            lock = _LOCKS[key] = threading.Lock()
-        return lock
-
-
-def transcript_path(directory: str | os.PathLike, thread: str) -> Path:
-    """``<directory>/<thread>.jsonl``, with characters unsafe in a file name replaced by ``_``."""
-    safe = re.sub(r"[^A-Za-z0-9_.:@-]+", "_", thread).strip(".") or "_"
-    return Path(directory) / f"{safe[:200]}.jsonl"
-
-
-class TranscriptWriter:
-    """Appends events to one JSONL file; safe to use from many threads and many instances at once.
-
-    All writers of the same file in this process share one lock; each event is one ``write`` of one line
-    followed by a flush, in append mode. The first write to a file in a process starts on a fresh line when
-    a previous (killed) process left a line cut short, so that one cut line never swallows the next event.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._key = os.path.realpath(self.path)
-        self._lock = _lock_for(self._key)
-
-    def write(self, event: TranscriptEvent | dict[str, Any]) -> TranscriptEvent:
-        """Validate (a dict) and append one event; returns the validated event. Raises ValidationError."""
-        ev = event if isinstance(event, TranscriptEvent) else TranscriptEvent.model_validate(event)
-        line = ev.model_dump_json(fallback=str) + "\n"
-        with self._lock:
-            if self._key not in _HEALED:
-                if _ends_mid_line(self.path):
-                    line = "\n" + line
-                _HEALED.add(self._key)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-        return ev
-
-    def __repr__(self) -> str:
-        return f"TranscriptWriter({str(self.path)!r})"
-
-
-def _ends_mid_line(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() == 0:
-                return False
-            fh.seek(-1, os.SEEK_END)
-            return fh.read(1) != b"\n"
-    except FileNotFoundError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -186,10 +77,23 @@ def read_transcript(path: str | os.PathLike) -> list[TranscriptEvent]:
         if not isinstance(data, dict):
             raise ValueError(f"{path}:{number}: not a transcript event (a JSON {type(data).__name__})")  # noqa: TRY004
         try:
-            events.append(TranscriptEvent.model_validate(data))
+            event = TranscriptEvent.model_validate(data)
         except ValidationError as exc:
             raise ValueError(f"{path}:{number}: not a valid transcript event: {exc}") from exc
+        events.append(_with_failure_class(event))
     return events
+
+
+def _with_failure_class(event: TranscriptEvent) -> TranscriptEvent:
+    """An agent's outcome with its failure class (:mod:`eval.taxonomy`), from what the agent recorded."""
+    if event.kind != "outcome" or event.ok is not False or event.failure:
+        return event
+    from eval.taxonomy import agent_classes
+
+    extra = event.model_extra or {}
+    found = agent_classes({"ok": False, "error": event.error, "repeated_calls": extra.get("repeated_calls", 0),
+                           "tool_error_kinds": extra.get("tool_error_kinds") or {}})
+    return event.model_copy(update={"failure": found[0] if found else None})
 
 
 def group_by_agent(events: Iterable[TranscriptEvent]) -> list[tuple[str, str | None, list[TranscriptEvent]]]:
@@ -693,36 +597,3 @@ def find_transcript(ref: str, search_root: Path = Path("runs")) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- CLI
-
-
-def register_show(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``show`` to a CLI's subparsers; returns its parser."""
-    show = subparsers.add_parser("show", help="print a run's agent transcript (messages, tool calls, results)")
-    show.add_argument("run", help="a transcript .jsonl/.html path, a folder holding one, or a thread id (or a "
-                                  "unique part of one)")
-    show.add_argument("--root", type=Path, default=Path("runs"),
-                      help="where thread ids are searched, as ROOT/**/transcripts/<id>.jsonl (default: runs)")
-    show.add_argument("--full", action="store_true", help="no truncation: full messages, thinking and tool args")
-    show.add_argument("--html", action="store_true",
-                      help="write (or refresh) the self-contained HTML page beside the transcript and print its path")
-    show.set_defaults(func=_show)
-    return show
-
-
-def _show(args: argparse.Namespace) -> int:
-    path = find_transcript(args.run, Path(args.root))
-    if args.html:
-        print(write_html(path))
-        return 0
-    events = read_transcript(path)
-    try:
-        from fedagentbench_cli import console as wide_console
-
-        console = wide_console()
-    except ImportError:  # pragma: no cover - outside the project
-        from rich.console import Console
-
-        console = Console()
-    console.print(f"[dim]{_esc_markup(str(path))}[/dim]")
-    print_transcript(events, console, full=args.full)
-    return 0

@@ -146,6 +146,7 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     With ``ask``, the run pauses before C2 removes files and before S4 starts training and asks it
     (``graphs.run.run_task``); the decisions go into the report. A run whose person left (``ask``
     raised EOFError) stays paused in its checkpoints: the same command asks the same question again."""
+    from eval.runs import write_html_page
     from graphs.run import pending_questions, run_task
     from graphs.state import RunConfig
 
@@ -163,7 +164,7 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
                        run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed,
                        approve=ask is not None)
-    state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask)
+    state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask, on_end=write_html_page)
     report = build_report(spec, env, config, state)
     report.paused_at = pending_questions(work / "checkpoints.sqlite", THREAD)
     (work / "report.json").write_text(report.model_dump_json(indent=1), "utf-8")

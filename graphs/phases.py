@@ -443,8 +443,9 @@ AGENTS: dict[str, AgentSpec] = {
 
 # --- evaluation ---------------------------------------------------------------------------------------
 
-def evaluate_node(state: WorkflowState) -> dict[str, Any]:
-    """Usage, timing and (when the scorer is present) the scores of this run."""
+def evaluate_node(state: WorkflowState, scorer: Any = None) -> dict[str, Any]:
+    """Usage, timing and, with a ``scorer`` (``eval.scoring.score_run``: the graphs never import
+    eval), the scores of this run."""
     t0 = time.perf_counter()
     totals: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0, "agent_failures": 0}
     for a in state.agents:
@@ -457,12 +458,7 @@ def evaluate_node(state: WorkflowState) -> dict[str, Any]:
         phase_seconds[t.phase] = round(phase_seconds.get(t.phase, 0.0) + t.seconds, 3)
     scores: dict[str, Any] = {"usage": totals, "phase_seconds": phase_seconds,
                               "privacy_violations": len(state.privacy), "errors": len(state.errors)}
-    try:
-        from eval.scoring import score_state
-    except ImportError:
-        pass
-    else:
-        if not runtime.is_federation(state.config):  # a practitioner's federation has no answer key
-            scores.update(score_state(state, runtime.task_key(state.config)))
+    if scorer is not None and not runtime.is_federation(state.config):  # a federation has no answer key
+        scores.update(scorer(state))
     scores["evaluation_seconds"] = round(time.perf_counter() - t0, 3)
     return {"scores": scores}

@@ -21,22 +21,23 @@ def default_thread_id(config: RunConfig) -> str:
 def transcript_path(db: str | Path, thread_id: str) -> Path:
     """Where a thread's transcript goes: ``transcripts/`` beside the checkpoint file, outside every
     workspace (no agent can read another run's conversation)."""
-    from eval.transcripts import transcript_path as in_folder
+    from agents.transcript import transcript_path as in_folder
 
     return in_folder(Path(db).resolve().parent / "transcripts", thread_id)
 
 
 def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
              progress: Callable[[str], None] | None = None,
-             ask: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+             ask: Callable[[dict[str, Any]], Any] | None = None, scorer: Callable[[Any], dict] | None = None,
+             on_end: Callable[[str | None], None] | None = None) -> dict[str, Any]:
     """The final state of the thread: started, resumed, or read back when it already finished.
 
-    The agents' conversations go to :func:`transcript_path` (JSONL, and an HTML page written when
-    the run ends, however it ends). ``progress`` hears the name of every node as it starts (an
+    The agents' conversations go to :func:`transcript_path` (JSONL). ``progress`` hears the name of every node as it starts (an
     agent, e.g. ``c2`` for a client's cleaner, or a phase's entry). With ``config.approve`` an agent
     pauses before a gated tool call (a checkpointed interrupt); ``ask`` gets each question and
     returns the person's decision, and the run goes on. A thread paused in an earlier process asks
-    its open questions first."""
+    its open questions first. ``scorer`` is the evaluation node's (:func:`eval.runs.run_task` passes
+    the benchmark's); ``on_end`` hears the transcript path when the run ends, however it ends."""
     from langgraph.types import Command
 
     from graphs.checkpoint import sqlite_checkpointer
@@ -48,7 +49,7 @@ def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
     cfg = {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
     try:
         with sqlite_checkpointer(db) as saver:
-            graph = compile_workflow(saver)
+            graph = compile_workflow(saver, scorer)
             snapshot = graph.get_state(cfg)
             if snapshot.values and not snapshot.next:
                 return dict(snapshot.values)
@@ -71,7 +72,8 @@ def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
                 if not snapshot.interrupts:
                     return dict(snapshot.values)
     finally:
-        _write_html(config.transcript_path)
+        if on_end is not None:
+            on_end(config.transcript_path)
 
 
 def _describe_task(event: dict[str, Any]) -> str:
@@ -79,16 +81,6 @@ def _describe_task(event: dict[str, Any]) -> str:
     task = event.get("input")
     client = getattr(task, "client", None) or (task.get("client") if isinstance(task, dict) else None)
     return f"{name} at {client}" if client else name
-
-
-def _write_html(path: str | None) -> None:
-    from eval.transcripts import write_html
-
-    if path and Path(path).is_file():
-        try:
-            write_html(Path(path))
-        except (OSError, ValueError):  # the JSONL stays; `fedagentbench show --html` can retry
-            pass
 
 
 def pending_questions(db: str | Path, thread_id: str) -> list[dict[str, Any]]:

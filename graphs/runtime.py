@@ -180,7 +180,7 @@ def transcript_writer(config: RunConfig):
     """Where the run's agents write their transcript events (None: not recorded)."""
     if not config.transcript_path:
         return None
-    from eval.transcripts import TranscriptWriter
+    from agents.transcript import TranscriptWriter
 
     with _lock:
         if config.transcript_path not in _writers:

@@ -74,22 +74,23 @@ PHASE_BUILDERS = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def workflow_builder() -> StateGraph:
-    """The whole workflow's graph, built once per process (type-hint resolution makes building it
-    cost more than a short run's own work); each run compiles it with its own checkpointer."""
+@functools.lru_cache(maxsize=4)
+def workflow_builder(scorer: Any = None) -> StateGraph:
+    """The whole workflow's graph, built once per process and scorer (type-hint resolution makes
+    building it cost more than a short run's own work); each run compiles it with its own
+    checkpointer. ``scorer(state) -> scores`` is what the evaluation node adds (eval's)."""
     g = StateGraph(WorkflowState)
     previous = START
     for name, build in PHASE_BUILDERS.items():
         g.add_node(name, build().compile())
         g.add_edge(previous, name)
         previous = name
-    g.add_node("evaluate", phases.evaluate_node)
+    g.add_node("evaluate", functools.partial(phases.evaluate_node, scorer=scorer))
     g.add_edge(previous, "evaluate")
     g.add_edge("evaluate", END)
     return g
 
 
-def compile_workflow(checkpointer: Any = None):
+def compile_workflow(checkpointer: Any = None, scorer: Any = None):
     """The full workflow, checkpointed by ``checkpointer`` (a SqliteSaver for CLI runs)."""
-    return workflow_builder().compile(checkpointer=checkpointer)
+    return workflow_builder(scorer).compile(checkpointer=checkpointer)

@@ -244,7 +244,7 @@ def test_json_answers_and_unknown_names_are_not_tool_calls():
 
 
 def test_hermes_text_tool_calls_score_what_native_calls_score(tiny_envs, tmp_path):
-    from graphs.run import run_task
+    from eval.runs import run_task
     from graphs.state import RunConfig
 
     from .test_real_models import _env

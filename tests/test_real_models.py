@@ -22,7 +22,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from agents import results
 from agents.runner import run_agent
 from environments.tasks import tasks_for
-from graphs.run import run_task, transcript_path
+from eval.runs import run_task
+from graphs.run import transcript_path
 from graphs.state import RunConfig
 
 from .conftest import REPO

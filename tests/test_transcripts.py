@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.show_cli import register_show
 from eval.transcripts import (
     TranscriptEvent,
     TranscriptWriter,
@@ -17,7 +18,6 @@ from eval.transcripts import (
     group_by_agent,
     print_transcript,
     read_transcript,
-    register_show,
     render_html,
     summarize,
     transcript_path,

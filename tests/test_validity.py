@@ -20,9 +20,9 @@ from langchain_core.messages import AIMessage
 
 from agents.baselines import PolicyChatModel, Turn, _answer, _call
 from agents.policies import OraclePolicy
+from eval.runs import run_task
 from eval.scoring import score_s4
 from graphs import runtime
-from graphs.run import run_task
 from graphs.state import RunConfig
 
 TASK = "xray-pneumonia"

@@ -18,8 +18,8 @@ from langchain_core.messages import AIMessage
 
 from environments.concepts import ENVIRONMENTS
 from environments.tasks import tasks_for
+from eval.runs import run_task
 from graphs import runtime
-from graphs.run import run_task
 from graphs.state import RunConfig
 
 from .conftest import REPO
