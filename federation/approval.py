@@ -19,17 +19,23 @@ CHOICES = {"a": "approve", "approve": "approve", "y": "approve", "yes": "approve
 def terminal_asker(console: Any):
     """``ask(question) -> decision`` that shows the question on ``console`` and reads the answer."""
 
+    from rich.markup import escape
+
+    def say(label: str, text: str) -> None:  # one line however long: the arguments stay copyable JSON
+        console.print(f"[bold]{label}:[/] {escape(text)}", soft_wrap=True)
+
     def read(prompt: str) -> str:
-        console.print(prompt, end="")
+        console.print(prompt, end="", markup=False)
+        console.file.flush()
         line = input()  # EOFError when nobody is there: the run stays paused
         return line.strip()
 
     def ask(question: dict[str, Any]) -> dict[str, Any]:
-        console.rule(f"[bold]approval needed: {question.get('agent')} wants to call {question.get('tool')}")
-        console.print(f"[bold]What:[/] {question.get('what')}")
-        console.print(f"[bold]Arguments:[/] {json.dumps(question.get('args') or {})}")
+        console.rule(f"approval needed: {question.get('agent')} wants to call {question.get('tool')}")
+        say("What", str(question.get("what")))
+        say("Arguments", json.dumps(question.get("args") or {}))
         if question.get("why"):
-            console.print(f"[bold]The agent says:[/] {question['why']}")
+            say("The agent says", str(question["why"]))
         while True:
             action = CHOICES.get(read("approve, reject or edit? [a/r/e] ").lower())
             if action is None:

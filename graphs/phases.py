@@ -394,8 +394,16 @@ def _c2_removal(tool: str, task: ClientTask) -> Any:
             shown = ", ".join(paths[:20]) + (f" and {len(paths) - 20} more" if len(paths) > 20 else "")
             return f"remove {len(paths)} file(s) at {task.client}: {shown}"
         if tool == "remove_flagged_files":
-            kinds = ", ".join(args.get("kinds") or []) or "every kind"
-            return f"remove the files flagged in {args.get('flags_file')} ({kinds}) at {task.client}"
+            from tools.quality import flagged_files
+            from tools.sandbox import Workspace
+
+            ws = Workspace(runtime.client_workspace(task.config, task.client),
+                           runtime.client_work(task.config, task.client))
+            files = flagged_files(ws, str(args.get("flags_file")), args.get("kinds"))
+            shown = "; ".join(f"{f} ({kind})" for f, kind in files[:20]) + (
+                f" and {len(files) - 20} more" if len(files) > 20 else "")
+            return (f"remove {len(files)} file(s) flagged in {args.get('flags_file')} at {task.client}: "
+                    f"{shown or 'none listed'}")
         return f"remove every file that is not a readable image under {args.get('path')} at {task.client}"
     return what
 

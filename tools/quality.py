@@ -80,6 +80,17 @@ def _label_errors(root: Path, data: detectors.Loaded, rel: list[str], skip: set[
             for i, s, m in found]
 
 
+def flagged_files(ws: Workspace, flags_file: str, kinds: list[str] | None = None) -> list[tuple[str, str]]:
+    """``(file, kind)`` for what :func:`remove_flagged` would delete (a preview for a person to approve);
+    empty when the flags file cannot be read (the removal itself then says why)."""
+    try:
+        flags = json.loads(ws.resolve(flags_file).read_text("utf-8"))
+    except (ValueError, OSError, ToolError):
+        return []
+    return [(str(entry.get("file")), kind) for kind in (kinds or CHECKS) for entry in flags.get(kind, [])
+            if isinstance(entry, dict)]
+
+
 def remove_flagged(ws: Workspace, flags_file: str, kinds: list[str] | None = None) -> dict:
     """Delete the files a flags file lists (for the chosen kinds); only under work/."""
     target = ws.resolve(flags_file)
