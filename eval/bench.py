@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from agents.runner import RUN_TIMEOUT_ERROR
 from eval.scoring import SUBTASKS
@@ -35,7 +35,10 @@ class BenchSpec(BaseModel):
     modes: list[str] = Field(default_factory=lambda: ["e2e"])
     runs: int = Field(default=1, ge=1)
     scale: str = "tiny"
+    #: the environment seed: which simulated hospitals are built
     seed: int = 0
+    #: repeat r samples with seed ``sampling_seed + r`` (None: the environment seed)
+    sampling_seed: int | None = None
     concurrency: int = 1
     rounds: int = 1
     budget: int = 16
@@ -46,12 +49,20 @@ class BenchSpec(BaseModel):
     retries: int = Field(default=5, ge=0)
     #: answer repeated model calls from ``<out>/llm_cache`` (a rerun is identical and free)
     cache: bool = False
+    #: the response cache's folder (None: ``<out>/llm_cache``, beside the checkpoint database)
+    cache_dir: Path | None = None
     out: Path = Path("runs/bench")
     data_dir: str | None = None
     #: one run's wall-clock limit (None: none); a run cut by it is scored with run_timeout failures
     run_timeout_s: float | None = Field(default=None, gt=0)
     #: stop starting runs once this bench invocation has spent this many USD (the next one resumes)
     cost_limit: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _sampling_seed_follows_the_environment_seed(self) -> BenchSpec:
+        if self.sampling_seed is None:  # one value in the manifest whichever way it was given
+            self.sampling_seed = self.seed
+        return self
 
 
 def environments_dir(spec: BenchSpec) -> Path:
@@ -99,7 +110,7 @@ def matrix(spec: BenchSpec) -> list[RunKey]:
 
 def sampling_seed(spec: BenchSpec, run: int) -> int:
     """The chat model's seed for repeat ``run`` (1-based): distinct per repeat, fixed across reruns."""
-    return spec.seed + run
+    return (spec.seed if spec.sampling_seed is None else spec.sampling_seed) + run
 
 
 def run_config(spec: BenchSpec, key: RunKey, env_root: Path):
@@ -110,13 +121,19 @@ def run_config(spec: BenchSpec, key: RunKey, env_root: Path):
                      guidance=key.guidance, model=key.model, mode=key.mode, run_id=f"r{key.run}",
                      rounds=spec.rounds, budget=spec.budget, temperature=spec.temperature,
                      seed=sampling_seed(spec, key.run), submit_tool=spec.submit_tool, timeout_s=spec.timeout_s,
-                     retries=spec.retries, cache_dir=str((spec.out / "llm_cache").resolve()) if spec.cache else None)
+                     retries=spec.retries, cache_dir=str(cache_folder(spec)) if spec.cache else None)
+
+
+def cache_folder(spec: BenchSpec) -> Path:
+    """Where ``--cache`` keeps model responses: ``--cache DIR``, else ``llm_cache/`` beside the checkpoints."""
+    return (spec.cache_dir or spec.out / "llm_cache").resolve()
 
 
 def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
     """One run, start or resume, and its scored result. A run that ends on an infrastructure error
     is recorded as failed (not scored); a :class:`agents.providers.ProviderError` propagates."""
     from agents.providers import ProviderError
+    from eval import runs as eval_runs
     from eval.scoring import GRADER_VERSION
     from graphs import run as graph_run
     from graphs import runtime
@@ -129,7 +146,7 @@ def run_one(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
     runtime.set_deadline(config, time.time() + spec.run_timeout_s if spec.run_timeout_s else None)
     window = model_window(spec)
     try:
-        state = graph_run.run_task(config, db, thread)
+        state = eval_runs.run_task(config, db, thread)
     except ProviderError:
         raise
     except Exception as exc:  # provider retries ran out, or the workflow broke: not a score, run again later
@@ -359,7 +376,7 @@ def _cut_run(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
 
 
 #: settings outside the run key that change what a run does: one value per results folder
-SAMPLING_SETTINGS = ("temperature", "seed", "scale", "rounds", "budget", "submit_tool")
+SAMPLING_SETTINGS = ("temperature", "seed", "sampling_seed", "scale", "rounds", "budget", "submit_tool")
 
 
 def check_same_settings(store: ResultStore, spec: BenchSpec) -> None:
@@ -369,7 +386,7 @@ def check_same_settings(store: ResultStore, spec: BenchSpec) -> None:
     if not store.path.is_file() or not before:
         return
     now = spec.model_dump(mode="json")
-    changed = [f"--{name} {before[name]} (now {now[name]})" for name in SAMPLING_SETTINGS
+    changed = [f"--{name.replace('_', '-')} {before[name]} (now {now[name]})" for name in SAMPLING_SETTINGS
                if name in before and before[name] != now[name]]
     if changed:
         raise ValueError(f"{spec.out} holds runs made with {', '.join(changed)}; repeats with other settings "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fedagentbench_cli import DefaultsHelpFormatter
 from fedagentbench_cli import console as wide_console
+from fedagentbench_settings import add_options, from_args
 
 ENVS = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray")
 
@@ -18,7 +19,6 @@ def _csv(value: str) -> list[str]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)",
                                   formatter_class=DefaultsHelpFormatter)
-    bench.add_argument("--model", default="heuristic", help="model spec or alias, e.g. qwq-32b, oracle, local")
     bench.add_argument("--env", type=_csv, default=list(ENVS), help="comma-separated environments")
     bench.add_argument("--task", type=_csv, default=None, help="comma-separated task ids (default: all)")
     bench.add_argument("--guidance", type=_csv, default=["fine", "goal"], help="fine, goal or fine,goal")
@@ -27,41 +27,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--scale", choices=("tiny", "small", "full", "real"), default="tiny",
                        help="environment size (real: hundreds of images per site, a learnable held-out outcome)")
     bench.add_argument("--seed", type=int, default=0,
-                       help="environment seed (a new seed: unseen environments); repeat r samples with seed + r")
-    bench.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
+                       help="environment seed (a new seed: unseen environments); the sampling seeds follow it unless "
+                            "--sampling-seed is given")
     bench.add_argument("--mode", type=_csv, default=["e2e"], help="e2e, phase or e2e,phase")
     bench.add_argument("--concurrency", type=int, default=1, help="runs at a time")
-    bench.add_argument("--max-requests", type=int, default=0,
-                       help="cap on concurrent model requests per provider and host (0: no cap)")
-    bench.add_argument("--rounds", type=int, default=1, help="federated training rounds per run")
-    bench.add_argument("--budget", type=int, default=16, help="model calls allowed per agent")
-    bench.add_argument("--timeout", type=float, default=120.0, help="one model request's time limit (seconds)")
-    bench.add_argument("--retries", type=int, default=5,
-                       help="retries of a rate-limited, failed or timed-out request (backoff honours Retry-After)")
     bench.add_argument("--run-timeout", type=float, default=None,
                        help="one run's wall-clock limit in seconds: agents still working then fail as run_timeout "
                             "and the sweep goes on")
     bench.add_argument("--cost-limit", type=float, default=None,
                        help="stop starting runs once this bench has spent this many USD (pricing: "
                             "agents/model_prices.json, $FEDAGENTBENCH_MODEL_PRICES); the same command again resumes")
-    bench.add_argument("--no-submit-tool", action="store_true",
-                       help="do not offer agents the submit_answer tool (text protocol only, as in the paper)")
-    bench.add_argument("--cache", action="store_true",
-                       help="answer repeated model calls from <out>/llm_cache (a rerun is identical and free)")
     bench.add_argument("--out", type=Path, default=None, help="results folder (default: runs/bench-<model>)")
-    bench.add_argument("--data-dir", default=None, help="real image pools (default: $FEDAGENTBENCH_DATA)")
+    add_options(bench, "bench")
     bench.set_defaults(func=_bench)
 
     report = subparsers.add_parser("report", help="tables and plots from one or more results folders")
     report.add_argument("dirs", nargs="+", type=Path, help="results folders (e.g. runs/bench-heuristic)")
     report.set_defaults(func=_report)
 
-    from eval.transcripts import register_show
+    from eval.show_cli import register_show
 
     register_show(subparsers)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    settings = from_args(args, "bench")  # first: a bad variable must not surface as a failed import
+
     import asyncio
     import sys
 
@@ -76,12 +67,8 @@ def _bench(args: argparse.Namespace) -> int:
     from environments.pools import fallback_line, manifest_fallbacks
     from eval.bench import BenchSpec, CostLimitReached, environments_dir, run_matrix
 
-    if args.runs < 1:
-        raise ValueError("--runs must be at least 1")
-    if args.concurrency < 1 or args.max_requests < 0 or args.retries < 0 or args.timeout <= 0:
-        raise ValueError("--concurrency must be >= 1, --max-requests and --retries >= 0, --timeout > 0")
-    if args.temperature < 0:
-        raise ValueError("--temperature must be >= 0")
+    if args.runs < 1 or args.concurrency < 1:
+        raise ValueError("--runs and --concurrency must be at least 1")
     if (args.run_timeout is not None and args.run_timeout <= 0) or (args.cost_limit is not None and args.cost_limit < 0):
         raise ValueError("--run-timeout must be > 0 and --cost-limit >= 0")
     unknown = [e for e in args.env if e not in ENVS]
@@ -90,14 +77,19 @@ def _bench(args: argparse.Namespace) -> int:
     bad_modes = [m for m in args.mode if m not in ("e2e", "phase")]
     if bad_modes or not set(args.guidance) <= {"fine", "goal"}:
         raise ValueError("--mode takes e2e and/or phase; --guidance takes fine and/or goal")
-    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.model)
-    spec = BenchSpec(model=args.model, environments=args.env, tasks=args.task, guidance=args.guidance,
-                     modes=args.mode, runs=args.runs, scale=args.scale, seed=args.seed, temperature=args.temperature,
-                     concurrency=args.concurrency, rounds=args.rounds, budget=args.budget,
-                     submit_tool=not args.no_submit_tool, timeout_s=args.timeout, retries=args.retries,
-                     cache=args.cache, out=args.out or Path("runs") / f"bench-{safe_model}", data_dir=args.data_dir,
+    settings.export()
+    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in settings.model)
+    spec = BenchSpec(model=settings.model, environments=args.env, tasks=args.task, guidance=args.guidance,
+                     modes=args.mode, runs=args.runs, scale=args.scale, seed=args.seed,
+                     sampling_seed=settings.sampling_seed, temperature=settings.temperature,
+                     concurrency=args.concurrency, rounds=settings.rounds, budget=settings.budget,
+                     submit_tool=settings.submit_tool, timeout_s=settings.timeout, retries=settings.retries,
+                     cache=settings.cache, cache_dir=settings.cache_dir,
+                     out=args.out or Path("runs") / f"bench-{safe_model}",
+                     data_dir=str(settings.data_dir) if settings.data_dir else None,
                      run_timeout_s=args.run_timeout, cost_limit=args.cost_limit)
-    check_model(spec.model, args.timeout, args.max_requests)  # before anything is built
+    check_checkpoints(spec.out)  # a damaged database would fail every run, on every rerun
+    check_model(spec.model, spec.timeout_s)  # before anything is built
     console = wide_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -129,6 +121,31 @@ def _bench(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     # runs that ended on infrastructure errors are not scores: the exit code says the table is incomplete
     return 0 if results and not any(r.failed for r in results) else 1
+
+
+def check_checkpoints(out: Path) -> None:
+    """Refuse, in one line, a bench whose checkpoint database SQLite cannot read: the file, what
+    ``results.jsonl`` still holds, and how to start the checkpoints afresh (finished runs are kept:
+    the bench skips every key ``results.jsonl`` records as finished and runs only the others)."""
+    from eval.scoring import GRADER_VERSION
+    from eval.store import RESULTS, ResultStore
+    from graphs.checkpoint import DamagedDatabase, afresh_command, check_database
+
+    db = out / "checkpoints.sqlite"
+    try:
+        check_database(db)
+    except DamagedDatabase as exc:
+        results = out / RESULTS
+        if results.is_file():
+            store = ResultStore(out)
+            lines = sum(store.version_counts().values())
+            done = len(store.done_keys(GRADER_VERSION))
+            held = (f"{results} still holds {lines} run line(s) ({done} finished under grader {GRADER_VERSION}: "
+                    "kept, not run again)")
+        else:
+            held = f"there is no {results} (no finished run to keep)"
+        raise DamagedDatabase(f"{exc}; {held}; to start the checkpoints afresh, `{afresh_command(db)}` and run the "
+                              "same command again: it runs only the unfinished runs") from None
 
 
 def check_model(spec: str, timeout_s: float, max_requests: int = 0) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedagentbench_cli import DefaultsHelpFormatter
 from fedagentbench_cli import console as wide_console
+from fedagentbench_settings import add_options, from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,10 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="select, clean, harmonise and train on the federation; writes a report",
                          formatter_class=DefaultsHelpFormatter)
     run.add_argument("federation", type=Path, help="federation.yaml (see `federate init`)")
-    run.add_argument("--model", default=None, help="model spec (default: the YAML's, else heuristic)")
     run.add_argument("--request", default=None, help="replace the YAML's request")
     run.add_argument("--work", type=Path, default=None,
                      help="work directory for copies, checkpoints, outputs (default: <yaml name>.work beside it)")
+    run.add_argument("--approve", action="store_true",
+                     help="pause for your decision (approve, reject or edit) before C2 removes files and before S4 "
+                          "starts training; a pause survives the process ending (run the same command again)")
+    add_options(run, "federate")
     run.set_defaults(func=_run)
 
 
@@ -118,19 +122,42 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    settings = from_args(args, "federate")  # first: a bad variable must not surface as a failed import
+
     from federation.run import run_federation
     from federation.spec import FederationError, load_spec
+    from graphs.checkpoint import DamagedDatabase, afresh_command, check_database
 
     try:
         spec = load_spec(args.federation)
+        overrides = {"rounds": settings.rounds, "seed": settings.sampling_seed}
+        spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         work = args.work or args.federation.with_name(args.federation.stem + ".work")
+        db = Path(work) / "checkpoints.sqlite"
+        try:
+            check_database(db)
+        except DamagedDatabase as exc:
+            raise DamagedDatabase(f"{exc}: to start the checkpoints afresh, `{afresh_command(db)}` and run the same "
+                                  "command again (the run starts over from its first agent; your folders are never "
+                                  "changed)") from None
+        settings.export()
         console = wide_console()
-        with console.status("starting") as status:
-            report = run_federation(spec, work, model=args.model, request=args.request,
-                                    progress=lambda step: status.update(f"running {step}"))
+        if args.approve:  # no spinner: the terminal is the person's, for questions and answers
+            from federation.approval import terminal_asker
+
+            console.print("running; questions come as the agents reach them")
+            report = run_federation(spec, work, model=settings.model, request=args.request,
+                                    ask=terminal_asker(console))
+        else:
+            with console.status("starting") as status:
+                report = run_federation(spec, work, model=settings.model, request=args.request,
+                                        progress=lambda step: status.update(f"running {step}"))
     except FederationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except EOFError:  # nobody answered: the question stays open in the checkpoints
+        console.print(f"\npaused at a question; run the same command again to answer it ({work})")
+        return 3
     from rich.table import Table
 
     table = Table(title=f"federation run ({report.model}); report: {Path(report.work_dir) / 'report.md'}")

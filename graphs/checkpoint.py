@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,3 +56,43 @@ def _prepare(conn: sqlite3.Connection, saver, attempts: int = 20) -> None:
                 raise
             conn.rollback()
             time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+
+
+class DamagedDatabase(ValueError):
+    """A checkpoint file SQLite cannot read (truncated by a full disk, overwritten, not a database)."""
+
+
+def check_database(path: str | Path) -> None:
+    """Raise :class:`DamagedDatabase` (one line: the file and SQLite's words) when the file at ``path``
+    exists and is not a sound SQLite database; a missing or empty file is fine (it is created).
+
+    The file is opened read-only and checked with ``PRAGMA quick_check``: a damaged database
+    otherwise fails every run that touches it ("database disk image is malformed"), on every rerun."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    problem = None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            rows = conn.execute("PRAGMA quick_check(3)").fetchall()
+        finally:
+            conn.close()
+        if [tuple(r) for r in rows] != [("ok",)]:
+            problem = "; ".join(str(r[0]) for r in rows) or "quick_check gave no answer"
+    except sqlite3.OperationalError as exc:  # locked or busy: another run is writing, not damage
+        if "locked" in str(exc) or "busy" in str(exc):
+            return
+        problem = str(exc)
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        problem = str(exc)
+    if problem:
+        raise DamagedDatabase(f"the checkpoint database {path} is damaged ({problem})")
+
+
+def afresh_command(path: str | Path) -> str:
+    """The shell command that moves a damaged checkpoint file aside, with its -wal and -shm files (a
+    stale write-ahead log beside a new database would be replayed into it)."""
+    path = Path(path)
+    aside = path.parent / f"{path.stem}-damaged"
+    return f"mkdir -p {shlex.quote(str(aside))} && mv {shlex.quote(str(path))}* {shlex.quote(str(aside))}/"

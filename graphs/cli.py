@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fedagentbench_cli import DefaultsHelpFormatter
 from fedagentbench_cli import console as wide_console
+from fedagentbench_settings import add_options, from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,57 +17,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--task", required=True, help="task id (see the environment's server/tasks/)")
     run.add_argument("--guidance", choices=("fine", "goal"), default="goal",
                      help="fine: numbered steps naming the tools; goal: the goal only")
-    run.add_argument("--model", default="heuristic", help="model spec or alias (see README), e.g. oracle, qwq-32b")
     run.add_argument("--mode", choices=("e2e", "phase"), default="e2e",
                      help="e2e: each phase uses the previous phases' output; phase: each starts from the answer key")
     run.add_argument("--thread-id", default=None, help="resume this thread (default: derived from the settings)")
     run.add_argument("--run-id", default="run1", help="names the run's private work area (<env>/runs/<task>/...)")
     run.add_argument("--db", type=Path, default=Path("runs/checkpoints.sqlite"),
                      help="SQLite checkpoint file; transcripts go to transcripts/ beside it")
-    run.add_argument("--rounds", type=int, default=1, help="federated training rounds")
-    run.add_argument("--budget", type=int, default=16, help="model calls allowed per agent")
-    run.add_argument("--temperature", type=float, default=0.0, help="the chat model's sampling temperature")
-    run.add_argument("--seed", type=int, default=0, help="the chat model's sampling seed")
-    run.add_argument("--timeout", type=float, default=120.0, help="one model request's time limit (seconds)")
-    run.add_argument("--retries", type=int, default=5,
-                     help="retries of a rate-limited, failed or timed-out request (backoff honours Retry-After)")
-    run.add_argument("--no-submit-tool", action="store_true",
-                     help="do not offer agents the submit_answer tool (text protocol only, as in the paper)")
-    run.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                     help="answer repeated model calls from this folder (a rerun is identical and free)")
+    add_options(run, "run")
     run.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    settings = from_args(args, "run")  # first: a bad variable must not surface as a failed import
+
     from eval.cli import check_model
-    from graphs.run import default_thread_id, run_task, transcript_path
+    from eval.runs import run_task
+    from graphs.checkpoint import DamagedDatabase, afresh_command, check_database
+    from graphs.run import default_thread_id, transcript_path
     from graphs.state import RunConfig
 
-    if args.temperature < 0:
-        raise ValueError("--temperature must be >= 0")
-    if args.retries < 0 or args.timeout <= 0 or args.budget < 1 or args.rounds < 1:
-        raise ValueError("--retries must be >= 0, --timeout > 0, --budget and --rounds >= 1")
-    check_model(args.model, args.timeout)  # the same checks as bench: spec, key, host, model
+    settings.export()
+    try:
+        check_database(args.db)
+    except DamagedDatabase as exc:
+        raise DamagedDatabase(f"{exc}: to start the checkpoints afresh, `{afresh_command(args.db)}` and run the same "
+                              "command again (the run starts over from its first agent)") from None
+    check_model(settings.model, settings.timeout)  # the same checks as bench: spec, key, host, model
     if not (args.env / "environment.json").is_file():
         raise FileNotFoundError(f"{args.env} is not a built environment; build one with `fedagentbench envs build`")
     if not (args.env / "server" / "tasks" / f"{args.task}.json").is_file():
         known = sorted(p.stem for p in (args.env / "server" / "tasks").glob("*.json"))
         raise ValueError(f"unknown task {args.task!r} in {args.env}; tasks: {', '.join(known)}")
-    config = RunConfig(env_dir=str(args.env.resolve()), task_id=args.task, guidance=args.guidance, model=args.model,
-                       mode=args.mode, run_id=args.run_id, rounds=args.rounds, budget=args.budget,
-                       temperature=args.temperature, seed=args.seed, timeout_s=args.timeout, retries=args.retries,
-                       submit_tool=not args.no_submit_tool,
-                       cache_dir=str(args.cache.resolve()) if args.cache else None)
+    cache = settings.cache_folder(args.db.parent)
+    config = RunConfig(env_dir=str(args.env.resolve()), task_id=args.task, guidance=args.guidance,
+                       model=settings.model, mode=args.mode, run_id=args.run_id, rounds=settings.rounds,
+                       budget=settings.budget, temperature=settings.temperature, seed=settings.sampling_seed,
+                       timeout_s=settings.timeout, retries=settings.retries, submit_tool=settings.submit_tool,
+                       cache_dir=str(cache) if cache else None)
     thread = args.thread_id or default_thread_id(config)
     console = wide_console()
     transcript = transcript_path(args.db, thread)
     console.print(f"thread {thread}: checkpoints in {args.db}, transcript in {transcript} (and .html)",
                   highlight=False)
-    with console.status(f"running {args.task} with {args.model} (temperature {args.temperature:g}, "
-                        f"seed {args.seed})") as status:
+    with console.status(f"running {args.task} with {config.model} (temperature {config.temperature:g}, "
+                        f"sampling seed {config.seed})") as status:
 
         def progress(node: str) -> None:
-            status.update(f"{args.task} with {args.model}: {_NODE_NAMES.get(node.split(' at ')[0], node)}"
+            status.update(f"{args.task} with {config.model}: {_NODE_NAMES.get(node.split(' at ')[0], node)}"
                           + (f" at {node.split(' at ')[1]}" if " at " in node else ""))
 
         state = run_task(config, args.db, thread, progress=progress)

@@ -133,7 +133,7 @@ def test_report_warns_about_older_lines_and_reports_the_current_ones(tmp_path):
 def _fake_run_task(seen: list):
     """Stands in for graphs.run.run_task: records the RunConfig, returns a scored final state."""
 
-    def run_task(config, db, thread_id=None, progress=None):
+    def run_task(config, db, thread_id=None, progress=None, **hooks):  # hooks: ask, scorer, on_end
         seen.append(config)
         return {"config": config.model_dump(), "agents": [], "errors": [],
                 "scores": {"grader_version": GRADER_VERSION, "passed": 7,
@@ -147,6 +147,7 @@ def test_temperature_and_per_run_seeds_reach_the_runs_and_the_results(tmp_path, 
     import graphs.run
     from eval.cli import _bench
     from fedagentbench_cli import build_parser
+    from fedagentbench_settings import from_args
 
     seen: list = []
     monkeypatch.setattr(graphs.run, "run_task", _fake_run_task(seen))
@@ -155,7 +156,7 @@ def test_temperature_and_per_run_seeds_reach_the_runs_and_the_results(tmp_path, 
     argv = ["bench", "--model", "heuristic", "--env", "xray", "--guidance", "fine", "--runs", "3",
             "--temperature", "0.7", "--out", str(out)]
     args = build_parser().parse_args(argv)
-    assert args.temperature == 0.7 and args.runs == 3
+    assert from_args(args, "bench").temperature == 0.7 and args.runs == 3
     assert _bench(args) == 0
 
     lines = [json.loads(line) for line in (out / RESULTS).read_text().splitlines()]
@@ -201,14 +202,17 @@ def test_the_temperature_and_seed_reach_the_chat_clients(tmp_path, monkeypatch):
         assert (model.temperature, model.seed) == (0.7, 3)
 
 
-def test_fedagentbench_run_takes_temperature_and_seed():
+def test_fedagentbench_run_takes_temperature_and_sampling_seed():
     from fedagentbench_cli import build_parser
+    from fedagentbench_settings import from_args
 
-    args = build_parser().parse_args(["run", "--env", "e", "--task", "t", "--temperature", "0.5", "--seed", "4"])
-    assert (args.temperature, args.seed) == (0.5, 4)
+    args = build_parser().parse_args(["run", "--env", "e", "--task", "t", "--temperature", "0.5",
+                                      "--sampling-seed", "4"])
+    settings = from_args(args, "run")
+    assert (settings.temperature, settings.sampling_seed) == (0.5, 4)
 
 
-def test_fedagentbench_run_passes_temperature_and_seed_to_the_run_config(tmp_path, monkeypatch):
+def test_fedagentbench_run_passes_temperature_and_sampling_seed_to_the_run_config(tmp_path, monkeypatch):
     import graphs.run
     from fedagentbench_cli import main
 
@@ -218,6 +222,6 @@ def test_fedagentbench_run_passes_temperature_and_seed_to_the_run_config(tmp_pat
     (env / "server" / "tasks" / "t.json").write_text("{}")
     seen: list = []
     monkeypatch.setattr(graphs.run, "run_task", _fake_run_task(seen))
-    assert main(["run", "--env", str(env), "--task", "t", "--temperature", "0.5", "--seed", "4",
+    assert main(["run", "--env", str(env), "--task", "t", "--temperature", "0.5", "--sampling-seed", "4",
                  "--db", str(tmp_path / "c.sqlite")]) == 0
     assert [(c.temperature, c.seed) for c in seen] == [(0.5, 4)]
