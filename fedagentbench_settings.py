@@ -33,7 +33,7 @@ PREFIX = "FEDAGENTBENCH_"
 COMMANDS = ("run", "bench", "federate")
 #: commands that run the benchmark's chat-model settings; ``federate run`` takes the model, seed,
 #: rounds and request cap (its other settings are not passed to the workflow yet)
-MODEL_COMMANDS = ("run", "bench")
+MODEL_COMMANDS = ("run", "bench", "federate")
 
 #: variables the code reads that are not settings of these commands: ``data fetch``'s mirror, the
 #: parent process id the local model's server watches, the deployment marker written into generated

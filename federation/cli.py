@@ -142,16 +142,20 @@ def _run(args: argparse.Namespace) -> int:
                                   "changed)") from None
         settings.export()
         console = wide_console()
+        cache = settings.cache_folder(Path(work))
+        agents = {"temperature": settings.temperature, "budget": settings.budget, "timeout_s": settings.timeout,
+                  "retries": settings.retries, "submit_tool": settings.submit_tool,
+                  "cache_dir": str(cache) if cache else None}
         if args.approve:  # no spinner: the terminal is the person's, for questions and answers
             from federation.approval import terminal_asker
 
             console.print("running; questions come as the agents reach them")
             report = run_federation(spec, work, model=settings.model, request=args.request,
-                                    ask=terminal_asker(console))
+                                    ask=terminal_asker(console), agents=agents)
         else:
             with console.status("starting") as status:
                 report = run_federation(spec, work, model=settings.model, request=args.request,
-                                        progress=lambda step: status.update(f"running {step}"))
+                                        progress=lambda step: status.update(f"running {step}"), agents=agents)
     except FederationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -140,11 +140,13 @@ def _read_card(site: str, path: Path) -> list[dict[str, Any]]:
 
 def run_federation(spec: FederationSpec, work: Path, model: str | None = None, request: str | None = None,
                    progress: Callable[[str], None] | None = None,
-                   ask: Callable[[dict[str, Any]], Any] | None = None) -> FederationReport:
+                   ask: Callable[[dict[str, Any]], Any] | None = None,
+                   agents: dict[str, Any] | None = None) -> FederationReport:
     """Prepare (or resume) the federation, run the workflow, and write ``report.json``/``report.md``.
 
     With ``ask``, the run pauses before C2 removes files and before S4 starts training and asks it
-    (``graphs.run.run_task``); the decisions go into the report. A run whose person left (``ask``
+    (``graphs.run.run_task``); the decisions go into the report. ``agents`` sets the run's agent
+    settings (``temperature``, ``budget``, ``timeout_s``, ``retries``, ``submit_tool``, ``cache_dir``). A run whose person left (``ask``
     raised EOFError) stays paused in its checkpoints: the same command asks the same question again."""
     from eval.runs import write_html_page
     from graphs.run import pending_questions, run_task
@@ -163,7 +165,7 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     env = prepare(spec, work)
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
                        run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed,
-                       approve=ask is not None)
+                       approve=ask is not None, **(agents or {}))
     state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask, on_end=write_html_page)
     report = build_report(spec, env, config, state)
     report.paused_at = pending_questions(work / "checkpoints.sqlite", THREAD)

@@ -139,18 +139,21 @@ def test_federate_run_takes_the_shared_settings_over_the_yaml(tmp_path: Path, mo
                                      f'sites:\n  - name: a\n    path: "{site}"\n')
     seen: list = []
 
-    def fake(spec, work, model=None, request=None, progress=None):
-        seen.append((spec, model))
+    def fake(spec, work, model=None, request=None, progress=None, ask=None, agents=None):
+        seen.append((spec, model, agents))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(federation.run, "run_federation", fake)
     monkeypatch.delenv("FEDAGENTBENCH_MAX_REQUESTS", raising=False)
     assert main(["federate", "run", str(tmp_path / "f.yaml")]) == 130
     assert main(["federate", "run", str(tmp_path / "f.yaml"), "--model", "skyline", "--sampling-seed", "9",
-                 "--rounds", "2", "--max-requests", "3"]) == 130
-    (yaml_spec, no_model), (spec, model) = seen
+                 "--rounds", "2", "--max-requests", "3", "--temperature", "0.5", "--budget", "7", "--cache"]) == 130
+    (yaml_spec, no_model, defaults), (spec, model, agents) = seen
     assert (yaml_spec.seed, yaml_spec.rounds, no_model) == (1, 3, None)  # the YAML's
+    assert (defaults["budget"], defaults["cache_dir"]) == (16, None)
     assert (spec.seed, spec.rounds, model) == (9, 2, "skyline")
+    assert (agents["temperature"], agents["budget"]) == (0.5, 7)
+    assert agents["cache_dir"] == str((tmp_path / "f.work" / "llm_cache").resolve())  # beside its checkpoints
     assert os.environ["FEDAGENTBENCH_MAX_REQUESTS"] == "3"
 
 
@@ -160,7 +163,7 @@ def test_help_shows_the_shared_options_in_all_three_commands() -> None:
     for name, proc in helps.items():
         assert proc.returncode == 0, proc.stderr
         assert "shared settings" in proc.stdout
-        for option in SHARED + (MODEL_OPTIONS if name != "federate" else ()):
+        for option in SHARED + MODEL_OPTIONS:
             assert re.search(rf"^\s+{re.escape(option)}\b", proc.stdout, re.M), (name, option)
     assert "FEDAGENTBENCH_MAX_REQUESTS" in helps["bench"].stdout
     assert "environment seed" in helps["bench"].stdout  # bench's own --seed
