@@ -23,6 +23,7 @@ only plain values are checkpointed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -110,7 +111,7 @@ class AgentLoop(BaseModel):
     step: int = 0
     reminded: bool = False
     repeats: int = 0
-    #: (tool, arguments) -> the last output, to notice calls that learn nothing new
+    #: (tool, arguments) -> a digest of its last output, to notice calls that learn nothing new
     earlier: dict[str, str] = Field(default_factory=dict)
     usage: dict[str, Any] = Field(default_factory=dict)
     calls: list[dict[str, Any]] = Field(default_factory=list)
@@ -381,9 +382,10 @@ def tool_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
         setup.emit("tool", step, tool=call["name"], tool_call_id=call.get("id"), ok=kind == "ok", content=output,
                    seconds=round(took, 4))
         key = json.dumps([call.get("name"), call.get("args") or {}], sort_keys=True, default=str)
-        if earlier.get(key) == output:
+        digest = hashlib.sha1(output.encode("utf-8", "replace")).hexdigest()
+        if earlier.get(key) == digest:
             repeated.append(str(call.get("name")))
-        earlier[key] = output
+        earlier[key] = digest
     update: dict[str, Any] = {"calls": calls, "earlier": earlier, "privacy": setup.violations()}
     reply, _ = _last_reply(state.messages)
     if submitted is not None:
@@ -422,8 +424,6 @@ def approve_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
     The answer is ``approve``, ``reject`` or ``edit`` (with new arguments), as a string or as
     ``{"action": ..., "args": {...}, "note": "..."}``. A rejected call is answered with the
     reviewer's refusal instead of running; an edited one runs with the new arguments."""
-    import hashlib
-
     from langgraph.types import interrupt
 
     reply, pending, _ = _pending(state)
