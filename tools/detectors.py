@@ -18,6 +18,7 @@ benchmark (``scripts/bench_detectors.py``), which measures them against the answ
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,6 +329,17 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = 5, seed
 #: how out-of-fold probabilities are obtained: a logistic regression on image features (fast), or
 #: the federation's own CNN (fl.models) trained on the site's images, fold by fold (slower, sharper)
 PROBABILITY_MODELS = ("features", "cnn")
+#: cleanlab's find_label_issues is not thread-safe with n_jobs=1 (module-level working arrays)
+_CLEANLAB = threading.Lock()
+
+def confident_learning_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """cleanlab's label-issue mask (prune by noise rate), one call at a time in this process."""
+    from cleanlab.filter import find_label_issues
+
+    with _CLEANLAB:
+        return find_label_issues(labels=labels, pred_probs=probs, filter_by="prune_by_noise_rate", n_jobs=1)
+
+
 #: ``cleanlab``: cleanlab's confident learning (prune by noise rate); ``threshold``: this module's
 #: earlier rule (another class above its per-class threshold, the given label below 5 %)
 LABEL_METHODS = ("cleanlab", "threshold")
@@ -408,11 +420,11 @@ def label_errors(data: Loaded, labels: Sequence[str], min_per_class: int = 4, me
         feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
         probs = out_of_fold_probabilities(PCA(min(20, len(idx) - 1), random_state=0).fit_transform(feats), y)
     if method == "cleanlab":
-        from cleanlab.filter import find_label_issues
-
         # n_jobs=1: cleanlab's default forks a multiprocessing pool, which deadlocks in a process that
-        # already runs threads (the LangGraph workers, torch): seen as a 600 s hang of `federate run`
-        mask = find_label_issues(labels=y, pred_probs=probs, filter_by="prune_by_noise_rate", n_jobs=1)
+        # already runs threads (the LangGraph workers, torch): seen as a 600 s hang of `federate run`.
+        # With n_jobs=1 cleanlab keeps each call's arrays in module globals, so two agents cleaning at
+        # once (parallel clients, `bench --concurrency`) corrupt each other's call: one at a time.
+        mask = confident_learning_issues(y, probs)
         if max_given_probability is not None:  # precision guard: only where the given label is implausible
             mask &= probs[np.arange(len(y)), y] < max_given_probability
         rows = np.flatnonzero(mask)
