@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,8 +135,8 @@ def opening(setup: AgentSetup, system: str, user: str) -> dict[str, Any]:
     setup.emit("user", 0, content=user)
     return {"messages": [SystemMessage(system), HumanMessage(user)],
             "usage": UsageRecord(role=setup.role, client=setup.client).model_dump(), "step": 0, "reminded": False,
-            "repeats": 0, "earlier": {}, "calls": [], "timers": {}, "context_ratio": 1.0, "ending": None,
-            "outcome": None}
+            "repeats": 0, "earlier": {}, "calls": [], "context_ratio": 1.0, "ending": None, "outcome": None,
+            "timers": {"_end": time.perf_counter(), "_pid": float(os.getpid())}}
 
 
 def _end(ok: bool, steps: int, text: str = "", result: BaseModel | dict | None = None, error: str | None = None,
@@ -145,11 +146,18 @@ def _end(ok: bool, steps: int, text: str = "", result: BaseModel | dict | None =
     return {"ok": ok, "text": text, "result": result, "error": error, "steps": steps, "answered_by": answered_by}
 
 
-def _timed(state: AgentLoop, started: float, **extra: float) -> dict[str, float]:
+def _timed(state: AgentLoop, started: float, count_gap: bool = True, **extra: float) -> dict[str, float]:
+    """The agent's timers after a step that began at ``started`` (``perf_counter``): ``total`` is its
+    wall time, the steps and the graph's work between them (checkpoint writes) alike; the time a
+    killed run lay dead, or a person took to answer, is left out."""
     timers = dict(state.timers)
-    timers["total"] = timers.get("total", 0.0) + time.perf_counter() - started
+    now = time.perf_counter()
+    same_process = timers.get("_pid") == os.getpid() and "_end" in timers
+    gap = started - timers["_end"] if same_process and count_gap else 0.0
+    timers["total"] = timers.get("total", 0.0) + now - started + max(0.0, gap)
     for k, v in extra.items():
         timers[k] = timers.get(k, 0.0) + v
+    timers["_end"], timers["_pid"] = now, float(os.getpid())
     return timers
 
 
@@ -462,7 +470,7 @@ def approve_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
         records.append(record)
     if any("edited_args" in r for r in records):
         new.insert(0, reply.model_copy(update={"tool_calls": calls}))  # same id: replaces the reply
-    return {"messages": new, "approvals": records}
+    return {"messages": new, "approvals": records, "timers": _timed(state, time.perf_counter(), count_gap=False)}
 
 
 def done_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
