@@ -13,6 +13,8 @@ import importlib
 import os
 import sys
 
+from fl.telemetry import QUIET_ENV
+
 #: subcommand modules, in the order they appear in --help
 COMMAND_MODULES: tuple[str, ...] = (
     "environments.cli",
@@ -23,22 +25,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "federation.cli",
 )
 
-#: variables that keep LangGraph, LangSmith, Flower and Ray from calling home (see README)
-QUIET_ENV: dict[str, str] = {
-    "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-    "LANGGRAPH_NO_VERSION_CHECK": "true",
-    "LANGSMITH_TRACING": "false",
-    "LANGCHAIN_TRACING_V2": "false",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_HUB_OFFLINE": "1",
-}
-
 
 def quiet_environment() -> None:
-    """Switch telemetry off for this process and its children unless the user set a value."""
+    """Switch telemetry off for this process and its children unless the user set a value
+    (:data:`fl.telemetry.QUIET_ENV`)."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
 

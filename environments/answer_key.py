@@ -7,8 +7,10 @@ the oracle baseline read these files; no tool may.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -24,6 +26,9 @@ HETEROGENEITY_KINDS: tuple[str, ...] = (
     "non_image", "corrupt", "truncated", "zero_byte", "duplicate", "off_topic", "label_error",
     "class_name_variation", "card_errata",
 )
+#: the files a cheating policy could flag as injected: images and broken images (not junk, masks or
+#: label files); the leak checks (tests/test_env_validity.py, scripts/check_leaks.py) count these
+IMAGE_KINDS: tuple[FileKind, ...] = ("image", "corrupt")
 
 
 class SiteProfile(BaseModel):
@@ -176,3 +181,24 @@ def load_task_key(env_dir: Path, task_id: str) -> TaskKey:
     if not path.is_file():
         raise FileNotFoundError(f"no answer key for task {task_id!r} under {env_dir}")
     return TaskKey.model_validate_json(path.read_text("utf-8"))
+
+
+def label_file_order(workspace: Path, dataset: DatasetKey) -> list[str]:
+    """Image base names in the order of the rows of ``dataset``'s label file under its hospital's
+    ``workspace`` (empty: no label file): what a policy that flags the last rows would read."""
+    if not dataset.label_file:
+        return []
+    text = (workspace / dataset.path / dataset.label_file).read_text("utf-8")
+    if dataset.label_file.endswith(".json"):
+        payload = json.loads(text)
+        names = list(payload) if isinstance(payload, dict) else [row["file"] for row in payload]
+    else:
+        rows = list(csv.reader(io.StringIO(text)))[1:]
+        names = [row[2] if dataset.label_file == "metadata.csv" else row[0] for row in rows]
+    return [PurePosixPath(n).name for n in names]
+
+
+def name_stem(name: str) -> str:
+    """A file name without its last two suffixes (``a.nii.gz`` -> ``a``): a label-file row and its file
+    share it whatever format the row names."""
+    return name.rsplit(".", 2)[0]

@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+from environments.concepts import ENVIRONMENTS
 from fedagentbench_cli import DefaultsHelpFormatter
 from fedagentbench_cli import console as wide_console
 
 ISSUE_ABBREV = {"duplicate": "dup", "off_topic": "offtopic", "label_error": "badlabel", "corrupt": "corrupt",
                 "truncated": "trunc", "zero_byte": "empty", "non_image": "junk"}
-ENV_CHOICES = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray", "all")
+ENV_CHOICES = (*ENVIRONMENTS, "all")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

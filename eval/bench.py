@@ -22,14 +22,14 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from agents.runner import RUN_TIMEOUT_ERROR
+from environments.concepts import ENVIRONMENTS
 from eval.scoring import SUBTASKS
 from eval.store import ResultStore, RunKey, RunResult
 
 
 class BenchSpec(BaseModel):
     model: str = "heuristic"
-    environments: list[str] = Field(default_factory=lambda: ["dermatoscopy", "ultrasound", "fundus",
-                                                             "histopathology", "mri", "xray"])
+    environments: list[str] = Field(default_factory=lambda: list(ENVIRONMENTS))
     tasks: list[str] | None = None
     guidance: list[str] = Field(default_factory=lambda: ["fine", "goal"])
     modes: list[str] = Field(default_factory=lambda: ["e2e"])

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from environments.concepts import ENVIRONMENTS
 from fedagentbench_cli import DefaultsHelpFormatter
 from fedagentbench_cli import console as wide_console
 from fedagentbench_settings import add_options, from_args
-
-ENVS = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray")
 
 
 def _csv(value: str) -> list[str]:
@@ -19,7 +18,7 @@ def _csv(value: str) -> list[str]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="run the benchmark matrix for one model (resumable)",
                                   formatter_class=DefaultsHelpFormatter)
-    bench.add_argument("--env", type=_csv, default=list(ENVS), help="comma-separated environments")
+    bench.add_argument("--env", type=_csv, default=list(ENVIRONMENTS), help="comma-separated environments")
     bench.add_argument("--task", type=_csv, default=None, help="comma-separated task ids (default: all)")
     bench.add_argument("--guidance", type=_csv, default=["fine", "goal"], help="fine, goal or fine,goal")
     bench.add_argument("--runs", type=int, default=1,
@@ -71,9 +70,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--runs and --concurrency must be at least 1")
     if (args.run_timeout is not None and args.run_timeout <= 0) or (args.cost_limit is not None and args.cost_limit < 0):
         raise ValueError("--run-timeout must be > 0 and --cost-limit >= 0")
-    unknown = [e for e in args.env if e not in ENVS]
+    unknown = [e for e in args.env if e not in ENVIRONMENTS]
     if unknown:
-        raise ValueError(f"unknown environments {unknown}; choose from {', '.join(ENVS)}")
+        raise ValueError(f"unknown environments {unknown}; choose from {', '.join(ENVIRONMENTS)}")
     bad_modes = [m for m in args.mode if m not in ("e2e", "phase")]
     if bad_modes or not set(args.guidance) <= {"fine", "goal"}:
         raise ValueError("--mode takes e2e and/or phase; --guidance takes fine and/or goal")
@@ -201,7 +200,6 @@ def _print_tables(console, folder: Path) -> None:
     from rich.table import Table
 
     from eval.report import (
-        SUBTASKS,
         failure_table,
         format_ci,
         format_cost,
@@ -214,7 +212,7 @@ def _print_tables(console, folder: Path) -> None:
         summarise,
         write_reports,
     )
-    from eval.scoring import GRADER_VERSION
+    from eval.scoring import GRADER_VERSION, SUBTASKS
 
     everything, warning = load_current(folder)
     if warning:

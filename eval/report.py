@@ -31,9 +31,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from eval.scoring import SUBTASKS
 from eval.store import ResultStore, RunResult
 
-SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95

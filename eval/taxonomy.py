@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from eval.scoring import SUBTASKS
+
 #: failure classes, most decisive first
 CLASSES: tuple[str, ...] = (
     "infrastructure_error",        # the provider or the harness failed: the run is not scored
@@ -29,7 +31,7 @@ CLASSES: tuple[str, ...] = (
 )
 
 #: which agents a sub-task's score depends on
-SUBTASK_ROLE = {"S1": "S1", "C1": "C1", "S2": "S2", "C2": "C2", "C3": "C3", "S3": "S3", "S4": "S4"}
+SUBTASK_ROLE = {subtask: subtask for subtask in SUBTASKS}
 
 _TOOL_KIND_CLASS = {"unknown_tool": "unknown_tool", "bad_path": "bad_path", "argument_error": "tool_argument_error"}
 

@@ -28,15 +28,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from fl.certs import FederationCerts, generate_federation_certs
+from fl.telemetry import QUIET_ENV
 
 MARKER = "FEDAGENTBENCH_FL_DEPLOYMENT"
-FLWR_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "OMP_NUM_THREADS": "1",
-}
+#: what every process of the deployment runs with: telemetry off, one torch thread
+FLWR_ENV = {**QUIET_ENV, "OMP_NUM_THREADS": "1"}
 APP_PYPROJECT = """[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"

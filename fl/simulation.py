@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
+from fl.telemetry import QUIET_ENV
+
+#: telemetry off, and Ray's logs as they come
+SIMULATION_ENV = {
+    **QUIET_ENV,
     "RAY_DEDUP_LOGS": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences a FutureWarning; we never use GPUs
 }
@@ -25,7 +25,7 @@ WORKER_ENV = {"RAY_worker_niceness": "0"}
 def quiet_environment() -> None:
     """Telemetry and update checks off, workers at normal priority, one torch thread (unless the
     user chose otherwise)."""
-    for key, value in {**QUIET_ENV, **WORKER_ENV}.items():
+    for key, value in {**SIMULATION_ENV, **WORKER_ENV}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

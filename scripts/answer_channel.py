@@ -9,7 +9,7 @@ A whole end-to-end run of the 1.5B ``local`` model takes about an hour on two CP
 loops on tool calls until its budget ends); these three agents decide the selection and algorithm
 sub-tasks and finish in minutes.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/answer_channel.py --model local [--budget 6] [--env xray,mri]
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.answer_channel --model local [--budget 6] [--env xray,mri]
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fedagentbench_cli import quiet_environment  # noqa: E402
-
-ENVS = ("xray", "dermatoscopy", "fundus", "ultrasound", "mri", "histopathology")
+from environments.concepts import ENVIRONMENTS
+from fedagentbench_cli import quiet_environment
 
 
 def run_agents(env_dir: Path, task: str, model: str, budget: int, submit: bool) -> dict:
@@ -75,7 +72,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="local")
     parser.add_argument("--budget", type=int, default=6, help="model calls per agent")
-    parser.add_argument("--env", default=",".join(ENVS))
+    parser.add_argument("--env", default=",".join(ENVIRONMENTS))
     parser.add_argument("--seed", type=int, default=0, help="environment seed")
     parser.add_argument("--out", type=Path, default=Path("runs/answer-channel"))
     args = parser.parse_args()

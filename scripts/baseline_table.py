@@ -5,7 +5,7 @@ guidance); sub-task columns are passes / instances; the CI is the report's boots
 C2's reported-only metrics (label-error recall, removal precision, clean images lost per client) are
 averaged over the approved clients of all runs.
 
-    python scripts/baseline_table.py runs/readme/*-2026 runs/readme/*-2027
+    python -m scripts.baseline_table runs/readme/*-2026 runs/readme/*-2027
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 from statistics import mean
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.report import group_statistics
 from eval.scoring import GRADER_VERSION, SUBTASKS

@@ -3,10 +3,10 @@
 Runs the three detectors of ``tools.detectors`` on every relevant dataset of every environment (raw
 files, as a client finds them) and prints precision and recall per environment and detector.
 
-    python scripts/bench_detectors.py                 # builds all six at small scale in a temp dir
-    python scripts/bench_detectors.py --envs /tmp/small --json out/bench_detectors.json
-    python scripts/bench_detectors.py --scale real --data-dir ../shared/datasets   # the label-error comparison
-    python scripts/bench_detectors.py --scale tiny --seeds 500-519 --fast          # recall over many seeds
+    python -m scripts.bench_detectors                 # builds all six at small scale in a temp dir
+    python -m scripts.bench_detectors --envs /tmp/small --json out/bench_detectors.json
+    python -m scripts.bench_detectors --scale real --data-dir ../shared/datasets   # the label-error comparison
+    python -m scripts.bench_detectors --scale tiny --seeds 500-519 --fast          # recall over many seeds
 
 Counting: an injected duplicate pair (copy, original) is found when both land in one predicted
 duplicate group; a flagged duplicate is correct when it belongs to such a pair. Off-topic and label
@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from environments.answer_key import DatasetKey, load_environment_key
 from tools import detectors

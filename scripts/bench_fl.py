@@ -7,7 +7,7 @@
    rounds after the first (the first holds the worker's imports and image loading).
 2. Rounds per minute for 4 clients at tiny scale (FedAvg, train + evaluate per round).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_fl.py [--images-per-class 1000] [--rounds 6]
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.bench_fl [--images-per-class 1000] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl.simulation import quiet_environment
 

@@ -9,8 +9,8 @@
    (identical trainings are served from it), so the measurement is of the harness under model
    latency, not of Flower.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_harness.py [--out runs/harness] [--skip-matrix]
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_harness.py --no-matrix   # step 3 only
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.bench_harness [--out runs/harness] [--skip-matrix]
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.bench_harness --no-matrix   # step 3 only
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedagentbench_cli import quiet_environment
 

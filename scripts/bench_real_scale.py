@@ -12,7 +12,7 @@ environment and ``--concurrency`` level:
   process and each uses every core (one Ray actor per core, hospitals in parallel), so a wait costs
   nothing as long as the CPUs stay busy; idle CPUs during waits would mean needless queueing.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_real_scale.py --seed 21 --levels 1,4
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.bench_real_scale --seed 21 --levels 1,4
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from environments.concepts import ENVIRONMENTS
+
 REPO = Path(__file__).resolve().parents[1]
-ENVIRONMENTS = ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray")
 
 
 def _cpu_times() -> tuple[int, int]:

@@ -16,7 +16,7 @@ BreastMNIST and RetinaMNIST (5 DR grades), but their network is a ResNet-18 trai
 their test split is the whole official one (ours: a class-balanced draw from it, 300 per class at
 most, topped up from the validation split), and their ACC is plain accuracy where ours is balanced.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/centralised_vs_federated.py --seeds 0,1 --rounds 3
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.centralised_vs_federated --seeds 0,1 --rounds 3
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from environments.pools import REAL_POOL_FILES
 from fedagentbench_cli import quiet_environment
 
 #: MedMNIST v2, Table 2, ResNet-18 (28): test AUC, ACC on the dataset's own labels
@@ -39,7 +37,6 @@ PUBLISHED: dict[str, tuple[str, float, float]] = {
     "ultrasound": ("BreastMNIST (malignant / normal or benign)", 0.901, 0.863),
     "fundus": ("RetinaMNIST (5 DR grades)", 0.717, 0.524),
 }
-ENVIRONMENTS = ("xray", "ultrasound", "fundus", "dermatoscopy", "mri")
 
 
 def centralised_folder(env_dir: Path, task, data_dir: Path, dest: Path) -> int:
@@ -71,16 +68,17 @@ def centralised_folder(env_dir: Path, task, data_dir: Path, dest: Path) -> int:
 
 def main() -> int:
     quiet_environment()
-    from outcome_matters import build_variant, mean_sd, train_and_score
     from rich.console import Console
     from rich.table import Table
 
     from environments.builder import build_environment
     from environments.tasks import tasks_for
     from fl.service import close_shared
+    from scripts.outcome_matters import build_variant, mean_sd, train_and_score
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", default=",".join(ENVIRONMENTS), help="environments (comma-separated)")
+    parser.add_argument("--envs", default=",".join(REAL_POOL_FILES),
+                        help="environments (comma-separated; default: those with a real pool)")
     parser.add_argument("--env-seed", type=int, default=7)
     parser.add_argument("--seeds", default="0,1", help="training seeds")
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds = centralised epochs")

@@ -14,9 +14,9 @@ and scores the skyline's decisions against the answer-key files written beside t
 Two modes: "request" passes on the modality and organ the user request names; "broadcast" only what
 the C1 / C3 prompts say (organ, targets, note; C1's also the modality), as agents/skyline.py calls them.
 
-    .venv/bin/python scripts/check_skyline_knowledge.py --seeds 5000-5009 [--scale tiny] [--quiet]
-    .venv/bin/python scripts/check_skyline_knowledge.py --env /path/to/built/xray [...]
-    .venv/bin/python scripts/check_skyline_knowledge.py --heldout
+    .venv/bin/python -m scripts.check_skyline_knowledge --seeds 5000-5009 [--scale tiny] [--quiet]
+    .venv/bin/python -m scripts.check_skyline_knowledge --env /path/to/built/xray [...]
+    .venv/bin/python -m scripts.check_skyline_knowledge --heldout
 
 With ``--seeds`` the environments are built by the ``fedagentbench envs build`` command (a separate
 process) under ``--out`` (default: a temporary folder).
@@ -33,9 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.skyline_knowledge import dataset_matches, map_class, parse_request, requirement_of  # noqa: E402
+from agents.skyline_knowledge import dataset_matches, map_class, parse_request, requirement_of
 
 HELDOUT = Path(__file__).with_name("heldout_requirement_phrasings.json")
 

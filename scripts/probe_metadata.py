@@ -15,8 +15,8 @@ folder depth and modification times. The answer key is read only to score. Three
   and zero-byte files are left out: their size is the breakage itself, found by reading the file.
 * order: is the corrupt file the newest image-like file of its dataset more often than chance?
 
-    python scripts/probe_metadata.py                          # tiny, fit on seeds 100-105, test on 200-205
-    python scripts/probe_metadata.py --scale small --fit 100-109 --test 300-309 --json /tmp/probe.json
+    python -m scripts.probe_metadata                          # tiny, fit on seeds 100-105, test on 200-205
+    python -m scripts.probe_metadata --scale small --fit 100-109 --test 300-309 --json /tmp/probe.json
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from environments.answer_key import load_environment_key, load_task_key  # noqa: E402
+from environments.answer_key import load_environment_key, load_task_key
 
 #: what counts as an image-like file to an agent listing a folder (extensions, not content)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz", ".tif", ".tiff")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedagentbench_cli import quiet_environment
+from fl.telemetry import QUIET_ENV
 
 quiet_environment()
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -57,13 +58,7 @@ def tiny_envs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path | None) -
 @pytest.fixture(scope="session")
 def flower_env(tmp_path_factory: pytest.TempPathFactory):
     """Flower's home in a temporary folder; telemetry and update checks off."""
-    values = {
-        "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home")),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    values = {**QUIET_ENV, "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home"))}
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     yield values

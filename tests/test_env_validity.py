@@ -6,25 +6,19 @@ cover many seeds quickly.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 
+from environments.answer_key import IMAGE_KINDS, label_file_order, name_stem
 from environments.catalogue import load_catalogue
 from environments.concepts import ENVIRONMENTS
 from environments.materialise import BuildContext, materialise_dataset, pool_budget
 from environments.planner import plan_environment
-from environments.pools import ImagePool
+from environments.pools import ImagePool, native_shape
 from environments.site import sample_profile
 from environments.tasks import TASKS, placeable, task_by_id, tasks_for
-
-#: a file a cheating policy could flag: images and broken images (not junk, masks or label files)
-_IMAGE_KINDS = ("image", "corrupt")
-
 
 # --- 1. injected files are not given away by name or position -------------------------------------
 
@@ -47,24 +41,6 @@ def _materialise_relevant(env: str, seed: int, out: Path, data_dir: Path | None)
     return keys
 
 
-def _label_file_order(workspace: Path, key) -> list[str]:
-    """Image base names in the order of the rows of the dataset's label file (empty: no label file)."""
-    if not key.label_file:
-        return []
-    text = (workspace / key.path / key.label_file).read_text("utf-8")
-    if key.label_file.endswith(".json"):
-        payload = json.loads(text)
-        names = list(payload) if isinstance(payload, dict) else [row["file"] for row in payload]
-    else:
-        rows = list(csv.reader(io.StringIO(text)))[1:]
-        names = [row[2] if key.label_file == "metadata.csv" else row[0] for row in rows]
-    return [PurePosixPath(n).name for n in names]
-
-
-def _stem(name: str) -> str:
-    return name.rsplit(".", 2)[0]
-
-
 @pytest.fixture(scope="module")
 def materialised(tmp_path_factory, data_dir) -> list:
     out = tmp_path_factory.mktemp("validity")
@@ -77,7 +53,7 @@ def test_injected_files_are_not_at_the_end_of_names_or_label_files(materialised)
     files = injected = 0
     ranks: dict[str, list[float]] = {}
     for workspace, key in materialised:
-        images = [f for f in key.files if f.kind in _IMAGE_KINDS]
+        images = [f for f in key.files if f.kind in IMAGE_KINDS]
         bad = {f.path for f in images if f.issue != "none"}
         k = len(bad)
         assert k, key.name
@@ -91,16 +67,16 @@ def test_injected_files_are_not_at_the_end_of_names_or_label_files(materialised)
             if f.issue != "none":
                 ranks.setdefault(f.issue, []).append(i / (len(ordered) - 1))
         # policy 2: the last k rows of the label file
-        rows = _label_file_order(workspace, key)
+        rows = label_file_order(workspace, key)
         if rows:
-            stems = {_stem(PurePosixPath(f.path).name): f for f in images}
+            stems = {name_stem(PurePosixPath(f.path).name): f for f in images}
             assert len(rows) == len(images)
-            flagged = [stems.get(_stem(r)) or next(f for f in images if PurePosixPath(f.path).name == r)
+            flagged = [stems.get(name_stem(r)) or next(f for f in images if PurePosixPath(f.path).name == r)
                        for r in rows[-k:]]
             by_row["flagged"] += k
             by_row["hits"] += sum(f.path in bad for f in flagged)
             for i, row in enumerate(rows):
-                f = stems.get(_stem(row))
+                f = stems.get(name_stem(row))
                 if f is not None and f.issue != "none":
                     ranks.setdefault("row", []).append(i / (len(rows) - 1))
     base = injected / files
@@ -119,7 +95,7 @@ def test_injected_files_are_not_at_the_end_of_names_or_label_files(materialised)
 def test_duplicates_point_at_their_originals_and_are_not_named_next_to_them(materialised):
     adjacent = total = 0
     for _workspace, key in materialised:
-        images = sorted((f for f in key.files if f.kind in _IMAGE_KINDS), key=lambda f: f.path)
+        images = sorted((f for f in key.files if f.kind in IMAGE_KINDS), key=lambda f: f.path)
         index = {f.path: i for i, f in enumerate(images)}
         for f in images:
             if f.issue != "duplicate":
@@ -169,7 +145,7 @@ def test_distractors_get_the_styles_sizes_and_issues_of_relevant_datasets(scale)
         cards, tasks = load_catalogue().for_environment(env), tasks_for(env)
         for seed in range(40):
             rng = np.random.default_rng([seed, ENVIRONMENTS.index(env), 1])
-            for hospital in plan_environment(cards, tasks, scale, rng, grey_formats=env in ("ultrasound", "mri", "xray")):
+            for hospital in plan_environment(cards, tasks, scale, rng, grey_formats=not native_shape(env)[1]):
                 for ds in hospital.datasets:
                     (relevant if ds.relevant_to else distractors).append(ds)
     attributes = {
@@ -210,7 +186,7 @@ def test_relevance_in_the_key_is_exactly_the_criterion(env, scale, seeds):
     tasks = tasks_for(env)
     for seed in seeds:
         rng = np.random.default_rng([seed, ENVIRONMENTS.index(env), 1])
-        plan = plan_environment(cards, tasks, scale, rng, grey_formats=env in ("ultrasound", "mri", "xray"))
+        plan = plan_environment(cards, tasks, scale, rng, grey_formats=not native_shape(env)[1])
         for hospital in plan:
             for ds in hospital.datasets:
                 assert placeable(ds.card, tasks), ds.card.name

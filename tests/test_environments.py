@@ -14,7 +14,7 @@ import pytest
 from environments.answer_key import HETEROGENEITY_KINDS, load_environment_key, load_task_key
 from environments.builder import build_environment
 from environments.concepts import ENVIRONMENTS
-from environments.pools import ImagePool
+from environments.pools import REAL_POOL_FILES, ImagePool, native_shape
 from environments.readers import ImageReadError, read_image
 from environments.site import average_hash
 from environments.tasks import tasks_for
@@ -53,7 +53,7 @@ def test_every_heterogeneity_kind_occurs_at_small_scale(env, small_envs):
     assert not missing, f"{env} lacks {missing}"
     formats = {f for d in key.datasets if d.relevant_to for f in d.formats}
     assert {"png", "jpeg", "dicom", "tiff"} <= formats
-    if env in ("ultrasound", "mri", "xray"):  # grey modalities also carry NIfTI volumes
+    if not native_shape(env)[1]:  # grey modalities also carry NIfTI volumes
         assert "nifti" in formats
     profiles = [h.profile for h in key.hospitals]
     assert len({p.size_factor for p in profiles}) > 1 and len({(p.gamma, p.gain) for p in profiles}) == len(profiles)
@@ -194,7 +194,8 @@ def test_data_cards_describe_every_dataset_with_recorded_errata(small_envs):
 def test_real_pools_are_used_when_present(data_dir):
     if data_dir is None:
         pytest.skip("no real data directory on this machine (FEDAGENTBENCH_DATA or ../shared/datasets)")
-    for env in ("dermatoscopy", "ultrasound", "fundus", "mri", "xray"):
+    assert set(REAL_POOL_FILES) == set(ENVIRONMENTS) - {"histopathology"}
+    for env in REAL_POOL_FILES:
         pool = ImagePool(env, 0, data_dir)
         assert pool.info.kind == "real" and pool.info.fallback_reason is None
     assert ImagePool("histopathology", 0, data_dir).info.kind == "procedural"

@@ -1,5 +1,6 @@
 """`fedagentbench federate`: the agents on a practitioner's own folders (the worked example of the
-README, made by scripts/make_example_federation.py), run as a user runs them: the CLI as a subprocess."""
+README, made by ``python -m scripts.make_example_federation``), run as a user runs them: the CLI as a
+subprocess."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -28,7 +28,7 @@ def _checksums(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:
-    from make_example_federation import make_example
+    from scripts.make_example_federation import make_example
 
     root = tmp_path_factory.mktemp("example")
     make_example(root, per_class=12)

@@ -67,8 +67,7 @@ class Terminal:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(REPO / "scripts"))
-    from make_example_federation import make_example
+    from scripts.make_example_federation import make_example
 
     root = tmp_path_factory.mktemp("approve")
     make_example(root / "sites", per_class=8)

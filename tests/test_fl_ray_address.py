@@ -18,6 +18,7 @@ import pytest
 from fl.deploy import MARKER, free_port, marked_pids
 from fl.runner import TrainConfig, resolve
 from fl.simulation import RAY_ADDRESS_ENV, backend_config, simulate
+from fl.telemetry import QUIET_ENV
 from fl.testing import make_federation
 
 
@@ -64,7 +65,7 @@ def test_simulation_runs_on_the_given_ray_cluster(tmp_path, monkeypatch):
         "node-manager-port", "object-manager-port", "ray-client-server-port", "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")}  # fmt: skip
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, MARKER: marker, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **QUIET_ENV, MARKER: marker}
     seen: dict = {}
 
     def on_progress(event: dict) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fl.models import build_model, shareable_keys
+from fl.telemetry import QUIET_ENV
 
 NODES = [11, 12, 13, 14]
 
@@ -235,13 +236,7 @@ def test_cfl_splits_clients_whose_updates_disagree(server_identity, opposed, rou
 @pytest.fixture(scope="module")
 def flower_env(tmp_path_factory):
     """Flower's home in a temporary folder; telemetry and update checks off."""
-    values = {
-        "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home")),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    values = {**QUIET_ENV, "FLWR_HOME": str(tmp_path_factory.mktemp("flwr_home"))}
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     yield values

@@ -1,6 +1,6 @@
 """Nothing an agent reads without judging content reveals the answer key (issue 22).
 
-A small run of ``scripts/probe_metadata.py``: all six tiny environments, fitted on three seeds and
+A small run of ``python -m scripts.probe_metadata``: all six tiny environments, fitted on three seeds and
 scored on five others that no tuning used. At tiny scale a field of pure noise passes C1 by a
 threshold in about 5-8 % of held-out task instances (three to five datasets per environment), so the
 10 % bound is close to chance: a tell shows as far more (image counts passed 75 % before issue 22). The script's default sweep is larger; its figures are in
@@ -9,31 +9,20 @@ the README's validity section.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from environments.concepts import ENVIRONMENTS
+from scripts import probe_metadata as pm
 
-REPO = Path(__file__).resolve().parents[1]
 FIT_SEEDS = [61, 62, 63]
 TEST_SEEDS = [71, 72, 73, 74, 75]
 
 
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("probe_metadata", REPO / "scripts" / "probe_metadata.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["probe_metadata"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory, data_dir: Path | None) -> dict:
-    pm = _probe_module()
     out = tmp_path_factory.mktemp("probe")
     fit = pm.build_and_observe(list(ENVIRONMENTS), "tiny", FIT_SEEDS, data_dir, out / "fit")
     test = pm.build_and_observe(list(ENVIRONMENTS), "tiny", TEST_SEEDS, data_dir, out / "test")
@@ -76,7 +65,6 @@ def test_corrupt_file_is_not_the_newest_more_often_than_chance(probe: dict) -> N
 
 def test_probe_sees_a_metadata_tell(tmp_path: Path) -> None:
     """The probe is able to fail: a field that carries the label is found and named."""
-    pm = _probe_module()
     rows = [{"relevant": i % 2 == 0, "tell": float(i % 2 == 0) + 0.01 * i, "noise": float((i * 7) % 5)}
             for i in range(40)]
     result = pm.classifier_auc(rows[:20], rows[20:], ("tell", "noise"), "relevant")

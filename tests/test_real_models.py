@@ -358,6 +358,7 @@ def test_response_cache_makes_a_rerun_identical_and_free(tiny_envs, tmp_path):
 
 
 def test_failure_classes():
+    from eval.scoring import SUBTASKS
     from eval.taxonomy import classify_run
 
     agents = [
@@ -369,7 +370,7 @@ def test_failure_classes():
         {"role": "S3", "ok": True, "tool_error_kinds": {"unknown_tool": 1, "argument_error": 1}},
         {"role": "S4", "ok": False, "error": "step budget of 16 model calls exhausted", "repeated_calls": 0},
     ]
-    subtasks = {"S1": False, "C1": False, "S2": False, "C2": False, "C3": False, "S3": False, "S4": False}
+    subtasks = dict.fromkeys(SUBTASKS, False)
     assert classify_run(subtasks, agents) == {
         "S1": "wrong_answer", "C1": "unparseable_or_empty_answer", "S2": "not_reached",
         "C2": "repeated_call_loop", "C3": "bad_path", "S3": "unknown_tool", "S4": "budget_exhausted"}

@@ -4,18 +4,17 @@ to read every label a built environment shows."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from agents import skyline_knowledge as sk
 from environments.catalogue import load_catalogue
-from environments.concepts import vocabulary
+from environments.concepts import ENVIRONMENTS, vocabulary
 from environments.tasks import TASKS, placeable, tasks_for
+from scripts import check_skyline_knowledge as check
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("environments", "eval", "graphs", "answer_key")
@@ -33,16 +32,6 @@ KNOWN_AMBIGUITIES: dict[tuple[str, str], str] = {
     ("SMDG", "0"): _NOT_NORMAL,
     ("Hypertensive-Retinopathy", "0"): _NOT_NORMAL,
 }
-
-
-def _load_check_script():
-    spec = importlib.util.spec_from_file_location("check_skyline_knowledge",
-                                                  ROOT / "scripts" / "check_skyline_knowledge.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _imports(path: Path) -> list[str]:
@@ -80,6 +69,11 @@ def test_knowledge_module_is_pure():
         assert name.split(".")[0] in allowed, f"unexpected import {name}"
     source = (ROOT / "agents" / "skyline_knowledge.py").read_text("utf-8")
     assert "answer_key/" not in source and "task_id" not in source
+
+
+def test_the_skylines_modalities_are_the_environments():
+    """The knowledge keeps its own list (it imports nothing of the builder): the environments' one."""
+    assert sk.MODALITIES == ENVIRONMENTS
 
 
 def test_every_published_code_names_its_source():
@@ -150,7 +144,7 @@ def built_seed(tmp_path_factory):
     from environments.builder import build_environment  # the test builds; the script only reads
 
     out = tmp_path_factory.mktemp("skyline_knowledge")
-    for environment in ("dermatoscopy", "ultrasound", "fundus", "histopathology", "mri", "xray"):
+    for environment in ENVIRONMENTS:
         build_environment(environment, "tiny", 4242, out)
     return out
 
@@ -158,7 +152,6 @@ def built_seed(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["request", "broadcast"])
 def test_check_script_scores_a_built_environment_without_mismatch(built_seed, mode):
     """What the agent sees on disk (requests, data cards with their legends) is read as the key says."""
-    check = _load_check_script()
     tally = check.Tally()
     for env_dir in sorted(p for p in built_seed.iterdir() if p.is_dir()):
         check.check_environment(env_dir, mode, tally)
@@ -244,7 +237,6 @@ def test_heldout_phrasings_are_never_written_by_the_environment():
     """The held-out set measures words the skyline was not developed on: none may be a request phrasing."""
     from environments.tasks import REQUIREMENT_PHRASINGS
 
-    check = _load_check_script()
     written = {t for texts in REQUIREMENT_PHRASINGS.values() for t in texts}
     data = json.loads(check.HELDOUT.read_text("utf-8"))
     for name, by_cue in data.items():

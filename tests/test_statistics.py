@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from eval.report import bootstrap_ci, format_se, leaderboard, summarise, write_reports
-from eval.scoring import GRADER_VERSION
+from eval.scoring import GRADER_VERSION, SUBTASKS
 from eval.store import RESULTS, ResultStore, RunKey, RunResult
 
 REPO = Path(__file__).resolve().parents[1]
-SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 
 def _result(task: str, run: int, passed: int, version: str = GRADER_VERSION, env: str = "xray") -> RunResult:

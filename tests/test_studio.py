@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from fl.telemetry import QUIET_ENV
 from graphs.state import RunConfig
 
 from .conftest import REPO
@@ -53,8 +54,7 @@ def _langgraph_dev(workdir: Path, env: dict[str, str]) -> Iterator[str]:
                                             .replace('"./graphs/', f'"{REPO}/graphs/')
                                             .replace('["."]', f'["{REPO}"]'))
     port = _free_port()
-    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "true",
-           "LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false", "PYTHONPATH": str(REPO), **env}
+    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO), **env}
     log = workdir / "langgraph_dev.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).with_name("langgraph")), "dev", "--no-browser",

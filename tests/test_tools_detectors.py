@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,8 @@ import pytest
 
 from environments import formats
 from environments.answer_key import load_environment_key
+from scripts import bench_detectors
 from tools import detectors
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_detectors", REPO / "scripts" / "bench_detectors.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +26,7 @@ def small_two(tmp_path_factory: pytest.TempPathFactory, data_dir: Path | None) -
 
 @pytest.fixture(scope="module")
 def results(small_two: Path) -> dict:
-    return _bench().run(small_two, ["label_errors"])
+    return bench_detectors.run(small_two, ["label_errors"])
 
 
 def test_benchmark_meets_targets_on_xray_and_mri(results: dict) -> None:
@@ -44,7 +35,7 @@ def test_benchmark_meets_targets_on_xray_and_mri(results: dict) -> None:
     for env, by_det in results.items():
         for det, (p_min, r_min) in {"duplicates": (0.85, 0.8), "off_topic": (0.85, 0.8)}.items():
             c = by_det[det]
-            precision, recall = _bench().metrics(c)
+            precision, recall = bench_detectors.metrics(c)
             assert precision >= p_min and recall >= r_min, (env, det, c)
         assert by_det["label_errors"]["positives"] > 0  # measured, reported, no target
 

@@ -21,12 +21,11 @@ from langchain_core.messages import AIMessage
 from agents.baselines import PolicyChatModel, Turn, _answer, _call
 from agents.policies import OraclePolicy
 from eval.runs import run_task
-from eval.scoring import score_s4
+from eval.scoring import SUBTASKS, score_s4
 from graphs import runtime
 from graphs.state import RunConfig
 
 TASK = "xray-pneumonia"
-SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")
 
 
 @pytest.fixture(autouse=True)
