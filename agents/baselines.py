@@ -130,7 +130,7 @@ def make_baseline(name: str, context: dict[str, Any]) -> PolicyChatModel:
 
 def request_facts(text: str) -> dict[str, Any]:
     """Modality, target classes and requirement cue as plain rules read them from a request."""
-    from environments.concepts import normalise_modality
+    from agents.results import normalise_modality
 
     modality = normalise_modality(text)
     if modality not in MODALITIES:

@@ -269,3 +269,22 @@ def parse_algorithm(text: str) -> AlgorithmChoice:
 def parse_training(text: str) -> TrainingReport:
     text = answer_text(text)
     return TrainingReport(status=_line_value(text, "status", "training status") or "", summary=text.strip()[:1000])
+
+
+#: words that name each modality in free text (requests, S1 answers)
+MODALITY_WORDS = {
+    "dermatoscopy": ("dermatoscop", "dermoscop", "dermatolog", "skin"),
+    "ultrasound": ("ultrasound", "sonograph", "echograph"),
+    "fundus": ("fundus", "retina", "retinal"),
+    "histopathology": ("histopath", "histolog", "h&e", "pathology"),
+    "mri": ("mri", "magnetic resonance"),
+    "xray": ("x-ray", "xray", "radiograph", "cxr", "x ray"),
+}
+
+
+def normalise_modality(text: str) -> str:
+    low = text.lower()
+    for modality, words in MODALITY_WORDS.items():
+        if any(w in low for w in words):
+            return modality
+    return low.strip()

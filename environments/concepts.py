@@ -254,22 +254,3 @@ def vocabulary(environment: str) -> Vocabulary:
         return VOCABULARIES[environment]
     except KeyError:
         raise KeyError(f"unknown environment {environment!r}; known: {', '.join(ENVIRONMENTS)}") from None
-
-
-#: words that name each modality in free text (requests, S1 answers)
-MODALITY_WORDS = {
-    "dermatoscopy": ("dermatoscop", "dermoscop", "dermatolog", "skin"),
-    "ultrasound": ("ultrasound", "sonograph", "echograph"),
-    "fundus": ("fundus", "retina", "retinal"),
-    "histopathology": ("histopath", "histolog", "h&e", "pathology"),
-    "mri": ("mri", "magnetic resonance"),
-    "xray": ("x-ray", "xray", "radiograph", "cxr", "x ray"),
-}
-
-
-def normalise_modality(text: str) -> str:
-    low = text.lower()
-    for modality, words in MODALITY_WORDS.items():
-        if any(w in low for w in words):
-            return modality
-    return low.strip()

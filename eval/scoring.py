@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from environments.concepts import normalise_modality  # noqa: F401 - scorers and callers use it here
+from agents.results import normalise_modality  # noqa: F401 - scorers and callers use it here
 
 GRADER_VERSION = "5"  # 3: the held-out outcome beside the sub-tasks; 4: personalised algorithms scored on their hospitals' models; 5: C2 counts missed duplicates and off-topic images together (c2_misses_allowed)
 SUBTASKS = ("S1", "C1", "S2", "C2", "C3", "S3", "S4")

@@ -15,7 +15,7 @@ import threading
 import time
 
 from .llm_servers import OpenAICompatibleServer, Reply
-from .test_real_models import _messages
+from .test_real_models import _env, _messages
 from .test_workflow import _passed, _run_cli, _snapshot
 
 TASK = "xray-pneumonia"
@@ -54,7 +54,7 @@ def test_sigkill_mid_agent_resumes_at_the_last_finished_step(tiny_envs, tmp_path
     db = tmp_path / "cp.sqlite"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDAGENTBENCH_CACHE")}
     with OpenAICompatibleServer(script, models=["m"]) as server:
-        base = ["run", "--env", str(tiny_envs / "xray"), "--task", TASK, "--guidance", "fine",
+        base = ["run", "--env", str(_env(tiny_envs, tmp_path)), "--task", TASK, "--guidance", "fine",
                 "--model", f"openai-compatible:m@{server.base_url}", "--db", str(db), "--retries", "0"]
         proc = _run_cli([*base, "--run-id", "killed", "--thread-id", "killed"], env)
         assert blocked.wait(240), proc.stdout.read() if proc.poll() is not None else "C2 never reached its call"

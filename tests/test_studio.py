@@ -135,7 +135,9 @@ def test_studio_thread_history_holds_agent_tool_calls(tiny_envs, tmp_path_factor
     the agent's checkpoints hold its tool calls (AI message) beside their results (tool message)."""
     from langgraph_sdk import get_sync_client
 
-    config = RunConfig(env_dir=str(tiny_envs / "xray"), task_id="xray-pneumonia", model="oracle",
+    from .test_real_models import _env
+
+    config = RunConfig(env_dir=str(_env(tiny_envs, tmp_path)), task_id="xray-pneumonia", model="oracle",
                        run_id="studio").model_dump()
     cache = tmp_path_factory.getbasetemp() / "training_cache"  # shared with tests/test_workflow.py
     with _langgraph_dev(tmp_path, {"FEDAGENTBENCH_TRAINING_CACHE": str(cache)}) as url:
