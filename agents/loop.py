@@ -124,6 +124,8 @@ class AgentLoop(BaseModel):
     ending: dict[str, Any] | None = None
     #: the finished agent (:class:`agents.runner.AgentOutcome` as a dict), written by ``done``
     outcome: dict[str, Any] | None = None
+    #: ids of gated tool calls a person approved (or edited): the tool step may run them
+    cleared: list[str] = Field(default_factory=list)
     #: a person's decisions on gated tool calls
     approvals: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
     privacy: Annotated[list[dict[str, Any]], merge_by_id] = Field(default_factory=list)
@@ -355,8 +357,13 @@ def _pending(state: AgentLoop) -> tuple[AIMessage | None, list[dict[str, Any]], 
     return reply, calls, invalid
 
 
+def _waits_for_approval(call: dict[str, Any], state: AgentLoop, setup: AgentSetup) -> bool:
+    return call["name"] in setup.gates and (call.get("id") or call["name"]) not in state.cleared
+
+
 def tool_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
-    """Run the reply's tool calls in the order the model wrote them; every failure becomes a message."""
+    """Run the reply's tool calls in the order the model wrote them, up to a call a person must
+    approve first (``approve`` asks, then this step goes on); every failure becomes a message."""
     started = time.perf_counter()
     step = state.step - 1
     _, pending, invalid = _pending(state)
@@ -373,6 +380,8 @@ def tool_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
     by_name = {t.name: t for t in setup.tools}
     submitted, repeated = None, []
     for call in pending:
+        if _waits_for_approval(call, state, setup):  # the calls before it have run: ask about it now
+            break
         t0 = time.perf_counter()
         if setup.answer_tool is not None and call.get("name") == SUBMIT:
             try:
@@ -427,7 +436,8 @@ def answer_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
 
 
 def approve_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
-    """Ask a person about each gated tool call (a checkpointed interrupt: it survives a restart).
+    """Ask a person about the first gated call the tool step stopped at (a checkpointed interrupt:
+    it survives a restart). The calls before it have run, so what it would do is described now.
 
     The answer is ``approve``, ``reject`` or ``edit`` (with new arguments), as a string or as
     ``{"action": ..., "args": {...}, "note": "..."}``. A rejected call is answered with the
@@ -435,42 +445,42 @@ def approve_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
     from langgraph.types import interrupt
 
     reply, pending, _ = _pending(state)
-    if reply is None:
+    call = next((c for c in pending if _waits_for_approval(c, state, setup)), None)
+    if reply is None or call is None:
         return {}
-    why = _content_text(reply).strip()
-    calls = [dict(c) for c in reply.tool_calls]
-    new: list[Any] = []
-    records: list[dict[str, Any]] = []
-    for call in pending:
-        describe = setup.gates.get(call["name"])
-        if describe is None:
-            continue
-        args = call.get("args") or {}
-        decision = interrupt({"agent": setup.where, "tool": call["name"], "args": args, "what": describe(args),
-                              "why": why[:600]})
-        if isinstance(decision, str):
-            decision = {"action": decision}
-        action = str(decision.get("action", "reject")).lower()
-        note = str(decision.get("note") or "")
-        record = {"id": hashlib.sha1(f"{setup.run_id}|{setup.where}|{call.get('id')}".encode()).hexdigest()[:16],
-                  "agent": setup.where, "tool": call["name"], "args": args, "decision": action, "note": note}
-        if action == "edit" and isinstance(decision.get("args"), dict):
-            record["edited_args"] = decision["args"]
-            for c in calls:
-                if c.get("id") == call.get("id"):
-                    c["args"] = decision["args"]
-        elif action != "approve":
-            record["decision"] = "reject"
-            refusal = (f"rejected by the reviewer{': ' + note if note else ''}. The call did not run; do not repeat "
-                       "it. Continue without it, or give your final answer.")
-            new.append(ToolMessage(refusal, tool_call_id=call.get("id") or call["name"]))
-        setup.emit("note", state.step - 1, content=f"reviewer: {record['decision']} {call['name']} {json.dumps(args)}"
-                   + (f" -> {json.dumps(record['edited_args'])}" if "edited_args" in record else "")
-                   + (f" ({note})" if note else ""))
-        records.append(record)
-    if any("edited_args" in r for r in records):
-        new.insert(0, reply.model_copy(update={"tool_calls": calls}))  # same id: replaces the reply
-    return {"messages": new, "approvals": records, "timers": _timed(state, time.perf_counter(), count_gap=False)}
+    args = call.get("args") or {}
+    call_id = call.get("id") or call["name"]
+    try:
+        what = setup.gates[call["name"]](args)
+    except Exception as exc:  # noqa: BLE001 - a question that cannot be described is still asked
+        what = f"{call['name']} with these arguments (not described: {type(exc).__name__}: {exc})"
+    decision = interrupt({"agent": setup.where, "tool": call["name"], "args": args, "what": what,
+                          "why": _content_text(reply).strip()[:600]})
+    if not isinstance(decision, dict):
+        decision = {"action": decision if isinstance(decision, str) else ("approve" if decision is True else "reject")}
+    action = str(decision.get("action", "reject")).lower()
+    note = str(decision.get("note") or "")
+    record = {"id": hashlib.sha1(f"{setup.run_id}|{setup.where}|{call_id}".encode()).hexdigest()[:16],
+              "agent": setup.where, "tool": call["name"], "args": args, "decision": action, "note": note}
+    update: dict[str, Any] = {"approvals": [record]}
+    if action == "edit" and isinstance(decision.get("args"), dict):
+        record["edited_args"] = decision["args"]
+        calls = [{**c, "args": decision["args"]} if (c.get("id") or c["name"]) == call_id else c
+                 for c in reply.tool_calls]
+        update["messages"] = [reply.model_copy(update={"tool_calls": calls})]  # same id: replaces the reply
+        update["cleared"] = [*state.cleared, call_id]
+    elif action == "approve":
+        update["cleared"] = [*state.cleared, call_id]
+    else:
+        record["decision"] = "reject"
+        refusal = (f"rejected by the reviewer{': ' + note if note else ''}. The call did not run; do not repeat "
+                   "it. Continue without it, or give your final answer.")
+        update["messages"] = [ToolMessage(refusal, tool_call_id=call_id, name=call["name"])]
+    setup.emit("note", state.step - 1, content=f"reviewer: {record['decision']} {call['name']} {json.dumps(args)}"
+               + (f" -> {json.dumps(record['edited_args'])}" if "edited_args" in record else "")
+               + (f" ({note})" if note else ""))
+    update["timers"] = _timed(state, time.perf_counter(), count_gap=False)  # not the person's time
+    return update
 
 
 def done_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
@@ -491,16 +501,18 @@ def done_step(state: AgentLoop, setup: AgentSetup) -> dict[str, Any]:
     return {"outcome": outcome.model_dump(), "privacy": setup.violations()}
 
 
-def _after_model(setup_of: Callable[[Any], AgentSetup]) -> Callable[[Any], str]:
-    def route(state: Any) -> str:
-        if state.ending is not None:
-            return "done"
-        _, pending, invalid = _pending(state)
-        if not pending and not invalid:
-            return "answer"
-        gates = setup_of(state).gates
-        return "approve" if gates and any(c["name"] in gates for c in pending) else "tools"
-    return route
+def _after_model(state: Any) -> str:
+    if state.ending is not None:
+        return "done"
+    _, pending, invalid = _pending(state)
+    return "tools" if pending or invalid else "answer"
+
+
+def _after_tools(state: Any) -> str:
+    if state.ending is not None:
+        return "done"
+    _, pending, _ = _pending(state)
+    return "approve" if pending else "model"  # the tool step stopped at a call to approve
 
 
 def _ended_or(next_node: str) -> Callable[[Any], str]:
@@ -522,9 +534,9 @@ def add_agent_loop(graph: StateGraph, setup_of: Callable[[Any], AgentSetup], ent
     graph.add_node("done", node(done_step))
     if entry is not None:
         graph.add_edge(entry, "model")
-    graph.add_conditional_edges("model", _after_model(setup_of), ["tools", "approve", "answer", "done"])
+    graph.add_conditional_edges("model", _after_model, ["tools", "answer", "done"])
     graph.add_edge("approve", "tools")
-    graph.add_conditional_edges("tools", _ended_or("model"), ["model", "done"])
+    graph.add_conditional_edges("tools", _after_tools, ["model", "approve", "done"])
     graph.add_conditional_edges("answer", _ended_or("model"), ["model", "done"])
     graph.add_edge("done", exit)
 
@@ -537,5 +549,6 @@ def compile_agent(setup: AgentSetup, checkpointer: Any = None):
 
 
 def recursion_limit(budget: int) -> int:
-    """Graph steps an agent of ``budget`` model calls may take (model, approve, tools per call)."""
-    return 4 * budget + 20
+    """Graph steps an agent of ``budget`` model calls may take (model, tools and, per gated call,
+    approve and tools again), with room for the workflow's own steps."""
+    return max(200, 8 * budget + 40)

@@ -149,7 +149,7 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     settings (``temperature``, ``budget``, ``timeout_s``, ``retries``, ``submit_tool``, ``cache_dir``). A run whose person left (``ask``
     raised EOFError) stays paused in its checkpoints: the same command asks the same question again."""
     from eval.runs import write_html_page
-    from graphs.run import pending_questions, run_task
+    from graphs.run import pending_questions, run_task, saved_config
     from graphs.state import RunConfig
 
     if request:
@@ -166,6 +166,11 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
                        run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed,
                        approve=ask is not None, **(agents or {}))
+    started = saved_config(work / "checkpoints.sqlite", THREAD)
+    if started is not None and started.approve != config.approve:  # a resumed run keeps its first settings
+        raise FederationError(f"this run was started {'with' if started.approve else 'without'} --approve and "
+                              f"resumes as it started: run the same command {'with' if started.approve else 'without'} "
+                              f"--approve, or give a new --work to start afresh ({work})")
     state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask, on_end=write_html_page)
     report = build_report(spec, env, config, state)
     report.paused_at = pending_questions(work / "checkpoints.sqlite", THREAD)

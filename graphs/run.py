@@ -46,7 +46,11 @@ def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
     thread_id = thread_id or default_thread_id(config)
     if config.transcript_path is None:
         config = config.model_copy(update={"transcript_path": str(transcript_path(db, thread_id))})
-    cfg = {"configurable": {"thread_id": thread_id}, "recursion_limit": RECURSION_LIMIT}
+    from agents.loop import recursion_limit
+
+    # every subgraph gets this many steps: an agent's own (model, tools, approvals) bound it
+    cfg = {"configurable": {"thread_id": thread_id}, "recursion_limit": max(RECURSION_LIMIT,
+                                                                           recursion_limit(config.budget))}
     try:
         with sqlite_checkpointer(db) as saver:
             graph = compile_workflow(saver, scorer)
@@ -81,6 +85,19 @@ def _describe_task(event: dict[str, Any]) -> str:
     task = event.get("input")
     client = getattr(task, "client", None) or (task.get("client") if isinstance(task, dict) else None)
     return f"{name} at {client}" if client else name
+
+
+def saved_config(db: str | Path, thread_id: str) -> RunConfig | None:
+    """The config a thread was started with (None: no such thread); a resumed run keeps it."""
+    from graphs.checkpoint import sqlite_checkpointer
+    from graphs.workflow import compile_workflow
+
+    if not Path(db).is_file():
+        return None
+    with sqlite_checkpointer(db) as saver:
+        values = compile_workflow(saver).get_state({"configurable": {"thread_id": thread_id}}).values
+    config = values.get("config") if values else None
+    return RunConfig.model_validate(config) if isinstance(config, dict) else config
 
 
 def pending_questions(db: str | Path, thread_id: str) -> list[dict[str, Any]]:

@@ -137,3 +137,7 @@ def test_rejected_removals_stay_approved_ones_go_and_a_restart_asks_again(federa
     assert next(a for a in report["approvals"] if a["decision"] == "reject")["note"] == "keep these for the review board"
     assert report["training_status"] == "completed" and not report["paused_at"]
     assert "Decisions asked of a person" in (work / "report.md").read_text()
+
+    # a run resumes with the settings it started with: dropping --approve is refused, not ignored
+    proc = _cli(*command[:-1])
+    assert proc.returncode == 2 and "started with --approve" in proc.stderr, proc.stdout + proc.stderr
