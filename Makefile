@@ -52,13 +52,15 @@ setup-local: $(LOCAL_STAMP)
 
 # where the prebuilt wheel is at hand (this workplace, CI), the tests include the real local LLM
 TEST_SETUP := $(if $(WHEELS),setup-local,setup)
+# test files spread over TEST_WORKERS processes (pytest-xdist; each keeps its files' fixtures together)
+TEST_WORKERS ?= 2
 test: $(TEST_SETUP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # the fast tier: lint and every test that needs no shared build (a few minutes on 2 cores)
 check: $(TEST_SETUP)
 	$(VENV)/bin/ruff check .
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider -m "not slow"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 envs: setup
 	$(VENV)/bin/fedagentbench envs build --modality all --scale $(SCALE) --seed $(SEED) --out $(OUT)/envs
