@@ -27,7 +27,7 @@ def _conversation(body: dict) -> str:
     return json.dumps(body.get("messages", []), sort_keys=True)
 
 
-def test_sigkill_mid_agent_resumes_at_the_last_finished_step(tiny_envs, tmp_path):
+def test_sigkill_mid_agent_resumes_at_the_last_finished_step(tiny_envs, tmp_path, tmp_path_factory):
     from agents.baselines import make_baseline
 
     brain = make_baseline("skyline", {})
@@ -53,6 +53,8 @@ def test_sigkill_mid_agent_resumes_at_the_last_finished_step(tiny_envs, tmp_path
 
     db = tmp_path / "cp.sqlite"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDAGENTBENCH_CACHE")}
+    # identical trainings run once per session (the model calls are what is counted, not the training)
+    env["FEDAGENTBENCH_TRAINING_CACHE"] = str(tmp_path_factory.getbasetemp() / "training_cache")
     with OpenAICompatibleServer(script, models=["m"]) as server:
         base = ["run", "--env", str(_env(tiny_envs, tmp_path)), "--task", TASK, "--guidance", "fine",
                 "--model", f"openai-compatible:m@{server.base_url}", "--db", str(db), "--retries", "0"]
