@@ -86,6 +86,26 @@ def _langgraph_dev(workdir: Path, env: dict[str, str]) -> Iterator[str]:
             proc.wait()
 
 
+def test_langgraph_dev_serves_every_phase_graph(tiny_envs, tmp_path):
+    """`langgraph dev` loads langgraph.json; a tiny selection run goes through its REST API."""
+    import httpx
+
+    from .test_real_models import _env
+
+    with _langgraph_dev(tmp_path, {}) as url:
+        graphs = {a["graph_id"] for a in httpx.post(f"{url}/assistants/search", json={}, timeout=10).json()}
+        assert {"workflow", "selection", "preprocessing", "harmonisation", "training"} <= graphs
+        thread = httpx.post(f"{url}/threads", json={}, timeout=10).json()["thread_id"]
+        config = RunConfig(env_dir=str(_env(tiny_envs, tmp_path)), task_id="xray-pneumonia", model="oracle",
+                           run_id="selection").model_dump()
+        final = httpx.post(f"{url}/threads/{thread}/runs/wait", json={"assistant_id": "selection",
+                                                                       "input": {"config": config}}, timeout=120).json()
+        assert final["requirements"]["target_classes"] == ["normal", "pneumonia"]
+        state = httpx.get(f"{url}/threads/{thread}/state", timeout=10).json()
+        assert state["next"] == [] and set(state["values"]["clients"]) == {"hospital_01", "hospital_02", "hospital_03"}
+        assert len(httpx.post(f"{url}/threads/{thread}/history", json={"limit": 50}, timeout=10).json()) >= 3
+
+
 def history(client: Any, thread_id: str, namespace: str = "") -> list[dict]:
     """Every state of the (sub)graph run at ``namespace`` ("" for the root), newest first."""
     states: list[dict] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,6 @@ from environments.concepts import ENVIRONMENTS
 from environments.tasks import tasks_for
 from eval.runs import run_task
 from eval.scoring import SUBTASKS
-from fl.telemetry import QUIET_ENV
 from graphs import runtime
 from graphs.state import RunConfig
 
@@ -111,12 +109,6 @@ def test_auditor_catches_a_planted_leak_and_none_in_normal_runs(tiny_envs, tmp_p
     assert patient.name not in json.dumps(out["privacy"])  # the report masks the identifier
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_cli(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fedagentbench_cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -174,50 +166,6 @@ def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tiny_envs, t
             assert not list((ws / "work").rglob("*.tmp"))
     assert len([x for x in a["agents"] if x["role"] == "C2"]) == len(
         [x for x in b["agents"] if x["role"] == "C2"])
-
-
-def test_langgraph_dev_serves_the_graphs(tiny_envs, tmp_path):
-    """`langgraph dev` loads langgraph.json; a tiny selection run goes through its REST API."""
-    import httpx
-
-    port = _free_port()
-    env = {**os.environ, **QUIET_ENV}
-    cli = Path(sys.executable).with_name("langgraph")
-    proc = subprocess.Popen([str(cli), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port",
-                             str(port)], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    (tmp_path / "langgraph.json").write_text((REPO / "langgraph.json").read_text().replace('"./graphs/',
-                                                                                          f'"{REPO}/graphs/')
-                                             .replace('["."]', f'["{REPO}"]'))
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("langgraph dev did not start: " + (proc.stdout.read() if proc.poll() is not None else ""))
-        graphs = {a["graph_id"] for a in httpx.post(f"{url}/assistants/search", json={}, timeout=10).json()}
-        assert {"workflow", "selection", "preprocessing", "harmonisation", "training"} <= graphs
-        thread = httpx.post(f"{url}/threads", json={}, timeout=10).json()["thread_id"]
-        config = _config(tiny_envs / "xray", "xray-pneumonia", model="oracle").model_dump()
-        final = httpx.post(f"{url}/threads/{thread}/runs/wait", json={"assistant_id": "selection",
-                                                                       "input": {"config": config}}, timeout=120).json()
-        assert final["requirements"]["target_classes"] == ["normal", "pneumonia"]
-        state = httpx.get(f"{url}/threads/{thread}/state", timeout=10).json()
-        assert state["next"] == [] and set(state["values"]["clients"]) == {"hospital_01", "hospital_02", "hospital_03"}
-        history = httpx.post(f"{url}/threads/{thread}/history", json={"limit": 50}, timeout=10).json()
-        assert len(history) >= 3
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.poll() is not None
 
 
 def test_per_phase_inputs_hold_every_clean_file_of_the_key(tiny_envs, tmp_path):
