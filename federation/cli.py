@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -36,8 +37,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--approve", action="store_true",
                      help="pause for your decision (approve, reject or edit) before C2 removes files and before S4 "
                           "starts training; a pause survives the process ending (run the same command again)")
+    run.add_argument("--deployment", default=None, metavar="local|HOST:PORT",
+                     help="run the client agents at the sites' own services over Flower: 'local' starts a secured "
+                          "SuperLink and one site service per site on this machine; HOST:PORT is a SuperLink whose "
+                          "sites already serve (`fedagentbench site serve`); this folder then holds nothing of theirs")
+    run.add_argument("--ca", type=Path, default=None,
+                     help="with --deployment HOST:PORT: the federation's CA certificate (from `deploy certs`)")
     add_options(run, "federate")
     run.set_defaults(func=_run)
+
+    site = subparsers.add_parser("site", help="a hospital's site service: its client agents and training, run here")
+    site_sub = site.add_subparsers(dest="site_command", metavar="ACTION")
+    site.set_defaults(func=lambda args: site.print_help() or 0)
+    serve = site_sub.add_parser("serve", formatter_class=DefaultsHelpFormatter,
+                                help="serve this site's folder to a coordinator's SuperLink (a Flower SuperNode)")
+    serve.add_argument("--name", required=True, help="the site's name, as the federation's YAML and keys name it")
+    serve.add_argument("--data", type=Path, default=None,
+                       help="the site's folder (one dataset, or one per sub-folder); read, never written")
+    serve.add_argument("--card", type=Path, default=None, help="the site's data cards (JSON); drafted when absent")
+    serve.add_argument("--work", type=Path, default=None,
+                       help="the site's own work folder (default: <data>.fedagentbench beside the folder)")
+    serve.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the coordinator's SuperLink")
+    serve.add_argument("--certs", type=Path, default=None,
+                       help="a `deploy certs` folder: its ca.crt and supernodes/<name> key are used")
+    serve.add_argument("--ca", type=Path, default=None, help="the federation's CA certificate")
+    serve.add_argument("--key", type=Path, default=None, help="this site's SuperNode private key")
+    serve.add_argument("--insecure", action="store_true", help="no TLS and no authentication (a trial only)")
+    serve.add_argument("--model", default=None,
+                       help="the model this site's agents use (default: the coordinator's), e.g. a local llama.cpp one")
+    serve.add_argument("--environment", type=Path, default=None,
+                       help="serve hospital --name of a built benchmark environment instead of --data")
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from federation.site_service import serve
+    from federation.spec import FederationError
+
+    ca, key = args.ca, args.key
+    if args.certs is not None:
+        ca, key = ca or args.certs / "ca.crt", key or args.certs / "supernodes" / args.name
+    if not args.insecure and (ca is None or key is None):
+        print("error: give --certs (or --ca and --key) for TLS and SuperNode authentication, or --insecure for a "
+              "trial on one machine", file=sys.stderr)
+        return 2
+    for path in [p for p in (ca, key) if p is not None and not args.insecure]:
+        if not path.is_file():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+    try:
+        serve(args.name, args.data, args.superlink, work=args.work, card=args.card,
+              ca=None if args.insecure else ca, key=None if args.insecure else key, model=args.model,
+              environment=args.environment)
+    except FederationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0  # not reached: serve() becomes the SuperNode
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -146,16 +201,29 @@ def _run(args: argparse.Namespace) -> int:
         agents = {"temperature": settings.temperature, "budget": settings.budget, "timeout_s": settings.timeout,
                   "retries": settings.retries, "submit_tool": settings.submit_tool,
                   "cache_dir": str(cache) if cache else None}
-        if args.approve:  # no spinner: the terminal is the person's, for questions and answers
-            from federation.approval import terminal_asker
+        if args.deployment and args.approve:
+            raise FederationError("--approve is not yet available with --deployment (the sites' agents would "
+                                  "need a person at each site); run without it")
+        with contextlib.ExitStack() as stack:
+            transport = None
+            status = None if args.approve else stack.enter_context(console.status("starting"))
+            if args.deployment:
+                from federation.deployment import connect
 
-            console.print("running; questions come as the agents reach them")
-            report = run_federation(spec, work, model=settings.model, request=args.request,
-                                    ask=terminal_asker(console), agents=agents)
-        else:
-            with console.status("starting") as status:
+                transport = stack.enter_context(connect(spec, Path(work), args.deployment, ca=args.ca,
+                                                        progress=status.update if status else console.print))
+                for name in transport.missing:
+                    console.print(f"[yellow]site {name} did not answer; the run goes on without it[/]")
+            if args.approve:  # no spinner: the terminal is the person's, for questions and answers
+                from federation.approval import terminal_asker
+
+                console.print("running; questions come as the agents reach them")
                 report = run_federation(spec, work, model=settings.model, request=args.request,
-                                        progress=lambda step: status.update(f"running {step}"), agents=agents)
+                                        ask=terminal_asker(console), agents=agents)
+            else:
+                report = run_federation(spec, work, model=settings.model, request=args.request,
+                                        progress=lambda step: status.update(f"running {step}"), agents=agents,
+                                        transport=transport)
     except FederationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -169,7 +237,8 @@ def _run(args: argparse.Namespace) -> int:
         table.add_column(col)
     for site in report.sites:
         mapping = "; ".join(", ".join(f"{k}→{v or 'drop'}" for k, v in m.items()) for m in site.label_mappings.values())
-        table.add_row(site.name, ", ".join(site.datasets_chosen) or "-", str(len(site.files_removed)), mapping or "-",
+        removed = len(site.files_removed) or sum(site.removed_by_reason.values())
+        table.add_row(site.name, ", ".join(site.datasets_chosen) or "-", str(removed), mapping or "-",
                       ", ".join(f"{k} {v}" for k, v in site.class_counts.items()) or "-",
                       "; ".join(site.problems[:2]) + ("" if site.sources_unchanged else " SOURCES CHANGED"))
     console.print(table)

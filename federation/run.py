@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from federation.sites import PRIVATE, copy_site, draft_site, sha256_tree
-from federation.spec import FederationError, FederationSpec
+from federation.spec import FederationError, FederationSpec, Site
 
 TASK_ID = "federation"
 THREAD = "federation"
@@ -41,6 +41,9 @@ class SiteReport(BaseModel):
     sources_unchanged: bool = True
     #: whole results of tool calls whose answer the agents saw only a page of (tools.sandbox.render)
     tool_outputs: list[str] = Field(default_factory=list)
+    #: a deployment: removed files counted by reason (their names stay at the site, in its own report)
+    removed_by_reason: dict[str, int] = Field(default_factory=dict)
+    site_report: str = ""
 
 
 class FederationReport(BaseModel):
@@ -58,15 +61,22 @@ class FederationReport(BaseModel):
     #: questions still open: the run is paused until they are answered (run the command again)
     paused_at: list[dict[str, Any]] = Field(default_factory=list)
     work_dir: str
+    #: "simulation" (every agent here) or "deployment" (the client agents at the sites' services)
+    runtime: str = "simulation"
 
 
 def _spec_digest(spec: FederationSpec) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
 
 
-def check_sites(spec: FederationSpec, work: Path) -> None:
-    """Every site folder and card exists, and the work directory lies outside every site."""
+def check_sites(spec: FederationSpec, work: Path, local: bool = True) -> None:
+    """Every site folder and card exists, and the work directory lies outside every site.
+    ``local=False`` (a deployment): the folders are the sites' own, checked by their services."""
     for site in spec.sites:
+        if not local:
+            if work.resolve().is_relative_to(site.path.resolve()):
+                raise FederationError(f"the work directory {work} lies inside site {site.name}'s folder")
+            continue
         if not site.path.is_dir():
             raise FederationError(f"site {site.name}: {site.path} is not a folder")
         if site.data_card is not None and not site.data_card.is_file():
@@ -88,10 +98,42 @@ def prepare(spec: FederationSpec, work: Path) -> Path:
         raise FederationError(f"{work} holds a run of a different federation file; use another --work "
                               "or delete that folder")
     shutil.rmtree(env, ignore_errors=True)
+    copy_sites(spec.sites, env)
+    write_task(spec, env)
+    marker.write_text(json.dumps({"kind": "federation", "spec_digest": _spec_digest(spec),
+                                  "sites": [s.name for s in spec.sites],
+                                  "sources": {s.name: str(s.path) for s in spec.sites}}, indent=1), "utf-8")
+    return env
+
+
+def prepare_coordinator(spec: FederationSpec, work: Path) -> Path:
+    """A deployment's coordinator folder: the request and the sites' names, and nothing of any site
+    (the sites keep their folders and their copies; federation.site_service)."""
+    check_sites(spec, work, local=False)
+    env = work / "federation"
+    marker = env / "environment.json"
+    if marker.is_file():
+        recorded = json.loads(marker.read_text("utf-8"))
+        if recorded.get("spec_digest") == _spec_digest(spec) and recorded.get("runtime") == "deployment":
+            return env
+        raise FederationError(f"{work} holds a run of a different federation file or runtime; use another --work "
+                              "or delete that folder")
+    shutil.rmtree(env, ignore_errors=True)
+    env.mkdir(parents=True)
+    write_task(spec, env)
+    write_private(env, set(), {}, {})  # the coordinator knows no patient: the sites withhold theirs
+    marker.write_text(json.dumps({"kind": "federation", "runtime": "deployment", "spec_digest": _spec_digest(spec),
+                                  "sites": [s.name for s in spec.sites]}, indent=1), "utf-8")
+    return env
+
+
+def copy_sites(sites: list[Site], env: Path) -> None:
+    """Each site's datasets and card into ``env/clients/<site>``, and what only the auditor and the
+    report read into ``env/.private`` (checksums of the sources, problems found, patient identifiers)."""
     identifiers: set[str] = set()
     problems: dict[str, list[str]] = {}
     checksums: dict[str, dict[str, str]] = {}
-    for site in spec.sites:
+    for site in sites:
         checksums[site.name] = sha256_tree(site.path)
         cards, found, ids = draft_site(site.path)
         if site.data_card is not None:
@@ -99,22 +141,32 @@ def prepare(spec: FederationSpec, work: Path) -> Path:
         problems[site.name] = found
         identifiers |= ids
         copy_site(site.path, cards, env / "clients" / site.name)
-    task = {"task_id": TASK_ID, "environment": spec.modality, "title": spec.request[:80],
+    write_private(env, identifiers, checksums, problems)
+
+
+def write_private(env: Path, identifiers: set[str], checksums: dict[str, dict[str, str]],
+                  problems: dict[str, list[str]]) -> None:
+    (env / PRIVATE).mkdir(parents=True, exist_ok=True)
+    (env / PRIVATE / "identifiers.json").write_text(json.dumps(sorted(identifiers)), "utf-8")
+    (env / PRIVATE / "sources.json").write_text(json.dumps(checksums), "utf-8")
+    (env / PRIVATE / "problems.json").write_text(json.dumps(problems, indent=1), "utf-8")
+
+
+def task_of(spec: FederationSpec) -> dict[str, Any]:
+    """The federation's request as a task (``environments.tasks.TaskSpec``'s fields)."""
+    return {"task_id": TASK_ID, "environment": spec.modality, "title": spec.request[:80],
             "target_classes": spec.classes, "concept_to_target": {}, "requirement": spec.requirement,
             "body_part": spec.body_part, "image_size": spec.image_size, "colour": spec.colour,
             "class_note": spec.class_note}
+
+
+def write_task(spec: FederationSpec, env: Path) -> None:
+    """The server's copy of the request and the task every agent's instruction is made from."""
     (env / "server" / "tasks").mkdir(parents=True, exist_ok=True)
     text = server_request(spec)
     (env / "server" / "tasks" / f"{TASK_ID}.json").write_text(
         json.dumps({"request": {"fine": text, "goal": text}}, indent=1), "utf-8")
-    (env / "federation.json").write_text(json.dumps({"task": task}, indent=1), "utf-8")
-    (env / PRIVATE).mkdir()
-    (env / PRIVATE / "identifiers.json").write_text(json.dumps(sorted(identifiers)), "utf-8")
-    (env / PRIVATE / "sources.json").write_text(json.dumps(checksums), "utf-8")
-    (env / PRIVATE / "problems.json").write_text(json.dumps(problems, indent=1), "utf-8")
-    marker.write_text(json.dumps({"kind": "federation", "spec_digest": _spec_digest(spec),
-                                  "sites": [s.name for s in spec.sites]}, indent=1), "utf-8")
-    return env
+    (env / "federation.json").write_text(json.dumps({"task": task_of(spec)}, indent=1), "utf-8")
 
 
 def server_request(spec: FederationSpec) -> str:
@@ -141,14 +193,17 @@ def _read_card(site: str, path: Path) -> list[dict[str, Any]]:
 def run_federation(spec: FederationSpec, work: Path, model: str | None = None, request: str | None = None,
                    progress: Callable[[str], None] | None = None,
                    ask: Callable[[dict[str, Any]], Any] | None = None,
-                   agents: dict[str, Any] | None = None) -> FederationReport:
+                   agents: dict[str, Any] | None = None, transport: Any = None) -> FederationReport:
     """Prepare (or resume) the federation, run the workflow, and write ``report.json``/``report.md``.
 
     With ``ask``, the run pauses before C2 removes files and before S4 starts training and asks it
     (``graphs.run.run_task``); the decisions go into the report. ``agents`` sets the run's agent
     settings (``temperature``, ``budget``, ``timeout_s``, ``retries``, ``submit_tool``, ``cache_dir``). A run whose person left (``ask``
-    raised EOFError) stays paused in its checkpoints: the same command asks the same question again."""
+    raised EOFError) stays paused in its checkpoints: the same command asks the same question again.
+    ``transport`` (a :class:`graphs.remote.SiteTransport`): a deployment — the client agents run at
+    the sites' services and this machine holds nothing of theirs (federation.deployment)."""
     from eval.runs import write_html_page
+    from graphs.remote import use_transport
     from graphs.run import pending_questions, run_task, saved_config
     from graphs.state import RunConfig
 
@@ -160,19 +215,31 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
         raise FederationError("the oracle reads an answer key, and a federation of your own has none; "
                               "use heuristic, skyline or an LLM spec")
     work = Path(work).resolve()
-    check_sites(spec, work)  # before anything is written
+    deployed = transport is not None
+    check_sites(spec, work, local=not deployed)  # before anything is written
     work.mkdir(parents=True, exist_ok=True)
-    env = prepare(spec, work)
+    env = prepare_coordinator(spec, work) if deployed else prepare(spec, work)
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
                        run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed,
-                       approve=ask is not None, **(agents or {}))
+                       approve=ask is not None, runtime="deployment" if deployed else "simulation",
+                       **(agents or {}))
     started = saved_config(work / "checkpoints.sqlite", THREAD)
     if started is not None and started.approve != config.approve:  # a resumed run keeps its first settings
         raise FederationError(f"this run was started {'with' if started.approve else 'without'} --approve and "
                               f"resumes as it started: run the same command {'with' if started.approve else 'without'} "
                               f"--approve, or give a new --work to start afresh ({work})")
-    state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask, on_end=write_html_page)
-    report = build_report(spec, env, config, state)
+    if started is not None and started.runtime != config.runtime:
+        raise FederationError(f"this run was started {'on a deployment' if started.runtime == 'deployment' else 'in simulation'}"
+                              f" and resumes as it started: {'give --deployment' if started.runtime == 'deployment' else 'drop --deployment'}"
+                              f", or give a new --work to start afresh ({work})")
+    if deployed:
+        with use_transport(env, transport):
+            state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask,
+                             on_end=write_html_page)
+            report = build_report(spec, env, config, state, transport)
+    else:
+        state = run_task(config, work / "checkpoints.sqlite", THREAD, progress=progress, ask=ask, on_end=write_html_page)
+        report = build_report(spec, env, config, state)
     report.paused_at = pending_questions(work / "checkpoints.sqlite", THREAD)
     (work / "report.json").write_text(report.model_dump_json(indent=1), "utf-8")
     (work / "report.md").write_text(report_markdown(report), "utf-8")
@@ -232,43 +299,66 @@ def _removed_files(env: Path, run_clients: Path, site: str, datasets: list[str])
     return removed
 
 
-def build_report(spec: FederationSpec, env: Path, config, state: dict[str, Any]) -> FederationReport:
+def site_summary(config: Any, site: str, record: dict[str, Any], source: Path | None = None) -> dict[str, Any]:
+    """One site's part of the report, computed where its files are (this machine in simulation, the
+    site's service on a deployment): datasets offered, files removed with reasons, class counts."""
     from graphs import runtime
     from tools.sandbox import FULL_OUTPUTS_DIR
 
+    env = Path(config.env_dir)
     problems = json.loads((env / PRIVATE / "problems.json").read_text("utf-8"))
     checksums = json.loads((env / PRIVATE / "sources.json").read_text("utf-8"))
-    clients = state.get("clients") or {}
+    source = source or json.loads((env / "environment.json").read_text("utf-8")).get("sources", {}).get(site)
     run_clients = runtime.run_root(config) / "clients"
+    cards = json.loads((env / "clients" / site / "data_cards.json").read_text("utf-8"))
+    chosen = list(record.get("selected_datasets") or [])
+    harmonised = run_clients / site / "harmonised"
+    counts = {d.name: sum(1 for f in d.iterdir() if f.is_file()) for d in sorted(harmonised.iterdir())
+              if d.is_dir()} if harmonised.is_dir() else {}
+    return {"problems": problems.get(site, []), "datasets_offered": [c["dataset name"] for c in cards],
+            "files_removed": _removed_files(env, run_clients, site, chosen) if record.get("cleaned_path") else {},
+            "class_counts": counts,
+            "sources_unchanged": source is not None and sha256_tree(Path(source)) == checksums.get(site),
+            "tool_outputs": sorted(str(p) for p in (run_clients / site / FULL_OUTPUTS_DIR).glob("*"))}
+
+
+def build_report(spec: FederationSpec, env: Path, config, state: dict[str, Any], transport: Any = None) -> FederationReport:
+    from graphs import runtime
+    from graphs.remote import PROTOCOL, SiteUnavailable
+
+    clients = state.get("clients") or {}
     sites = []
+    errors = [e.message if hasattr(e, "message") else str(e.get("message", e)) for e in state.get("errors") or []]
     for site in spec.sites:
         record = clients.get(site.name)
         record = record.model_dump() if hasattr(record, "model_dump") else (record or {})
-        cards = json.loads((env / "clients" / site.name / "data_cards.json").read_text("utf-8"))
-        chosen = list(record.get("selected_datasets") or [])
-        harmonised = run_clients / site.name / "harmonised"
-        counts = {d.name: sum(1 for f in d.iterdir() if f.is_file()) for d in sorted(harmonised.iterdir())
-                  if d.is_dir()} if harmonised.is_dir() else {}
+        if transport is None:
+            summary = site_summary(config, site.name, record, site.path)
+        else:  # the site computes its part; the list of removed files stays there (counts come back)
+            try:
+                reply = transport.ask(site.name, {"kind": "report", "protocol": PROTOCOL,
+                                                  "config": config.model_dump(mode="json"), "record": record},
+                                      timeout=600)
+            except SiteUnavailable as exc:
+                reply = {"error": str(exc)}
+            summary = reply.get("report") or {"problems": [f"the site sent no report: {reply.get('error')}"]}
         sites.append(SiteReport(
-            name=site.name, source=str(site.path), problems=problems.get(site.name, []),
-            datasets_offered=[c["dataset name"] for c in cards], datasets_chosen=chosen,
+            name=site.name, source=str(site.path), datasets_chosen=list(record.get("selected_datasets") or []),
             selection_reason=str(record.get("selection_reason") or "")[:400], approved=record.get("approved"),
             cleaning_summary=str(record.get("cleaning_summary") or "")[:400],
-            files_removed=_removed_files(env, run_clients, site.name, chosen) if record.get("cleaned_path") else {},
-            label_mappings=record.get("label_mappings") or {}, class_counts=counts,
-            sources_unchanged=sha256_tree(site.path) == checksums.get(site.name),
-            tool_outputs=sorted(str(p) for p in (run_clients / site.name / FULL_OUTPUTS_DIR).glob("*"))))
+            label_mappings=record.get("label_mappings") or {},
+            **{k: v for k, v in summary.items() if k in SiteReport.model_fields}))
     training = state.get("training")
     training = training.model_dump() if hasattr(training, "model_dump") else (training or {})
     flower = runtime.server_work(config) / "training" / "flower"
     models = sorted(str(p) for p in [flower / "global_model.pt", *sorted((flower / "clients").glob("*.pt"))]
                     if p.is_file())
-    errors = [e.message if hasattr(e, "message") else str(e.get("message", e)) for e in state.get("errors") or []]
     return FederationReport(
         request=spec.request, model=spec.model, sites=sites, algorithm=state.get("algorithm"),
         algorithm_reason=str(state.get("algorithm_reason") or ""), training_status=training.get("status", "not started"),
         training_metrics={k: round(float(v), 4) for k, v in (training.get("final_metrics") or {}).items()},
-        model_files=models, errors=errors[:20], approvals=list(state.get("approvals") or []), work_dir=str(env.parent))
+        model_files=models, errors=errors[:20], approvals=list(state.get("approvals") or []), work_dir=str(env.parent),
+        runtime=config.runtime)
 
 
 def report_markdown(report: FederationReport) -> str:
@@ -281,6 +371,9 @@ def report_markdown(report: FederationReport) -> str:
                   f"Datasets chosen: {', '.join(site.datasets_chosen) or 'none'}"
                   + (f" — {site.selection_reason}" if site.selection_reason else ""),
                   f"Approved by the server: {site.approved}"]
+        if site.removed_by_reason:
+            lines += ["", "Files removed (counted by reason; their names stay at the site, in its "
+                      f"`{site.site_report}`): " + ", ".join(f"{r} {n}" for r, n in site.removed_by_reason.items())]
         if site.files_removed:
             lines += ["", f"Files removed ({len(site.files_removed)}):", "", "| file | reason |", "|---|---|"]
             lines += [f"| `{f}` | {r} |" for f, r in list(site.files_removed.items())[:200]]

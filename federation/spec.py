@@ -13,6 +13,7 @@
       - name: hospital_a
         path: /data/hospital_a          # read-only: never modified
         data_card: cards/hospital_a.json  # optional; drafted from the folder when absent
+        work: /scratch/hospital_a.work  # optional (--deployment): the site's own work folder
 
 Relative paths are relative to the YAML file. ``fedagentbench federate init`` drafts this file and
 a data card per folder for review.
@@ -36,6 +37,8 @@ class Site(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     path: Path
     data_card: Path | None = None
+    #: a deployment: the site's own work folder (default: beside its folder, never inside it)
+    work: Path | None = None
 
     @field_validator("name")
     @classmethod
@@ -104,5 +107,6 @@ def load_spec(path: str | Path) -> FederationSpec:
         folder = (base / site.path).resolve() if not site.path.is_absolute() else site.path
         card = None if site.data_card is None else (
             (base / site.data_card).resolve() if not site.data_card.is_absolute() else site.data_card)
-        sites.append(site.model_copy(update={"path": folder, "data_card": card}))
+        work = None if site.work is None else ((base / site.work).resolve() if not site.work.is_absolute() else site.work)
+        sites.append(site.model_copy(update={"path": folder, "data_card": card, "work": work}))
     return spec.model_copy(update={"sites": sites})

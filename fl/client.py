@@ -29,11 +29,23 @@ def _identity(context: Context, clients: list[tuple[str, str]] | None, config: C
         return str(node.get("client-name", Path(data_dir).name)), data_dir
     if "roster" in config:
         name, data_dir = json.loads(str(config["roster"]))[str(context.node_id)]
+        if "site-env" in node:  # a hospital's site service: the path is its own, relative to its folder
+            return str(node["client-name"]), str(site_path(str(node["site-env"]), str(data_dir)))
         return str(name), str(data_dir)
     if clients is None:
         raise ValueError("this SuperNode has no data: start it with --node-config 'data-dir=\"/path\"'")
     name, data_dir = clients[int(node["partition-id"])]
     return name, data_dir
+
+
+def site_path(site_env: str, relative: str) -> Path:
+    """``relative`` inside a site's folder; a path that would leave it is refused (the coordinator
+    names folders, it never reaches outside the site's own)."""
+    root = Path(site_env).resolve()
+    path = (root / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(root):
+        raise ValueError(f"{relative!r} is not a path inside this site's folder")
+    return path
 
 
 def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | None, train: bool) -> Message:
@@ -83,6 +95,8 @@ def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | Non
         report = client_metrics(data.val_y.numpy(), probs, loss)
         content = RecordDict({"metrics": MetricRecord(report), "client": info})
         model_dir = context.node_config.get("model-dir") or config.get("export-dir")
+        if model_dir and "site-env" in context.node_config:  # a site keeps its models in its own folder
+            model_dir = site_path(str(context.node_config["site-env"]), str(model_dir))
         if model_dir:  # the last round of a personalised algorithm: the hospital keeps its own model
             _keep_model(predict, Path(str(model_dir)) / f"{name}.pt")
     return Message(content=content, reply_to=msg)

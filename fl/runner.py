@@ -177,27 +177,59 @@ def _image_size(first_image: Path) -> int:
         return int(min(64, max(28, max(im.size))))
 
 
-def resolve(config: TrainConfig, run_tag: str = "0") -> dict[str, Any]:
-    """Validate a config against the data and the registry; return the plan the ServerApp runs."""
-    from fl.data import check_federation, detect_channels, scan_client_dir
+class DataShape(BaseModel):
+    """What a training plan needs to know of one hospital's harmonised data: class names, counts,
+    channels and the first image's size. Aggregate numbers only, so a site can send it (deployment)."""
 
+    classes: dict[str, int]
+    channels: int
+    first_image_size: int
+
+
+def describe_data(data_dir: str | Path) -> DataShape:
+    """The shape of a harmonised class-folder dataset (raises on a missing or empty one)."""
+    from fl.data import detect_channels, scan_client_dir
+
+    files = scan_client_dir(data_dir)
+    first = next((f for names in files.values() for f in names), None)
+    if first is None:
+        raise ValueError(f"client dataset {data_dir} holds no images")
+    return DataShape(classes={c: len(f) for c, f in files.items()}, channels=detect_channels([data_dir]),
+                     first_image_size=_image_size(first))
+
+
+def resolve(config: TrainConfig, run_tag: str = "0", shapes: dict[str, DataShape] | None = None) -> dict[str, Any]:
+    """Validate a config against the data and the registry; return the plan the ServerApp runs.
+
+    ``shapes`` (client name -> :class:`DataShape`): the data as each hospital described it, for a
+    deployment whose coordinator never reads the hospitals' folders; else read here."""
     algorithm, hp = _hyperparameters(config.algorithm, config.hyperparameters)
-    dirs = [c.data_dir for c in config.clients]
-    classes = check_federation(dirs)
+    local = shapes is None  # else the data_dirs are the sites' own references, resolved there
+    shapes = shapes if shapes is not None else {c.name: describe_data(c.data_dir) for c in config.clients}
+    reference: list[str] | None = None
     for client in config.clients:
-        counts = {c: len(f) for c, f in scan_client_dir(client.data_dir).items()}
-        if sum(counts.values()) < 4:
-            raise ValueError(f"client {client.name} has only {sum(counts.values())} images ({client.data_dir})")
-    first = next(f for files in scan_client_dir(dirs[0]).values() for f in files)
+        shape = shapes[client.name]
+        classes = sorted(shape.classes)
+        if reference is not None and classes != reference:
+            missing, extra = sorted(set(reference) - set(classes)), sorted(set(classes) - set(reference))
+            raise ValueError(f"class folders differ between clients: {client.name} lacks {missing} and adds {extra} "
+                             f"compared with {config.clients[0].name}; harmonise the labels first")
+        reference = classes
+        if sum(shape.classes.values()) < 4:
+            raise ValueError(f"client {client.name} has only {sum(shape.classes.values())} images ({client.data_dir})")
+    assert reference is not None
+    if len(reference) < 2:
+        raise ValueError(f"classification needs at least two classes, found {reference}")
     out_dir = config.out_dir or Path("runs") / "fl" / f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
     return {
         "run_tag": run_tag,
         "algorithm": algorithm,
         "hp": hp,
-        "clients": [{"name": c.name, "data_dir": str(Path(c.data_dir).resolve())} for c in config.clients],
-        "classes": classes,
-        "channels": detect_channels(dirs),
-        "image_size": config.image_size or _image_size(first),
+        "clients": [{"name": c.name, "data_dir": str(Path(c.data_dir).resolve()) if local else str(c.data_dir)}
+                    for c in config.clients],
+        "classes": reference,
+        "channels": max(s.channels for s in shapes.values()),
+        "image_size": config.image_size or shapes[config.clients[0].name].first_image_size,
         "rounds": config.rounds,
         "local_epochs": config.local_epochs,
         "batch_size": config.batch_size,

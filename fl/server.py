@@ -103,7 +103,8 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
             arrays = new_arrays
         evaluate_config = dict(round_config)
         if rnd == plan["rounds"] and keeps_client_models:  # each hospital saves its own model at the end
-            evaluate_config["export-dir"] = str(Path(plan["out_dir"]) / CLIENT_MODELS_DIR)
+            # a deployment's plan names the sites' own folder for them (relative to each site's)
+            evaluate_config["export-dir"] = plan.get("export_dir") or str(Path(plan["out_dir"]) / CLIENT_MODELS_DIR)
         messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(evaluate_config), grid)
         t1 = time.perf_counter()
         eval_replies = _replies(list(grid.send_and_receive(messages, timeout=plan["timeout_s"])), "evaluation")

@@ -102,6 +102,12 @@ def _finish(spec: AgentSpec, state: Any) -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def agent_graph(role: str):
     """The compiled subgraph of agent ``role`` (no checkpointer: it inherits the workflow's)."""
+    return agent_builder(role).compile(name=role)
+
+
+def agent_builder(role: str) -> StateGraph:
+    """Agent ``role``'s graph, uncompiled: a site service compiles a client agent's with its own
+    checkpointer (graphs.remote)."""
     spec = AGENTS[role]
     client = spec.side == "client"
     g = StateGraph(ClientAgentState if client else ServerAgentState,
@@ -113,4 +119,4 @@ def agent_graph(role: str):
     g.add_conditional_edges("prepare", lambda state: "finish" if state.skipped else "model", ["model", "finish"])
     add_agent_loop(g, functools.partial(_setup, spec), None, "finish")
     g.add_edge("finish", END)
-    return g.compile(name=role)
+    return g

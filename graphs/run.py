@@ -53,10 +53,14 @@ def run_task(config: RunConfig, db: str | Path, thread_id: str | None = None,
                                                                            recursion_limit(config.budget))}
     try:
         with sqlite_checkpointer(db) as saver:
-            graph = compile_workflow(saver, scorer)
+            graph = compile_workflow(saver, scorer, remote=config.runtime == "deployment")
             snapshot = graph.get_state(cfg)
             if snapshot.values and not snapshot.next:
                 return dict(snapshot.values)
+            if not snapshot.values and not config.attempt:  # a new run (a resumed one keeps its own)
+                import uuid
+
+                config = config.model_copy(update={"attempt": uuid.uuid4().hex[:12]})
             start: Any = None if snapshot.values else {"config": config.model_dump()}  # None: resume
             while True:
                 questions = list(snapshot.interrupts) if snapshot.values else []

@@ -28,7 +28,14 @@ def env_dir(config: RunConfig) -> Path:
 
 
 def client_names(config: RunConfig) -> list[str]:
-    return sorted(p.name for p in (env_dir(config) / "clients").iterdir() if p.is_dir())
+    """The hospitals: the environment's client folders, or, for a coordinator that holds no site's
+    files (a deployment), the sites its environment.json lists."""
+    clients = env_dir(config) / "clients"
+    if clients.is_dir():
+        return sorted(p.name for p in clients.iterdir() if p.is_dir())
+    import json
+
+    return sorted(json.loads((env_dir(config) / "environment.json").read_text("utf-8"))["sites"])
 
 
 def client_workspace(config: RunConfig, client: str) -> Path:

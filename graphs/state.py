@@ -40,6 +40,12 @@ class RunConfig(BaseModel):
     cache_dir: str | None = None
     #: pause for a person before C2 removes files and before S4 starts training (never in a bench)
     approve: bool = False
+    #: where the client agents run: in this process ("simulation"), or at each hospital's site
+    #: service, reached through Flower ("deployment", see graphs.remote)
+    runtime: Literal["simulation", "deployment"] = "simulation"
+    #: set once when a run starts (kept on resume): a site tells a resumed run's repeated request
+    #: from a new run's, so it answers the first from its own checkpoint instead of running again
+    attempt: str = ""
 
 
 class ClientRecord(BaseModel):

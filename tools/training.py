@@ -14,7 +14,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -112,9 +114,11 @@ def _train(config, fingerprint: str) -> dict:
 
 
 def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds: int = 1,
-                         local_epochs: int = 1, seed: int = 0) -> list:
+                         local_epochs: int = 1, seed: int = 0, train: Callable[[Any], dict] | None = None) -> list:
     """``launch_training`` and ``training_status`` bound to this run's clients and output folder
-    (``out_dir``, in the server's work area; ``result.json`` there records metrics and the clients)."""
+    (``out_dir``, in the server's work area; ``result.json`` there records metrics and the clients).
+    ``train(TrainConfig) -> result``: where the training runs when not on this machine's Flower
+    simulation (a deployment's sites; ``client_dirs`` are then the sites' own references)."""
     from langchain_core.tools import StructuredTool
 
     out = Path(out_dir)
@@ -135,7 +139,10 @@ def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds:
                 rounds=rounds, local_epochs=local_epochs, seed=seed, out_dir=out / "flower",
             )
             settings = {"rounds": rounds, "local_epochs": local_epochs, "seed": seed, "clients": chosen}
-            result = _train(config, _fingerprint(algorithm, {c: client_dirs[c] for c in chosen}, settings))
+            if train is not None:
+                result = train(config)
+            else:
+                result = _train(config, _fingerprint(algorithm, {c: client_dirs[c] for c in chosen}, settings))
         except (ValueError, FileNotFoundError) as exc:
             return f"error: training could not start: {exc}"
         except Exception as exc:  # a crash inside Flower is a failed run, reported to the agent
