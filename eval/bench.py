@@ -14,10 +14,11 @@ budget is refused (mixing them would make repeats of one task incomparable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -57,6 +58,9 @@ class BenchSpec(BaseModel):
     run_timeout_s: float | None = Field(default=None, gt=0)
     #: stop starting runs once this bench invocation has spent this many USD (the next one resumes)
     cost_limit: float | None = Field(default=None, ge=0)
+    #: "deployment": each environment's hospitals run as site services over Flower, the client agents
+    #: and the training there (federation.deployment.environment_sites); "simulation": in this process
+    runtime: Literal["simulation", "deployment"] = "simulation"
 
     @model_validator(mode="after")
     def _sampling_seed_follows_the_environment_seed(self) -> BenchSpec:
@@ -121,7 +125,8 @@ def run_config(spec: BenchSpec, key: RunKey, env_root: Path):
                      guidance=key.guidance, model=key.model, mode=key.mode, run_id=f"r{key.run}",
                      rounds=spec.rounds, budget=spec.budget, temperature=spec.temperature,
                      seed=sampling_seed(spec, key.run), submit_tool=spec.submit_tool, timeout_s=spec.timeout_s,
-                     retries=spec.retries, cache_dir=str(cache_folder(spec)) if spec.cache else None)
+                     retries=spec.retries, cache_dir=str(cache_folder(spec)) if spec.cache else None,
+                     runtime=spec.runtime)
 
 
 def cache_folder(spec: BenchSpec) -> Path:
@@ -321,7 +326,14 @@ async def run_matrix(spec: BenchSpec, on_done: Callable[[RunResult, int, int], N
             on_done(result, finished, len(keys))
         return result
 
-    await asyncio.gather(*(one(k) for k in todo))
+    with contextlib.ExitStack() as sites:
+        if spec.runtime == "deployment":  # one set of site services per environment, for all its runs
+            from federation.deployment import environment_sites
+
+            for env in sorted({k.environment for k in todo}):
+                cm = environment_sites(env_root / env, spec.out / "deployment" / env, progress=on_note)
+                await asyncio.to_thread(sites.enter_context, cm)
+        await asyncio.gather(*(one(k) for k in todo))
     if fatal:
         raise fatal[0]
     if spent["skipped"]:
@@ -376,7 +388,7 @@ def _cut_run(spec: BenchSpec, key: RunKey, env_root: Path) -> RunResult:
 
 
 #: settings outside the run key that change what a run does: one value per results folder
-SAMPLING_SETTINGS = ("temperature", "seed", "sampling_seed", "scale", "rounds", "budget", "submit_tool")
+SAMPLING_SETTINGS = ("temperature", "seed", "sampling_seed", "scale", "rounds", "budget", "submit_tool", "runtime")
 
 
 def check_same_settings(store: ResultStore, spec: BenchSpec) -> None:

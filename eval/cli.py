@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--cost-limit", type=float, default=None,
                        help="stop starting runs once this bench has spent this many USD (pricing: "
                             "agents/model_prices.json, $FEDAGENTBENCH_MODEL_PRICES); the same command again resumes")
+    bench.add_argument("--runtime", choices=("simulation", "deployment"), default="simulation",
+                       help="deployment: each environment's hospitals run as site services (separate processes over "
+                            "Flower, TLS and authenticated SuperNodes); their client agents and training run there")
     bench.add_argument("--out", type=Path, default=None, help="results folder (default: runs/bench-<model>)")
     add_options(bench, "bench")
     bench.set_defaults(func=_bench)
@@ -86,7 +89,7 @@ def _bench(args: argparse.Namespace) -> int:
                      cache=settings.cache, cache_dir=settings.cache_dir,
                      out=args.out or Path("runs") / f"bench-{safe_model}",
                      data_dir=str(settings.data_dir) if settings.data_dir else None,
-                     run_timeout_s=args.run_timeout, cost_limit=args.cost_limit)
+                     run_timeout_s=args.run_timeout, cost_limit=args.cost_limit, runtime=args.runtime)
     check_checkpoints(spec.out)  # a damaged database would fail every run, on every rerun
     check_model(spec.model, spec.timeout_s)  # before anything is built
     console = wide_console()

@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--insecure", action="store_true", help="no TLS and no authentication (a trial only)")
     serve.add_argument("--model", default=None,
                        help="the model this site's agents use (default: the coordinator's), e.g. a local llama.cpp one")
+    serve.add_argument("--log", type=Path, default=None, help="write the service's output to this file")
     serve.add_argument("--environment", type=Path, default=None,
                        help="serve hospital --name of a built benchmark environment instead of --data")
     serve.set_defaults(func=_serve)
@@ -88,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         serve(args.name, args.data, args.superlink, work=args.work, card=args.card,
               ca=None if args.insecure else ca, key=None if args.insecure else key, model=args.model,
-              environment=args.environment)
+              environment=args.environment, log=args.log)
     except FederationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

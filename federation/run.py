@@ -324,23 +324,24 @@ def site_summary(config: Any, site: str, record: dict[str, Any], source: Path | 
 
 def build_report(spec: FederationSpec, env: Path, config, state: dict[str, Any], transport: Any = None) -> FederationReport:
     from graphs import runtime
-    from graphs.remote import PROTOCOL, SiteUnavailable
+    from graphs.remote import PROTOCOL, ask_all
 
     clients = state.get("clients") or {}
     sites = []
     errors = [e.message if hasattr(e, "message") else str(e.get("message", e)) for e in state.get("errors") or []]
+    records = {}
     for site in spec.sites:
         record = clients.get(site.name)
-        record = record.model_dump() if hasattr(record, "model_dump") else (record or {})
+        records[site.name] = record.model_dump() if hasattr(record, "model_dump") else (record or {})
+    replies = {} if transport is None else ask_all(transport, {  # each site computes its part; the list of
+        name: {"kind": "report", "protocol": PROTOCOL, "config": config.model_dump(mode="json"), "record": record}
+        for name, record in records.items()}, timeout=600)  # removed files stays there (counts come back)
+    for site in spec.sites:
+        record = records[site.name]
         if transport is None:
             summary = site_summary(config, site.name, record, site.path)
-        else:  # the site computes its part; the list of removed files stays there (counts come back)
-            try:
-                reply = transport.ask(site.name, {"kind": "report", "protocol": PROTOCOL,
-                                                  "config": config.model_dump(mode="json"), "record": record},
-                                      timeout=600)
-            except SiteUnavailable as exc:
-                reply = {"error": str(exc)}
+        else:
+            reply = replies[site.name]
             summary = reply.get("report") or {"problems": [f"the site sent no report: {reply.get('error')}"]}
         sites.append(SiteReport(
             name=site.name, source=str(site.path), datasets_chosen=list(record.get("selected_datasets") or []),

@@ -28,8 +28,9 @@ from flwr.clientapp import ClientApp
 
 from federation.spec import FederationError, Site
 
-#: the node-config keys a site's SuperNode is started with (``site serve`` sets them)
-SITE_ENV, SITE_NAME, SITE_MODEL = "site-env", "client-name", "site-model"
+#: the node-config keys a site's SuperNode is started with (``site serve`` sets them); a site of a
+#: benchmark environment (SITE_BENCH) shares the harness's transcript and response cache
+SITE_ENV, SITE_NAME, SITE_MODEL, SITE_BENCH = "site-env", "client-name", "site-model", "site-bench"
 #: the ConfigRecord and key that carry a request and its reply (JSON text)
 RECORD, KEY = "fedagentbench", "json"
 #: names shorter than this are too common to withhold without mangling ordinary words
@@ -138,15 +139,15 @@ def _redact(auditor: Any, text: str) -> tuple[str, int]:
 
 # --- answering the coordinator ---------------------------------------------------------------------------
 
-def _site(context: Context) -> tuple[Path, str, str | None]:
+def _site(context: Context) -> tuple[Path, str, str | None, bool]:
     node = context.node_config
     if SITE_ENV not in node:
         raise ValueError("this SuperNode is not a site service: start it with `fedagentbench site serve`")
     model = str(node.get(SITE_MODEL) or "") or None
-    return Path(str(node[SITE_ENV])), str(node[SITE_NAME]), model
+    return Path(str(node[SITE_ENV])), str(node[SITE_NAME]), model, str(node.get(SITE_BENCH, "")) == "1"
 
 
-def answer(request: dict[str, Any], env: Path, name: str, model: str | None) -> dict[str, Any]:
+def answer(request: dict[str, Any], env: Path, name: str, model: str | None, bench: bool = False) -> dict[str, Any]:
     """The site's reply to one coordinator request (before the guard)."""
     from graphs.remote import PROTOCOL
 
@@ -156,7 +157,7 @@ def answer(request: dict[str, Any], env: Path, name: str, model: str | None) -> 
     if kind == "hello":
         return {"site": name, "protocol": PROTOCOL}
     if kind == "agent":
-        return _run_agent(request, env, name, model)
+        return _run_agent(request, env, name, model, bench)
     if kind == "data_shape":
         from fl.client import site_path
         from fl.runner import describe_data
@@ -167,7 +168,7 @@ def answer(request: dict[str, Any], env: Path, name: str, model: str | None) -> 
     return {"error": f"unknown request {kind!r}"}
 
 
-def _run_agent(request: dict[str, Any], env: Path, name: str, model: str | None) -> dict[str, Any]:
+def _run_agent(request: dict[str, Any], env: Path, name: str, model: str | None, bench: bool) -> dict[str, Any]:
     from agents.providers import ProviderError, ProviderUnavailable
     from graphs import runtime
     from graphs.phases import ClientTask
@@ -179,13 +180,14 @@ def _run_agent(request: dict[str, Any], env: Path, name: str, model: str | None)
         return {"error": f"this is site {name}, not {task.client}"}
     if request.get("task_spec") is not None:  # a practitioner's federation: the request as a task
         _write_if_changed(env / runtime.FEDERATION_TASK, json.dumps({"task": request["task_spec"]}, indent=1))
-    updates: dict[str, Any] = {"env_dir": str(env), "approve": False, "runtime": "simulation", "cache_dir": None,
-                               "transcript_path": str(env / "runs" / "transcripts" / f"{name}.jsonl")}
+    updates: dict[str, Any] = {"env_dir": str(env), "approve": False, "runtime": "simulation"}
+    if not bench:  # a hospital's own: its transcript here, no cache of the coordinator's
+        updates |= {"cache_dir": None, "transcript_path": str(env / "runs" / "transcripts" / f"{name}.jsonl")}
     if model:
-        updates["model"] = model
+        updates["site_model"] = model
     task = task.model_copy(update={"config": task.config.model_copy(update=updates)})
     try:
-        outputs = run_client_agent_here(str(request["role"]), task, env / "runs" / "site_checkpoints.sqlite")
+        outputs = run_client_agent_here(str(request["role"]), task, env / "runs" / f"site_{name}.sqlite")
     except (ProviderError, ProviderUnavailable) as exc:
         return {"provider_error": str(exc)[:500]}
     reply: dict[str, Any] = {"outputs": outputs}
@@ -233,9 +235,9 @@ client_app = ClientApp()
 
 @client_app.query()
 def _query(msg: Message, context: Context) -> Message:
-    env, name, model = _site(context)
+    env, name, model, bench = _site(context)
     try:
-        payload = answer(read_payload(msg), env, name, model)
+        payload = answer(read_payload(msg), env, name, model, bench)
     except Exception as exc:  # noqa: BLE001 - the coordinator hears the reason; the site keeps serving
         payload = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
     withheld: list[str] = []
@@ -272,12 +274,13 @@ def _log(env: Path, line: str) -> None:
 # --- serving --------------------------------------------------------------------------------------------
 
 def supernode_command(env: Path, name: str, superlink: str, *, ca: Path | None, key: Path | None,
-                      model: str | None = None, host: str = "127.0.0.1") -> list[str]:
+                      model: str | None = None, bench: bool = False, host: str = "127.0.0.1") -> list[str]:
     """``flower-supernode`` for this site: TLS to the SuperLink with the federation's CA and this
     site's SuperNode key (``ca``/``key`` None: insecure, for a trial on one machine only)."""
     from fl.deploy import free_port
 
-    node_config = f'{SITE_ENV}="{env}" {SITE_NAME}="{name}"' + (f' {SITE_MODEL}="{model}"' if model else "")
+    node_config = (f'{SITE_ENV}="{env}" {SITE_NAME}="{name}" {SITE_BENCH}="{int(bench)}"'
+                   + (f' {SITE_MODEL}="{model}"' if model else ""))
     auth = ["--insecure"] if ca is None else ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
     bin_dir = Path(sys.executable).parent
     return [str(bin_dir / "flower-supernode"), *auth, "--superlink", superlink, "--host", host,
@@ -286,7 +289,7 @@ def supernode_command(env: Path, name: str, superlink: str, *, ca: Path | None, 
 
 def serve(name: str, data: Path | None, superlink: str, *, work: Path | None = None, card: Path | None = None,
           ca: Path | None = None, key: Path | None = None, model: str | None = None,
-          environment: Path | None = None) -> None:
+          environment: Path | None = None, log: Path | None = None) -> None:
     """Prepare the site and become its SuperNode (this process is replaced by ``flower-supernode``).
 
     ``environment``: serve hospital ``name`` of a generated benchmark environment instead of a folder
@@ -306,5 +309,11 @@ def serve(name: str, data: Path | None, superlink: str, *, work: Path | None = N
     repo = str(Path(__file__).resolve().parents[1])
     environ = {**os.environ, **FLWR_ENV,
                "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
-    command = supernode_command(env, name, superlink, ca=ca, key=key, model=model)
+    command = supernode_command(env, name, superlink, ca=ca, key=key, model=model, bench=environment is not None)
+    if log is not None:  # the SuperNode's and its ClientApps' output, kept at the site
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     os.execve(command[0], command, environ)

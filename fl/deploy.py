@@ -152,8 +152,8 @@ class LocalDeployment:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
         }
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+    def _spawn(self, name: str, args: list[str], log_file: Path | None = None) -> subprocess.Popen:
+        log = open(log_file or self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         self.started_pids.add(proc.pid)

@@ -127,6 +127,21 @@ def _failed(role: str, task: ClientTask, error: str, seconds: float) -> dict[str
     return {**record(task.config, outcome, []), **AGENTS[role].finish(task, outcome)}
 
 
+def ask_all(transport: SiteTransport, requests: dict[str, dict[str, Any]],
+            timeout: float | None = None) -> dict[str, dict[str, Any]]:
+    """Each site's reply to its request, asked in parallel (a site that does not answer: ``error``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(site: str) -> dict[str, Any]:
+        try:
+            return transport.ask(site, requests[site], timeout)
+        except SiteUnavailable as exc:
+            return {"error": f"no answer: {exc}"}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(requests)))) as pool:
+        return dict(zip(requests, pool.map(one, requests)))
+
+
 def site_reference(config: RunConfig, client: str, rel: str) -> str:
     """A client's workspace-relative path (``work/harmonised``) as the path inside the site's folder
     that the site resolves itself (its folder has the same layout as an environment's)."""
@@ -144,12 +159,13 @@ def remote_trainer(config: RunConfig) -> Callable[[Any], dict[str, Any]]:
         from fl.runner import DataShape, resolve
 
         transport = transport_for(config)
+        replies = ask_all(transport, {c.name: {"kind": "data_shape", "protocol": PROTOCOL, "path": str(c.data_dir)}
+                                      for c in train_config.clients})
         shapes = {}
-        for client in train_config.clients:
-            reply = transport.ask(client.name, {"kind": "data_shape", "protocol": PROTOCOL, "path": str(client.data_dir)})
+        for name, reply in replies.items():
             if reply.get("error"):
-                raise ValueError(f"site {client.name}: {reply['error']}")
-            shapes[client.name] = DataShape.model_validate(reply["shape"])
+                raise ValueError(f"site {name}: {reply['error']}")
+            shapes[name] = DataShape.model_validate(reply["shape"])
         plan = resolve(train_config, run_tag=uuid.uuid4().hex[:12], shapes=shapes)
         env = Path(config.env_dir).resolve()
         plan["export_dir"] = (Path(plan["out_dir"]) / CLIENT_MODELS_DIR).relative_to(env).as_posix()

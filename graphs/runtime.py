@@ -88,14 +88,19 @@ def server_path(config: RunConfig, rel: str) -> Path:
     return server_workspace(config) / rel
 
 
+def agents_model(config: RunConfig) -> str:
+    """The model spec the agents talk to: a site's own (``site serve --model``), else the run's."""
+    return config.site_model or config.model
+
+
 def chat_model(config: RunConfig, agent: str | None = None) -> Any:
     """The run's chat model (cached per spec, environment, task and seed, so every step of an agent
     talks to the same object). An installed override is made once per agent (``agent``), as a
     scripted conversation starts afresh for each agent."""
     from agents.models import make_chat_model
 
-    override = MODEL_OVERRIDES.get(config.model)
-    key = (config.model, id(override), agent if override is not None else None, config.env_dir, config.task_id, config.seed, config.temperature, config.timeout_s,
+    override = MODEL_OVERRIDES.get(agents_model(config))
+    key = (agents_model(config), id(override), agent if override is not None else None, config.env_dir, config.task_id, config.seed, config.temperature, config.timeout_s,
            run_name(config))
     with _lock:
         if key not in _models and override is not None:
@@ -124,13 +129,13 @@ def privacy_auditor(config: RunConfig):
 def model_info(config: RunConfig):
     from agents.models import ModelSettings, resolve_spec
 
-    return resolve_spec(config.model, ModelSettings(temperature=config.temperature, seed=config.seed,
+    return resolve_spec(agents_model(config), ModelSettings(temperature=config.temperature, seed=config.seed,
                                                     timeout_s=config.timeout_s, retries=config.retries))
 
 
 def context_window(config: RunConfig):
     """The run's context window (:class:`agents.context.ContextWindow`; None for scripted models)."""
-    if config.model in MODEL_OVERRIDES:
+    if agents_model(config) in MODEL_OVERRIDES:
         return None
     from agents.models import with_window
 
@@ -161,7 +166,7 @@ def deadline(config: RunConfig) -> float | None:
 
 def provider_key(config: RunConfig) -> str | None:
     """Which provider's request cap a call counts against (None: a baseline, no cap)."""
-    if config.model in MODEL_OVERRIDES:
+    if agents_model(config) in MODEL_OVERRIDES:
         return None
     info = model_info(config)
     return None if info.provider == "baseline" else f"{info.provider}|{info.base_url}"

@@ -46,6 +46,9 @@ class RunConfig(BaseModel):
     #: set once when a run starts (kept on resume): a site tells a resumed run's repeated request
     #: from a new run's, so it answers the first from its own checkpoint instead of running again
     attempt: str = ""
+    #: the model a hospital's site service gives its client agents (``site serve --model``); the run's
+    #: folders keep the run's own model name, so both sides name them alike
+    site_model: str | None = None
 
 
 class ClientRecord(BaseModel):
