@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from federation.sites import PRIVATE, copy_site, draft_site, sha256_tree
 from federation.spec import FederationError, FederationSpec
+from graphs.privacy import HashedIdentifiers
 
 TASK_ID = "federation"
 THREAD = "federation"
@@ -84,6 +85,7 @@ def prepare(spec: FederationSpec, work: Path) -> Path:
     if marker.is_file():
         recorded = json.loads(marker.read_text("utf-8")).get("spec_digest")
         if recorded == _spec_digest(spec):
+            _hash_clear_identifiers(env / PRIVATE)
             return env
         raise FederationError(f"{work} holds a run of a different federation file; use another --work "
                               "or delete that folder")
@@ -108,13 +110,20 @@ def prepare(spec: FederationSpec, work: Path) -> Path:
     (env / "server" / "tasks" / f"{TASK_ID}.json").write_text(
         json.dumps({"request": {"fine": text, "goal": text}}, indent=1), "utf-8")
     (env / "federation.json").write_text(json.dumps({"task": task}, indent=1), "utf-8")
-    (env / PRIVATE).mkdir()
-    (env / PRIVATE / "identifiers.json").write_text(json.dumps(sorted(identifiers)), "utf-8")
+    (env / PRIVATE).mkdir(mode=0o700)
+    HashedIdentifiers.create(identifiers).save(env / PRIVATE)  # the auditor's: keyed hashes, never names
     (env / PRIVATE / "sources.json").write_text(json.dumps(checksums), "utf-8")
     (env / PRIVATE / "problems.json").write_text(json.dumps(problems, indent=1), "utf-8")
     marker.write_text(json.dumps({"kind": "federation", "spec_digest": _spec_digest(spec),
                                   "sites": [s.name for s in spec.sites]}, indent=1), "utf-8")
     return env
+
+
+def _hash_clear_identifiers(private: Path) -> None:
+    """A federation prepared before identifiers were hashed listed them in the clear: hash them now."""
+    path = private / HashedIdentifiers.FILE
+    if path.is_file() and isinstance(ids := json.loads(path.read_text("utf-8")), list):
+        HashedIdentifiers.create(ids).save(private)
 
 
 def server_request(spec: FederationSpec) -> str:
