@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from federation.sites import PRIVATE, copy_site, draft_site, sha256_tree
 from federation.spec import FederationError, FederationSpec, Site
+from graphs.privacy import HashedIdentifiers
 
 TASK_ID = "federation"
 THREAD = "federation"
@@ -94,6 +95,7 @@ def prepare(spec: FederationSpec, work: Path) -> Path:
     if marker.is_file():
         recorded = json.loads(marker.read_text("utf-8")).get("spec_digest")
         if recorded == _spec_digest(spec):
+            _hash_clear_identifiers(env / PRIVATE)
             return env
         raise FederationError(f"{work} holds a run of a different federation file; use another --work "
                               "or delete that folder")
@@ -146,8 +148,8 @@ def copy_sites(sites: list[Site], env: Path) -> None:
 
 def write_private(env: Path, identifiers: set[str], checksums: dict[str, dict[str, str]],
                   problems: dict[str, list[str]]) -> None:
-    (env / PRIVATE).mkdir(parents=True, exist_ok=True)
-    (env / PRIVATE / "identifiers.json").write_text(json.dumps(sorted(identifiers)), "utf-8")
+    (env / PRIVATE).mkdir(mode=0o700, parents=True, exist_ok=True)
+    HashedIdentifiers.create(identifiers).save(env / PRIVATE)  # the auditor's: keyed hashes, never names
     (env / PRIVATE / "sources.json").write_text(json.dumps(checksums), "utf-8")
     (env / PRIVATE / "problems.json").write_text(json.dumps(problems, indent=1), "utf-8")
 
@@ -167,6 +169,13 @@ def write_task(spec: FederationSpec, env: Path) -> None:
     (env / "server" / "tasks" / f"{TASK_ID}.json").write_text(
         json.dumps({"request": {"fine": text, "goal": text}}, indent=1), "utf-8")
     (env / "federation.json").write_text(json.dumps({"task": task_of(spec)}, indent=1), "utf-8")
+
+
+def _hash_clear_identifiers(private: Path) -> None:
+    """A federation prepared before identifiers were hashed listed them in the clear: hash them now."""
+    path = private / HashedIdentifiers.FILE
+    if path.is_file() and isinstance(ids := json.loads(path.read_text("utf-8")), list):
+        HashedIdentifiers.create(ids).save(private)
 
 
 def server_request(spec: FederationSpec) -> str:

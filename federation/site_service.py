@@ -116,25 +116,14 @@ class SiteGuard:
             if self._private is not None and self._private.search(text):
                 text, n = self._private.subn("[withheld]", text)
                 found += ["file or folder name"] * n
-            if self.auditor.check(text, "reply"):
-                text, n = _redact(self.auditor, text)
-                found += ["patient identifier"] * n
+            text, n = self.auditor.redact(text)
+            found += ["patient identifier"] * n
             return text
         if isinstance(value, dict):
             return {self.clean(k, found): self.clean(v, found) for k, v in value.items()}
         if isinstance(value, list):
             return [self.clean(v, found) for v in value]
         return value
-
-
-def _redact(auditor: Any, text: str) -> tuple[str, int]:
-    if hasattr(auditor, "redact"):
-        return auditor.redact(text)
-    count = 0
-    for ident in auditor.identifiers:
-        count += text.count(ident)
-        text = text.replace(ident, "[withheld]")
-    return text, count
 
 
 # --- answering the coordinator ---------------------------------------------------------------------------

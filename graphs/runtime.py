@@ -10,9 +10,12 @@ import re
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphs.state import RunConfig
+
+if TYPE_CHECKING:
+    from graphs.privacy import HashedIdentifiers
 
 _lock = threading.Lock()
 _models: dict[tuple, Any] = {}
@@ -113,17 +116,20 @@ def chat_model(config: RunConfig, agent: str | None = None) -> Any:
 
 
 @lru_cache(maxsize=64)
-def _patient_identifiers(env_dir: str) -> tuple[str, ...]:
+def _patient_identifiers(env_dir: str) -> tuple[tuple[str, ...], HashedIdentifiers | None]:
+    """(clear identifiers, keyed hashes or None) of an environment: a federation's are only hashed."""
     from graphs.privacy import PrivacyAuditor
 
-    return tuple(PrivacyAuditor.for_environment(env_dir).identifiers)
+    auditor = PrivacyAuditor.for_environment(env_dir)
+    return tuple(auditor.identifiers), auditor.hashed
 
 
 def privacy_auditor(config: RunConfig):
     """A fresh privacy auditor for one agent step (the environment's patients read once)."""
     from graphs.privacy import PrivacyAuditor
 
-    return PrivacyAuditor(list(_patient_identifiers(config.env_dir)))
+    clear, hashed = _patient_identifiers(config.env_dir)
+    return PrivacyAuditor(list(clear), hashed=hashed)
 
 
 def model_info(config: RunConfig):

@@ -3,7 +3,6 @@ coordinator point (fl.client.site_path); fast checks beside the end-to-end deplo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ def _site(tmp_path: Path) -> tuple[Path, str]:
     from PIL import Image
 
     from federation.site_service import prepare_site
+    from graphs.privacy import HashedIdentifiers
 
     data = tmp_path / "hospital_x"
     for cls in ("normal", "pneumonia"):
@@ -23,7 +23,7 @@ def _site(tmp_path: Path) -> tuple[Path, str]:
     (data / "chest_set" / "pneumonia" / "scanner_export_7").mkdir()
     (data / "chest_set" / "pneumonia" / "scanner_export_7" / "notes.txt").write_text("export log")
     env = prepare_site("hospital_x", data, tmp_path / "work")
-    (env / ".private" / "identifiers.json").write_text(json.dumps(["Doe^Jane0", "PID000123"]))
+    HashedIdentifiers.create(["Doe^Jane0", "PID000123"]).save(env / ".private")  # as a site's DICOM headers give them
     return env, "hospital_x"
 
 
