@@ -296,7 +296,8 @@ def serve(name: str, data: Path | None, superlink: str, *, work: Path | None = N
     if (ca is None) != (key is None):
         raise FederationError("a secured site needs both the federation's CA certificate and its SuperNode key")
     repo = str(Path(__file__).resolve().parents[1])
-    environ = {**os.environ, **FLWR_ENV,
+    bin_dir = str(Path(sys.executable).parent)  # the SuperNode starts flower-superexec by name
+    environ = {**os.environ, **FLWR_ENV, "PATH": os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")])),
                "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     command = supernode_command(env, name, superlink, ca=ca, key=key, model=model, bench=environment is not None)
     if log is not None:  # the SuperNode's and its ClientApps' output, kept at the site
