@@ -33,8 +33,14 @@ from federation.spec import FederationError, Site
 SITE_ENV, SITE_NAME, SITE_MODEL, SITE_BENCH = "site-env", "client-name", "site-model", "site-bench"
 #: the ConfigRecord and key that carry a request and its reply (JSON text)
 RECORD, KEY = "fedagentbench", "json"
-#: names shorter than this are too common to withhold without mangling ordinary words
+#: names shorter than this are too common to withhold without mangling ordinary words; so are these
 MIN_PRIVATE = 6
+#: words the replies' structured values are made of (statuses, folders, tools): never withheld
+PROTOCOL_WORDS = {"datasets", "data_cards", "work", "cleaned", "harmonised", "input_cleaned", "input_harmonised",
+                  "pending", "replied", "failed", "approved", "released", "classification", "classes", "stats",
+                  "full_outputs", "models"}
+GENERIC_NAMES = {"images", "labels", "train", "training", "test", "testing", "valid", "validation", "metadata",
+                 "readme", "dataset", "datasets", "masks", "scans", "export", "exports", "archive", "notes"}
 
 
 def default_work(data: Path) -> Path:
@@ -92,7 +98,9 @@ class SiteGuard:
 
         self.auditor = PrivacyAuditor.for_environment(env)
         workspace = env / "clients" / name
-        shared = {name, "datasets", "data_cards", "work"}
+        from agents.roles import ROLES
+
+        shared = {name, *PROTOCOL_WORDS, *(t for r in ROLES.values() if r.side == "client" for t in r.tools)}
         cards_file = workspace / "data_cards.json"
         cards = json.loads(cards_file.read_text("utf-8")) if cards_file.is_file() else []
         for card in cards:
@@ -104,10 +112,12 @@ class SiteGuard:
             if path.is_dir() and len(rel) <= 2 and (rel[-1] in shared or len(rel) == 1):
                 continue  # a dataset folder, or a class folder directly inside one
             for part in {path.name, path.stem}:
-                if len(part) >= MIN_PRIVATE and part not in shared:
+                if len(part) >= MIN_PRIVATE and part not in shared and part.lower() not in GENERIC_NAMES:
                     private.add(part)
         ordered = sorted(private, key=len, reverse=True)
-        self._private = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        # whole names only: a file "images_7.png" is withheld, the field name "total_images" is not
+        self._private = re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join(map(re.escape, ordered)) + r")(?![A-Za-z0-9_])"
+                                   ) if ordered else None
 
     def clean(self, value: Any, found: list[str]) -> Any:
         """``value`` with every private name withheld; what was withheld is counted in ``found``."""
@@ -119,8 +129,8 @@ class SiteGuard:
             text, n = self.auditor.redact(text)
             found += ["patient identifier"] * n
             return text
-        if isinstance(value, dict):
-            return {self.clean(k, found): self.clean(v, found) for k, v in value.items()}
+        if isinstance(value, dict):  # keys are the protocol's field names and shared class/dataset names
+            return {k: self.clean(v, found) for k, v in value.items()}
         if isinstance(value, list):
             return [self.clean(v, found) for v in value]
         return value

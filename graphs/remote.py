@@ -101,7 +101,10 @@ def remote_client_node(role: str, task: ClientTask) -> dict[str, Any]:
         return _failed(role, task, f"site {task.client}: {reply['error']}", time.perf_counter() - started)
     outputs = AgentOutputs.model_validate(reply.get("outputs") or {})
     if reply.get("published_stats"):  # what the site's agent published for the server agents to read
-        _receive_stats(task, reply["published_stats"])
+        try:
+            _receive_stats(task, reply["published_stats"])
+        except ValueError:  # not statistics (pydantic's ValidationError): the server sees none, as if unpublished
+            pass
     return {name: getattr(outputs, name) for name in AgentOutputs.model_fields}
 
 
