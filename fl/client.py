@@ -15,9 +15,13 @@ import json
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
+if TYPE_CHECKING:
+    from fl.data import LocalData
 
 
 def _identity(context: Context, clients: list[tuple[str, str]] | None, config: ConfigRecord) -> tuple[str, str]:
@@ -50,12 +54,9 @@ def site_path(site_env: str, relative: str) -> Path:
 
 def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | None, train: bool) -> Message:
     import torch
-    from torch.nn import functional as F
 
-    from fl.algorithms import client_algorithm
-    from fl.algorithms.base import RunSpec, StateStore
+    from fl.algorithms.base import RunSpec
     from fl.data import load_client_data
-    from fl.metrics import client_metrics
 
     start = time.perf_counter()
     torch.set_num_threads(1)
@@ -65,6 +66,24 @@ def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | Non
     data = load_client_data(
         data_dir, spec.classes, spec.image_size, spec.channels, spec.val_fraction, spec.seed, spec.max_images
     )
+    return respond(msg, context, name, data, train, start)
+
+
+def respond(msg: Message, context: Context, name: str, data: LocalData, train: bool,
+            start: float | None = None) -> Message:
+    """One hospital's reply to a round's message, on its data already loaded: split from the loading
+    so that the dry run before a launch (fl.preflight) runs this very code on synthetic tensors."""
+    import torch
+    from torch.nn import functional as F
+
+    from fl.algorithms import client_algorithm
+    from fl.algorithms.base import RunSpec, StateStore
+    from fl.metrics import client_metrics
+
+    start = time.perf_counter() if start is None else start
+    torch.set_num_threads(1)
+    config = msg.content["config"]
+    spec = RunSpec(**json.loads(str(config["spec"])))
     server_round = int(config.get("server-round", 0))
     round_seed = spec.seed * 100_003 + server_round * 1_009 + zlib.crc32(name.encode()) % 10_007
     torch.manual_seed(round_seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,9 @@ from flwr.serverapp import Grid, ServerApp
 from fl import CLIENT_MODELS_DIR
 
 ProgressFn = Callable[[dict[str, Any]], None]
+#: held while a plan seeds torch's global generator and draws its starting weights from it, so that a
+#: dry run (fl.preflight, which reseeds it) in another thread of the same process cannot change them
+SEEDED = threading.RLock()
 
 
 def client_spec(plan: dict[str, Any]) -> str:
@@ -71,13 +75,14 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     from fl.strategies import build_strategy, initial_arrays, model_arrays
 
     torch.set_num_threads(1)
-    model = build_model(plan["algorithm"], plan["channels"], len(plan["classes"]), plan["image_size"], plan["seed"])
-    params = {n for n, _ in model.named_parameters()}
-    strategy = build_strategy(
-        plan["algorithm"], plan["hp"], len(plan["clients"]), plan["fraction_train"], plan["lr"],
-        param_keys=params, buffer_keys=set(shareable_keys(model)) - params, plan=plan, model=model,
-    )  # fmt: skip
-    arrays = initial_arrays(plan["algorithm"], model, len(plan["classes"]))
+    with SEEDED:  # the starting weights come from torch's global generator, seeded here
+        model = build_model(plan["algorithm"], plan["channels"], len(plan["classes"]), plan["image_size"], plan["seed"])
+        params = {n for n, _ in model.named_parameters()}
+        strategy = build_strategy(
+            plan["algorithm"], plan["hp"], len(plan["clients"]), plan["fraction_train"], plan["lr"],
+            param_keys=params, buffer_keys=set(shareable_keys(model)) - params, plan=plan, model=model,
+        )  # fmt: skip
+        arrays = initial_arrays(plan["algorithm"], model, len(plan["classes"]))
     spec = client_spec(plan)
     keeps_client_models = get_algorithm(plan["algorithm"]).category.value == "personalised"
     round_config = {"spec": spec}

@@ -360,11 +360,11 @@ def s4_tools(state: WorkflowState) -> list:
 
     config = state.config
     if config.runtime == "deployment":  # the sites train on their own folders, named as the sites resolve them
-        from graphs.remote import remote_trainer, site_reference
+        from graphs.remote import SiteTraining, site_reference
 
         refs = {n: site_reference(config, n, r.training_input) for n, r in _participants(state).items()}
         return build_training_tools(runtime.server_path(config, "work/training"), refs, rounds=config.rounds,
-                                    local_epochs=config.local_epochs, seed=config.seed, train=remote_trainer(config))
+                                    local_epochs=config.local_epochs, seed=config.seed, remote=SiteTraining(config))
     data_dirs = {n: runtime.client_path(config, n, r.training_input) for n, r in _participants(state).items()}
     return build_training_tools(runtime.server_path(config, "work/training"), data_dirs, rounds=config.rounds,
                                 local_epochs=config.local_epochs, seed=config.seed)

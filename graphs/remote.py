@@ -17,7 +17,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -151,30 +151,34 @@ def site_reference(config: RunConfig, client: str, rel: str) -> str:
     return runtime.client_path(config, client, rel).relative_to(Path(config.env_dir).resolve()).as_posix()
 
 
-def remote_trainer(config: RunConfig) -> Callable[[Any], dict[str, Any]]:
-    """S4's training on a deployment: each site describes its harmonised data (class counts, channels,
-    image size: aggregate numbers), the plan is resolved from those descriptions, and the sites train."""
+class SiteTraining:
+    """S4's training on a deployment (tools.training.RemoteTraining): each site describes its
+    harmonised data (class counts, channels, image size: aggregate numbers), the plan is resolved
+    from those descriptions, and the sites train on their own folders."""
 
-    def train(train_config: Any) -> dict[str, Any]:
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def resolve(self, train_config: Any) -> dict[str, Any]:
         import uuid
 
         from fl import CLIENT_MODELS_DIR
         from fl.runner import DataShape, resolve
 
-        transport = transport_for(config)
-        replies = ask_all(transport, {c.name: {"kind": "data_shape", "protocol": PROTOCOL, "path": str(c.data_dir)}
-                                      for c in train_config.clients})
+        replies = ask_all(transport_for(self.config), {
+            c.name: {"kind": "data_shape", "protocol": PROTOCOL, "path": str(c.data_dir)} for c in train_config.clients})
         shapes = {}
         for name, reply in replies.items():
             if reply.get("error"):
                 raise ValueError(f"site {name}: {reply['error']}")
             shapes[name] = DataShape.model_validate(reply["shape"])
         plan = resolve(train_config, run_tag=uuid.uuid4().hex[:12], shapes=shapes)
-        env = Path(config.env_dir).resolve()
+        env = Path(self.config.env_dir).resolve()
         plan["export_dir"] = (Path(plan["out_dir"]) / CLIENT_MODELS_DIR).relative_to(env).as_posix()
-        return transport.train(plan)
+        return plan
 
-    return train
+    def run(self, plan: dict[str, Any]) -> dict[str, Any]:
+        return transport_for(self.config).train(plan)
 
 
 # --- the site's side -----------------------------------------------------------------------------------

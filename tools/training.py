@@ -3,7 +3,9 @@
 The server agent names an algorithm and the participating clients; where each client's data lies
 is bound into the tool by the workflow (the server never sees client paths). Training runs on
 Flower through :func:`fl.runner.run_training`; the result (metrics only) is written to
-``<server workspace>/<out>/result.json``.
+``<server workspace>/<out>/result.json``. Before any site trains, the chosen algorithm runs one round
+on synthetic data of the federation's shape in this process (:mod:`fl.preflight`); if that dry run
+fails, the launch stops with its reason and result.json says ``preflight_failed``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from fl import CLIENT_MODELS_DIR
+
+if TYPE_CHECKING:
+    from fl.preflight import PreflightResult
+    from fl.runner import TrainConfig
 
 #: one Flower simulation at a time per process (concurrent benchmark runs share one machine)
 _TRAINING_LOCK = threading.Lock()
@@ -30,6 +35,8 @@ CACHE_ENV = "FEDAGENTBENCH_TRAINING_CACHE"
 MODEL_FILE = "global_model.pt"
 #: "0": a fresh Flower simulation per training instead of the process's warm one (fl.service)
 WARM_ENV = "FEDAGENTBENCH_WARM_TRAINING"
+#: result.json's status when the dry run before a launch failed (no site trained; fl.preflight)
+PREFLIGHT_FAILED = "preflight_failed"
 
 
 class LaunchArgs(BaseModel):
@@ -113,12 +120,33 @@ def _train(config, fingerprint: str) -> dict:
     return result
 
 
+class RemoteTraining(Protocol):
+    """Training that runs elsewhere (a deployment's sites): the plan from the sites' descriptions of
+    their data, and the run of a plan."""
+
+    def resolve(self, config: Any) -> dict[str, Any]: ...
+
+    def run(self, plan: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def _preflight(config: TrainConfig, remote: RemoteTraining | None = None) -> tuple[PreflightResult, dict[str, Any]]:
+    """The dry run of the config's algorithm (fl.preflight) on synthetic data of its federation's
+    shape, and the plan it checked. Resolving the config once more here is cheap (folder scans and a
+    few image headers, or the sites' descriptions) and raises the same ValueError / FileNotFoundError
+    the training would."""
+    from fl.preflight import preflight
+    from fl.runner import resolve
+
+    plan = remote.resolve(config) if remote is not None else resolve(config)
+    return preflight(plan), plan
+
+
 def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds: int = 1,
-                         local_epochs: int = 1, seed: int = 0, train: Callable[[Any], dict] | None = None) -> list:
+                         local_epochs: int = 1, seed: int = 0, remote: RemoteTraining | None = None) -> list:
     """``launch_training`` and ``training_status`` bound to this run's clients and output folder
     (``out_dir``, in the server's work area; ``result.json`` there records metrics and the clients).
-    ``train(TrainConfig) -> result``: where the training runs when not on this machine's Flower
-    simulation (a deployment's sites; ``client_dirs`` are then the sites' own references)."""
+    ``remote``: where the training runs when not on this machine's Flower simulation (a deployment's
+    sites; ``client_dirs`` are then the sites' own references)."""
     from langchain_core.tools import StructuredTool
 
     out = Path(out_dir)
@@ -138,22 +166,31 @@ def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds:
                 clients=[ClientSpec(name=c, data_dir=client_dirs[c]) for c in chosen], algorithm=algorithm,
                 rounds=rounds, local_epochs=local_epochs, seed=seed, out_dir=out / "flower",
             )
+            check, plan = _preflight(config, remote)
+            if not check.ok:  # nothing was sent to any site: the launch stops here, with the reason
+                _record({"status": PREFLIGHT_FAILED, "algorithm": check.algorithm, "rounds": [], "final": None,
+                         "error": check.error, "preflight_s": round(check.seconds, 3), "clients": sorted(chosen)})
+                return f"error: the dry run of {algorithm} failed before any site trained: {check.error}"
             settings = {"rounds": rounds, "local_epochs": local_epochs, "seed": seed, "clients": chosen}
-            if train is not None:
-                result = train(config)
+            if remote is not None:
+                result = remote.run(plan)
             else:
                 result = _train(config, _fingerprint(algorithm, {c: client_dirs[c] for c in chosen}, settings))
+            result["preflight_s"] = round(check.seconds, 3)
         except (ValueError, FileNotFoundError) as exc:
             return f"error: training could not start: {exc}"
         except Exception as exc:  # a crash inside Flower is a failed run, reported to the agent
             result = {"status": "failed", "algorithm": algorithm, "rounds": [], "final": None,
                       "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         result["clients"] = sorted(chosen)
+        _record(result)
+        return "training finished. " + _summary(result)
+
+    def _record(result: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1), "utf-8")
         tmp.replace(result_file)
-        return "training finished. " + _summary(result)
 
     def training_status() -> str:
         if not result_file.is_file():
