@@ -100,17 +100,21 @@ class Relay:
 
     def discover(self, expected: list[str], wait_s: float) -> dict[str, int]:
         """Greet every connected node until the expected sites have answered (or ``wait_s`` passed)."""
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        from federation.site_service import KEY, RECORD, read_payload
+
         deadline = time.monotonic() + wait_s
         asked: set[int] = set()
+        hello = json.dumps({"kind": "hello", "protocol": PROTOCOL})
         while True:
-            for node in sorted(set(self.grid.get_node_ids()) - asked - set(self.sites.values())):
-                asked.add(node)
-                try:
-                    hello = self._query(node, {"kind": "hello", "protocol": PROTOCOL}, timeout=60)
-                except SiteUnavailable:
-                    continue
-                if "site" in hello:
-                    self.sites[str(hello["site"])] = node
+            new = sorted(set(self.grid.get_node_ids()) - asked - set(self.sites.values()))
+            asked |= set(new)
+            messages = [Message(content=RecordDict({RECORD: ConfigRecord({KEY: hello})}), dst_node_id=node,
+                                message_type="query") for node in new]
+            for reply in self.push_and_wait(messages, timeout=60) if messages else []:  # all greeted at once
+                if not reply.has_error() and "site" in (answer := read_payload(reply)):
+                    self.sites[str(answer["site"])] = reply.metadata.src_node_id
             if set(expected) <= set(self.sites) or time.monotonic() > deadline:
                 return dict(self.sites)
             time.sleep(1.0)
