@@ -139,7 +139,7 @@ def test_federate_run_takes_the_shared_settings_over_the_yaml(tmp_path: Path, mo
                                      f'sites:\n  - name: a\n    path: "{site}"\n')
     seen: list = []
 
-    def fake(spec, work, model=None, request=None, progress=None, ask=None, agents=None):
+    def fake(spec, work, model=None, request=None, progress=None, ask=None, agents=None, transport=None):
         seen.append((spec, model, agents))
         raise KeyboardInterrupt
 
