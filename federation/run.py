@@ -61,7 +61,9 @@ class FederationReport(BaseModel):
 
 
 def _spec_digest(spec: FederationSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    # training settings at their defaults are left out: a file from before they existed keeps its digest
+    unset = {k for k in ("network", "device") if getattr(spec, k) == FederationSpec.model_fields[k].default}
+    return hashlib.sha256(spec.model_dump_json(exclude=unset).encode()).hexdigest()[:16]
 
 
 def check_sites(spec: FederationSpec, work: Path) -> None:
@@ -165,6 +167,7 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     env = prepare(spec, work)
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
                        run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed,
+                       device=spec.device, network=spec.network, train_image_size=spec.image_size,
                        approve=ask is not None, **(agents or {}))
     started = saved_config(work / "checkpoints.sqlite", THREAD)
     if started is not None and started.approve != config.approve:  # a resumed run keeps its first settings

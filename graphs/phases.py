@@ -361,7 +361,8 @@ def s4_tools(state: WorkflowState) -> list:
     config = state.config
     data_dirs = {n: runtime.client_path(config, n, r.training_input) for n, r in _participants(state).items()}
     return build_training_tools(runtime.server_path(config, "work/training"), data_dirs, rounds=config.rounds,
-                                local_epochs=config.local_epochs, seed=config.seed)
+                                local_epochs=config.local_epochs, seed=config.seed, device=config.device,
+                                network=config.network, image_size=config.train_image_size)
 
 
 def s4_finish(state: WorkflowState, outcome: AgentOutcome | None, skipped: str | None = None) -> dict[str, Any]:

@@ -40,6 +40,10 @@ class RunConfig(BaseModel):
     cache_dir: str | None = None
     #: pause for a person before C2 removes files and before S4 starts training (never in a bench)
     approve: bool = False
+    #: S4's training: where the clients train, the network, its input size (None: the images' own, 28-64)
+    device: str = "auto"
+    network: str = "default"
+    train_image_size: int | None = None
 
 
 class ClientRecord(BaseModel):

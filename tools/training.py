@@ -112,15 +112,18 @@ def _train(config, fingerprint: str) -> dict:
 
 
 def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds: int = 1,
-                         local_epochs: int = 1, seed: int = 0) -> list:
+                         local_epochs: int = 1, seed: int = 0, device: str = "auto", network: str = "default",
+                         image_size: int | None = None) -> list:
     """``launch_training`` and ``training_status`` bound to this run's clients and output folder
-    (``out_dir``, in the server's work area; ``result.json`` there records metrics and the clients)."""
+    (``out_dir``, in the server's work area; ``result.json`` there records metrics and the clients).
+    ``device``, ``network`` and ``image_size`` are the run's training settings (``fl.runner.TrainConfig``)."""
     from langchain_core.tools import StructuredTool
 
     out = Path(out_dir)
     result_file = out / "result.json"
 
     def launch_training(algorithm: str, clients: list[str] | None = None) -> str:
+        from fl.devices import resolve_device
         from fl.runner import ClientSpec, TrainConfig
 
         chosen = clients or sorted(client_dirs)
@@ -133,8 +136,14 @@ def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds:
             config = TrainConfig(
                 clients=[ClientSpec(name=c, data_dir=client_dirs[c]) for c in chosen], algorithm=algorithm,
                 rounds=rounds, local_epochs=local_epochs, seed=seed, out_dir=out / "flower",
+                device=device, network=network, image_size=image_size,
             )
             settings = {"rounds": rounds, "local_epochs": local_epochs, "seed": seed, "clients": chosen}
+            # only settings off their defaults join the key, so that earlier cache entries stay valid;
+            # the device as resolved here (a GPU's result is not a CPU's)
+            on = resolve_device(device)
+            settings |= {k: v for k, v in (("network", network), ("image_size", image_size)) if v not in ("default", None)}
+            settings |= {"device": on.partition(":")[0]} if on != "cpu" else {}
             result = _train(config, _fingerprint(algorithm, {c: client_dirs[c] for c in chosen}, settings))
         except (ValueError, FileNotFoundError) as exc:
             return f"error: training could not start: {exc}"
