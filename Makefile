@@ -3,7 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# torch 2.13.0 for the CPU (default: the CPU wheel) or for CUDA: `make setup TORCH=cuda` installs the
+# same pinned version from TORCH_INDEX (another CUDA build: e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu130);
+# the venv remembers the choice (.venv/.torch), so later `make test`/`make bench` keep it
+TORCH  ?= $(shell cat $(VENV)/.torch 2>/dev/null || echo cpu)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+STAMP  := $(VENV)/.installed$(if $(filter cuda,$(TORCH)),-cuda)
 OUT    ?= out
 SEED   ?= 0
 SCALE  ?= tiny
@@ -22,19 +27,35 @@ endif
 
 .PHONY: setup setup-local test check envs bench studio lock clean help
 help:
-	@echo "make bench [MODEL=heuristic|oracle|random|local|<alias>|<spec>] | test | check | envs | studio | setup | lock | clean"
+	@echo "make bench [MODEL=heuristic|oracle|random|local|<alias>|<spec>] | test | check | envs | studio | setup [TORCH=cuda] | lock | clean"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need CPython 3.11 (python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 # reinstall only when the dependency declarations change
+ifeq ($(TORCH),cuda)
+# the CUDA build of the pinned torch from TORCH_INDEX (its nvidia-* libraries too), the rest from PyPI
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(VENV)/bin/uv pip install --python $(PY) -c constraints.txt --extra-index-url $(TORCH_INDEX) \
+	  --index-strategy unsafe-best-match --reinstall-package torch -e '.[dev]'
+	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v, 'CUDA', torch.version.cuda, 'GPU visible:', torch.cuda.is_available()); sys.exit(0 if v.startswith('2.13.0') and torch.version.cuda else 'no CUDA build of torch 2.13.0 was installed: check TORCH_INDEX')"
+	echo cuda > $(VENV)/.torch
+	rm -f $(VENV)/.installed
+	touch $(STAMP)
+else ifeq ($(TORCH),cpu)
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	UV_FIND_LINKS="$${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}" \
 	  $(VENV)/bin/uv pip install --python $(PY) -c constraints.txt -e '.[dev]'
-	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else 'a CUDA torch was installed: check UV_FIND_LINKS')"
+	$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') and not torch.version.cuda else 'a CUDA torch was installed: check UV_FIND_LINKS, or keep it with make setup TORCH=cuda')"
+	echo cpu > $(VENV)/.torch
+	rm -f $(VENV)/.installed-cuda
 	touch $(STAMP)
+else
+$(error TORCH=$(TORCH): choose cpu or cuda)
+endif
 
 setup: $(STAMP)
 
@@ -82,6 +103,7 @@ studio: setup
 	echo "LangGraph API on http://127.0.0.1:$$PORT"; \
 	$(VENV)/bin/langgraph dev --no-browser --no-reload --host 127.0.0.1 --port $$PORT
 
+# from a CPU venv: a CUDA one would add its nvidia-* libraries to the lock
 lock: setup
 	$(VENV)/bin/uv pip freeze --python $(PY) --exclude-editable | sed 's/+cpu$$//' > constraints.txt
 

@@ -96,7 +96,8 @@ def evaluate_training(env_dir: Path, task_id: str, training_dir: Path) -> Outcom
                       (env_dir / "answer_key" / "heldout.npz").stat().st_mtime_ns)
 
     def measure(file: Path) -> Outcome:
-        probs = _predict(file, algorithm, classes, channels, image_size, int(config.get("seed", 0)), x)
+        probs = _predict(file, algorithm, classes, channels, image_size, int(config.get("seed", 0)), x,
+                         network=config.get("network", "default"))
         return _metrics(y, probs, targets, classes, algorithm)
 
     if hospital_models:
@@ -163,20 +164,25 @@ def _test_tensors(env_dir: str, task_id: str, schema_size: int, schema_mode: str
     return torch.stack(tensors).float()
 
 
-def _predict(model_file: Path, algorithm: str, classes: list[str], channels: int, image_size: int, seed: int, x):
-    """Class probabilities of the saved global model for every held-out image (tensors ``x``)."""
+def _predict(model_file: Path, algorithm: str, classes: list[str], channels: int, image_size: int, seed: int, x,
+             network: str = "default"):  # fmt: skip
+    """Class probabilities of the saved global model (of the training's ``network``) for every
+    held-out image (tensors ``x``); on the GPU where there is one."""
     import numpy as np
     import torch
 
+    from fl.devices import resolve_device
     from fl.models import build_model
     from fl.registry import get_algorithm
 
     torch.set_num_threads(1)
-    model = build_model(get_algorithm(algorithm).name, channels, len(classes), image_size, seed)
+    device = resolve_device("auto")
+    model = build_model(get_algorithm(algorithm).name, channels, len(classes), image_size, seed, network=network)
     model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True), strict=False)
-    model.eval()
+    model.to(device).eval()
     with torch.no_grad():
-        probs = torch.cat([torch.softmax(model(x[i:i + 256]), dim=1) for i in range(0, len(x), 256)])
+        probs = torch.cat([torch.softmax(model(x[i:i + 256].to(device)).float(), dim=1).cpu()
+                           for i in range(0, len(x), 256)])  # fmt: skip
     return np.asarray(probs.numpy(), dtype=np.float64)
 
 

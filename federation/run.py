@@ -67,7 +67,9 @@ class FederationReport(BaseModel):
 
 
 def _spec_digest(spec: FederationSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    # training settings at their defaults are left out: a file from before they existed keeps its digest
+    unset = {k for k in ("network", "device") if getattr(spec, k) == FederationSpec.model_fields[k].default}
+    return hashlib.sha256(spec.model_dump_json(exclude=unset).encode()).hexdigest()[:16]
 
 
 def check_sites(spec: FederationSpec, work: Path, local: bool = True) -> None:
@@ -230,6 +232,7 @@ def run_federation(spec: FederationSpec, work: Path, model: str | None = None, r
     env = prepare_coordinator(spec, work) if deployed else prepare(spec, work)
     config = RunConfig(env_dir=str(env), task_id=TASK_ID, guidance="goal", model=spec.model, mode="e2e",
                        run_id="federate", rounds=spec.rounds, local_epochs=spec.local_epochs, seed=spec.seed,
+                       device=spec.device, network=spec.network, train_image_size=spec.image_size,
                        approve=ask is not None, runtime="deployment" if deployed else "simulation",
                        **(agents or {}))
     started = saved_config(work / "checkpoints.sqlite", THREAD)

@@ -9,6 +9,8 @@
     requirement: baseline     # or label_skew, feature_shift, personalisation, ... (algorithm hints)
     model: heuristic          # any model spec of `fedagentbench models`
     rounds: 3
+    network: default          # or densenet121 (MONAI's DenseNet-121; with image_size 224, for a GPU)
+    device: auto              # auto (CUDA when there is a GPU), cpu, cuda or cuda:N
     sites:
       - name: hospital_a
         path: /data/hospital_a          # read-only: never modified
@@ -24,9 +26,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from environments.tasks import REQUIREMENT_ALGORITHMS
+from fl.devices import DENSENET_MIN_SIZE, check_device, check_network
 
 
 class FederationError(ValueError):
@@ -61,7 +64,27 @@ class FederationSpec(BaseModel):
     rounds: int = Field(3, ge=1, le=500)
     local_epochs: int = Field(1, ge=1, le=100)
     seed: int = 0
+    #: the training network ("default" or "densenet121") and where the clients train; ``image_size``
+    #: is both what the C2 agent resizes to and the training input size
+    network: str = "default"
+    device: str = "auto"
     sites: list[Site] = Field(min_length=1)
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        return check_network(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device(value)
+
+    @model_validator(mode="after")
+    def _network_fits(self) -> FederationSpec:
+        if self.network == "densenet121" and self.image_size < DENSENET_MIN_SIZE:
+            raise ValueError(f"network densenet121 needs image_size >= {DENSENET_MIN_SIZE}, got {self.image_size}")
+        return self
 
     @field_validator("requirement")
     @classmethod

@@ -34,7 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--local-epochs", type=int, default=1)
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--lr", type=float, default=0.01)
-    tr.add_argument("--image-size", type=int, default=None, help="default: the images' size, within 28-64")
+    tr.add_argument("--image-size", type=int, default=None,
+                    help="training input size in px (e.g. 224 with densenet121); default: the images' size, "
+                         "within 28-64")  # fmt: skip
+    tr.add_argument("--network", choices=("default", "densenet121"), default="default",
+                    help="default: the small MONAI SplitNet; densenet121: MONAI's DenseNet-121 (GPU-sized)")  # fmt: skip
+    tr.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                    help="where the clients train; auto: CUDA when torch sees a GPU, else the CPU")  # fmt: skip
+    tr.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                    help="autocast (bfloat16, else float16) in local training; default: on for CUDA, off on the CPU")  # fmt: skip
     tr.add_argument("--max-images", type=int, default=None, help="at most this many images per client")
     tr.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     tr.add_argument("--out", default=None, help="result folder (default runs/fl/<algorithm>-<time>)")
@@ -132,7 +140,8 @@ def _result_table(result: Any):
 
     variant = result.config.get("hp", {}).get("variant")
     name = f"{result.algorithm} ({variant})" if variant else result.algorithm
-    table = Table(title=f"{name}: {result.status} in {result.wall_time_s:.1f} s")
+    where = f" on {result.device}" if result.device else ""
+    table = Table(title=f"{name}: {result.status} in {result.wall_time_s:.1f} s{where}")
     for col in ("Client", "n val", "loss", "accuracy", "bal. acc.", "AUROC"):
         table.add_column(col, justify="right" if col != "Client" else "left")
     if result.final is not None:
@@ -153,7 +162,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         clients=_clients(args.client), algorithm=args.algorithm, rounds=args.rounds, local_epochs=args.local_epochs,
         batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, max_images_per_client=args.max_images,
-        hyperparameters=_parse_hp(args.hp), out_dir=args.out, seed=args.seed,
+        hyperparameters=_parse_hp(args.hp), out_dir=args.out, seed=args.seed, device=args.device,
+        network=args.network, mixed_precision=args.mixed_precision,
     )  # fmt: skip
     resolve(config)  # bad folders, classes or algorithm: a clear error before Flower starts
     if args.ray_address and args.runtime != "simulation":

@@ -57,14 +57,16 @@ def _handle(msg: Message, context: Context, clients: list[tuple[str, str]] | Non
 
     from fl.algorithms.base import RunSpec
     from fl.data import load_client_data
+    from fl.devices import resolve_device
 
     start = time.perf_counter()
     torch.set_num_threads(1)
     config = msg.content["config"]
     name, data_dir = _identity(context, clients, config)
     spec = RunSpec(**json.loads(str(config["spec"])))
+    device = resolve_device(spec.device)  # this node's own answer to "auto"
     data = load_client_data(
-        data_dir, spec.classes, spec.image_size, spec.channels, spec.val_fraction, spec.seed, spec.max_images
+        data_dir, spec.classes, spec.image_size, spec.channels, spec.val_fraction, spec.seed, spec.max_images, device
     )
     return respond(msg, context, name, data, train, start)
 
@@ -78,21 +80,24 @@ def respond(msg: Message, context: Context, name: str, data: LocalData, train: b
 
     from fl.algorithms import client_algorithm
     from fl.algorithms.base import RunSpec, StateStore
+    from fl.devices import autocast_dtype, precision_name
     from fl.metrics import client_metrics
 
     start = time.perf_counter() if start is None else start
     torch.set_num_threads(1)
     config = msg.content["config"]
     spec = RunSpec(**json.loads(str(config["spec"])))
+    device = str(data.val_x.device)  # where the data was loaded (the dry run's synthetic data: the CPU)
     server_round = int(config.get("server-round", 0))
     round_seed = spec.seed * 100_003 + server_round * 1_009 + zlib.crc32(name.encode()) % 10_007
     torch.manual_seed(round_seed)
-    store = StateStore(context.state, spec.run_tag)
+    store = StateStore(context.state, spec.run_tag, device)
     if "roster" in config:  # a warm simulation: runs follow one another on the same nodes
         store.forget_other_runs()
     algorithm = client_algorithm(spec.algorithm)(spec, data, store, round_seed)
-    received = msg.content["arrays"].to_torch_state_dict()
-    info = ConfigRecord({"name": name})
+    received = {k: v.to(device) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
+    precision = precision_name(autocast_dtype(spec.mixed_precision, device))
+    info = ConfigRecord({"name": name, "device": device, "precision": precision})
     if train:
         fit_start = time.perf_counter()
         arrays, metrics = algorithm.train(received, dict(config))
@@ -107,11 +112,11 @@ def respond(msg: Message, context: Context, name: str, data: LocalData, train: b
         )
     else:
         predict = algorithm.predictor(received)
-        with torch.no_grad():
-            logits = torch.cat([predict(x) for x in data.val_x.split(256)])
+        with torch.no_grad():  # in full precision: the metrics compare across devices
+            logits = torch.cat([predict(x) for x in data.val_x.split(256)]).float()
             loss = float(F.cross_entropy(logits, data.val_y))
-            probs = torch.softmax(logits, dim=1).numpy()
-        report = client_metrics(data.val_y.numpy(), probs, loss)
+            probs = torch.softmax(logits, dim=1).cpu().numpy()
+        report = client_metrics(data.val_y.cpu().numpy(), probs, loss)
         content = RecordDict({"metrics": MetricRecord(report), "client": info})
         model_dir = context.node_config.get("model-dir") or config.get("export-dir")
         if model_dir and "site-env" in context.node_config:  # a site keeps its models in its own folder
@@ -128,7 +133,7 @@ def _keep_model(model, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)  # loadable without a GPU
     tmp.replace(path)
 
 

@@ -149,6 +149,18 @@ class LocalData:
 
         return torch.bincount(self.train_y, minlength=self.n_classes).tolist()
 
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device: str | torch.device) -> LocalData:
+        """The same split on ``device`` (this object itself when it is there already)."""
+        import torch
+
+        if self.train_x.device == torch.device(device):
+            return self
+        return LocalData(*(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y)), self.classes)
+
 
 def load_client_data(
     data_dir: str | Path,
@@ -158,9 +170,16 @@ def load_client_data(
     val_fraction: float = 0.2,
     seed: int = 0,
     max_images: int | None = None,
+    device: str | None = None,
 ) -> LocalData:
-    """Load (once per process) a client's images through MONAI and split them."""
+    """Load (once per process) a client's images through MONAI and split them; with a ``device``
+    other than the CPU, a copy kept there too (moved once, not every round)."""
     key = (str(Path(data_dir).resolve()), tuple(classes), image_size, channels, val_fraction, seed, max_images)
+    if device is not None and device != "cpu":
+        if key + (device,) not in _CACHE:
+            cpu = load_client_data(data_dir, classes, image_size, channels, val_fraction, seed, max_images)
+            _CACHE[key + (device,)] = cpu.to(device)
+        return _CACHE[key + (device,)]
     if key in _CACHE:
         return _CACHE[key]
     import torch
@@ -187,11 +206,33 @@ def load_client_data(
 
 
 def train_loader(data: LocalData, batch_size: int, seed: int):
-    """Shuffled mini-batches of the training split (a fresh order per seed)."""
+    """Shuffled mini-batches of the training split (a fresh order per seed). Data on a GPU is sliced
+    there by index batches drawn exactly as on the CPU (same seed, same order, no copy per sample)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(data.train_x, data.train_y), batch_size=batch_size, shuffle=True, generator=generator
-    )
+    if data.train_x.device.type == "cpu":
+        return DataLoader(
+            TensorDataset(data.train_x, data.train_y), batch_size=batch_size, shuffle=True, generator=generator
+        )
+    return _IndexedBatches(data, batch_size, generator)
+
+
+class _IndexedBatches:
+    """``train_loader`` for data on an accelerator: a DataLoader over indices only (its sampler and
+    seed draws are those of the CPU path), each index batch gathered from the device tensors."""
+
+    def __init__(self, data: LocalData, batch_size: int, generator: Any):
+        from torch.utils.data import DataLoader
+
+        self.data = data
+        self.indices = DataLoader(range(len(data.train_y)), batch_size=batch_size, shuffle=True, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        for idx in self.indices:
+            idx = idx.to(self.data.train_x.device)
+            yield self.data.train_x[idx], self.data.train_y[idx]

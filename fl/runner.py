@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fl.devices import DENSENET_DEFAULT_SIZE, DENSENET_MIN_SIZE, check_device, check_network
 from fl.registry import get_algorithm
 
 
@@ -44,7 +45,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    image_size: int | None = Field(None, ge=8, le=256, description="None: the images' own size, within 28-64")
+    image_size: int | None = Field(None, ge=8, le=512, description="None: the images' own size, within 28-64")
     hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
     seed: int = 0
     out_dir: Path | None = None
@@ -52,6 +53,22 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     fraction_train: float = Field(1.0, gt=0, le=1)
     timeout_s: float = Field(3600, gt=0)
+    #: where clients train: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda", "cuda:N"
+    device: str = "auto"
+    #: autocast in the local SGD loop: None = on for CUDA (bfloat16, else float16), off on the CPU
+    mixed_precision: bool | None = None
+    #: "default" (the small MONAI SplitNet) or "densenet121" (MONAI's DenseNet-121, for larger images)
+    network: str = "default"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device(value)
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        return check_network(value)
 
     @field_validator("clients")
     @classmethod
@@ -110,6 +127,11 @@ class TrainResult(BaseModel):
     wall_time_s: float
     result_path: str
     error: str | None = None
+    #: where the clients trained (as they reported it; the server's resolution before round 1)
+    device: str | None = None
+    client_devices: dict[str, str] = Field(default_factory=dict)
+    #: "float32", or the autocast dtype of each client's training ("bfloat16", "float16")
+    client_precision: dict[str, str] = Field(default_factory=dict)
 
 
 class ProgressEvent(BaseModel):
@@ -171,6 +193,7 @@ def executable_names() -> list[str]:
 
 
 def _image_size(first_image: Path) -> int:
+    """The images' own size within 28-64 px (the CPU default; larger inputs are asked for)."""
     from PIL import Image
 
     with Image.open(first_image) as im:
@@ -203,7 +226,17 @@ def resolve(config: TrainConfig, run_tag: str = "0", shapes: dict[str, DataShape
 
     ``shapes`` (client name -> :class:`DataShape`): the data as each hospital described it, for a
     deployment whose coordinator never reads the hospitals' folders; else read here."""
+    from fl.devices import check_mixed_precision, resolve_device
+    from fl.models import network_class
+
     algorithm, hp = _hyperparameters(config.algorithm, config.hyperparameters)
+    resolve_device(config.device)  # "cuda" without a GPU: the error now, not in round 1
+    check_mixed_precision(config.mixed_precision, config.device)
+    if config.network != "default":  # an algorithm's own network class may not take another one
+        network_class(algorithm, config.network)
+    densenet = config.network == "densenet121"
+    if densenet and config.image_size is not None and config.image_size < DENSENET_MIN_SIZE:
+        raise ValueError(f"network densenet121 needs image_size >= {DENSENET_MIN_SIZE}, got {config.image_size}")
     local = shapes is None  # else the data_dirs are the sites' own references, resolved there
     shapes = shapes if shapes is not None else {c.name: describe_data(c.data_dir) for c in config.clients}
     reference: list[str] | None = None
@@ -229,7 +262,8 @@ def resolve(config: TrainConfig, run_tag: str = "0", shapes: dict[str, DataShape
                     for c in config.clients],
         "classes": reference,
         "channels": max(s.channels for s in shapes.values()),
-        "image_size": config.image_size or shapes[config.clients[0].name].first_image_size,
+        "image_size": config.image_size or (DENSENET_DEFAULT_SIZE if densenet
+                                            else shapes[config.clients[0].name].first_image_size),
         "rounds": config.rounds,
         "local_epochs": config.local_epochs,
         "batch_size": config.batch_size,
@@ -241,6 +275,9 @@ def resolve(config: TrainConfig, run_tag: str = "0", shapes: dict[str, DataShape
         "fraction_train": config.fraction_train,
         "timeout_s": config.timeout_s,
         "out_dir": str(Path(out_dir).resolve()),
+        "device": config.device,  # each client resolves it (deployed hospitals may differ)
+        "mixed_precision": config.mixed_precision,
+        "network": config.network,
     }
 
 

@@ -32,7 +32,8 @@ def client_spec(plan: dict[str, Any]) -> str:
     """The part of a plan every client needs, as JSON (see fl.algorithms.base.RunSpec)."""
     keys = ("run_tag", "algorithm", "classes", "channels", "image_size", "local_epochs", "batch_size", "lr",
             "momentum", "seed", "val_fraction", "max_images", "hp")  # fmt: skip
-    return json.dumps({k: plan[k] for k in keys})
+    optional = ("device", "mixed_precision", "network")  # plans written before these existed lack them
+    return json.dumps({k: plan[k] for k in keys} | {k: plan[k] for k in optional if k in plan})
 
 
 def _finite(value: Any) -> Any:
@@ -53,6 +54,18 @@ def _client_name(msg: Message) -> str:
     return str(info["name"]) if info is not None else str(msg.metadata.src_node_id)
 
 
+def _record_devices(result: dict[str, Any], replies: list[Message]) -> None:
+    """Where each client trained and in which precision, as the clients report it; ``device`` is
+    their common device (the devices joined by commas where they differ)."""
+    for msg in replies:
+        info = msg.content.config_records.get("client")
+        if info is not None and "device" in info:
+            result["client_devices"][_client_name(msg)] = str(info["device"])
+            result["client_precision"][_client_name(msg)] = str(info.get("precision", "float32"))
+    if result["client_devices"]:
+        result["device"] = ",".join(sorted(set(result["client_devices"].values())))
+
+
 def _public(plan: dict[str, Any]) -> dict[str, Any]:
     """The plan as recorded in results: hospitals by name only (where their data lies stays local)."""
     return {**plan, "clients": [{"name": c["name"]} for c in plan["clients"]]}
@@ -69,14 +82,18 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     """Train one plan for its rounds; returns (and saves) the result dictionary."""
     import torch
 
+    from fl.devices import describe_device
     from fl.metrics import pooled_metrics
     from fl.models import build_model, shareable_keys
     from fl.registry import get_algorithm
     from fl.strategies import build_strategy, initial_arrays, model_arrays
 
     torch.set_num_threads(1)
+    # the server's own model work (initial weights, aggregation, generators, hypernetworks) is small
+    # and stays on the CPU: its arrays are the same on any machine; the clients train on plan["device"]
     with SEEDED:  # the starting weights come from torch's global generator, seeded here
-        model = build_model(plan["algorithm"], plan["channels"], len(plan["classes"]), plan["image_size"], plan["seed"])
+        model = build_model(plan["algorithm"], plan["channels"], len(plan["classes"]), plan["image_size"], plan["seed"],
+                            network=plan.get("network", "default"))  # fmt: skip
         params = {n for n, _ in model.named_parameters()}
         strategy = build_strategy(
             plan["algorithm"], plan["hp"], len(plan["clients"]), plan["fraction_train"], plan["lr"],
@@ -92,6 +109,7 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
     result: dict[str, Any] = {
         "status": "running", "algorithm": plan["algorithm"], "config": _public(plan), "classes": plan["classes"],
         "rounds": [], "final": None, "wall_time_s": 0.0, "result_path": str(path), "error": None,
+        "device": describe_device(plan.get("device", "cpu")), "client_devices": {}, "client_precision": {},
     }  # fmt: skip
     start = time.perf_counter()
     _write(result, path)  # replaces any result of an earlier run in this folder
@@ -115,6 +133,7 @@ def run_plan(grid: Grid, plan: dict[str, Any], progress: ProgressFn | None = Non
         eval_replies = _replies(list(grid.send_and_receive(messages, timeout=plan["timeout_s"])), "evaluation")
         t_eval = time.perf_counter() - t1
         train_info = {_client_name(m): m.content["metrics"] for m in train_replies}
+        _record_devices(result, train_replies + eval_replies)
         reports = {_client_name(m): dict(m.content["metrics"]) for m in eval_replies}
         clients = {
             name: {

@@ -13,7 +13,9 @@ from fl.telemetry import QUIET_ENV
 SIMULATION_ENV = {
     **QUIET_ENV,
     "RAY_DEDUP_LOGS": "0",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences a FutureWarning; we never use GPUs
+    # actors that reserve no GPU still see the machine's GPUs (clients train on "auto"/"cuda"; Ray
+    # would otherwise hide them), and Ray's FutureWarning about that default stays quiet
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
 

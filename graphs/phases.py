@@ -364,10 +364,13 @@ def s4_tools(state: WorkflowState) -> list:
 
         refs = {n: site_reference(config, n, r.training_input) for n, r in _participants(state).items()}
         return build_training_tools(runtime.server_path(config, "work/training"), refs, rounds=config.rounds,
-                                    local_epochs=config.local_epochs, seed=config.seed, remote=SiteTraining(config))
+                                    local_epochs=config.local_epochs, seed=config.seed, device=config.device,
+                                    network=config.network, image_size=config.train_image_size,
+                                    remote=SiteTraining(config))
     data_dirs = {n: runtime.client_path(config, n, r.training_input) for n, r in _participants(state).items()}
     return build_training_tools(runtime.server_path(config, "work/training"), data_dirs, rounds=config.rounds,
-                                local_epochs=config.local_epochs, seed=config.seed)
+                                local_epochs=config.local_epochs, seed=config.seed, device=config.device,
+                                network=config.network, image_size=config.train_image_size)
 
 
 def s4_finish(state: WorkflowState, outcome: AgentOutcome | None, skipped: str | None = None) -> dict[str, Any]:

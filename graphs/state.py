@@ -49,6 +49,10 @@ class RunConfig(BaseModel):
     #: the model a hospital's site service gives its client agents (``site serve --model``); the run's
     #: folders keep the run's own model name, so both sides name them alike
     site_model: str | None = None
+    #: S4's training: where the clients train, the network, its input size (None: the images' own, 28-64)
+    device: str = "auto"
+    network: str = "default"
+    train_image_size: int | None = None
 
 
 class ClientRecord(BaseModel):

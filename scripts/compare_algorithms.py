@@ -131,7 +131,8 @@ def score(result, hospitals: list[dict]) -> dict:
         weights = out_dir / CLIENT_MODELS_DIR / f"{h['name']}.pt" if personalised else out_dir / "global_model.pt"
         if not weights.exists():
             raise FileNotFoundError(f"no deployed model for {h['name']}: {weights}")
-        model = build_model(result.algorithm, config["channels"], len(result.classes), config["image_size"], 0)
+        model = build_model(result.algorithm, config["channels"], len(result.classes), config["image_size"], 0,
+                            network=config.get("network", "default"))
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=False)
         model.eval()
         x, y = _test_tensors(h["test_dir"], config["image_size"], config["channels"])

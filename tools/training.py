@@ -142,9 +142,11 @@ def _preflight(config: TrainConfig, remote: RemoteTraining | None = None) -> tup
 
 
 def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds: int = 1,
-                         local_epochs: int = 1, seed: int = 0, remote: RemoteTraining | None = None) -> list:
+                         local_epochs: int = 1, seed: int = 0, device: str = "auto", network: str = "default",
+                         image_size: int | None = None, remote: RemoteTraining | None = None) -> list:
     """``launch_training`` and ``training_status`` bound to this run's clients and output folder
     (``out_dir``, in the server's work area; ``result.json`` there records metrics and the clients).
+    ``device``, ``network`` and ``image_size`` are the run's training settings (``fl.runner.TrainConfig``).
     ``remote``: where the training runs when not on this machine's Flower simulation (a deployment's
     sites; ``client_dirs`` are then the sites' own references)."""
     from langchain_core.tools import StructuredTool
@@ -153,6 +155,7 @@ def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds:
     result_file = out / "result.json"
 
     def launch_training(algorithm: str, clients: list[str] | None = None) -> str:
+        from fl.devices import resolve_device
         from fl.runner import ClientSpec, TrainConfig
 
         chosen = clients or sorted(client_dirs)
@@ -165,6 +168,7 @@ def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds:
             config = TrainConfig(
                 clients=[ClientSpec(name=c, data_dir=client_dirs[c]) for c in chosen], algorithm=algorithm,
                 rounds=rounds, local_epochs=local_epochs, seed=seed, out_dir=out / "flower",
+                device=device, network=network, image_size=image_size,
             )
             check, plan = _preflight(config, remote)
             if not check.ok:  # nothing was sent to any site: the launch stops here, with the reason
@@ -175,6 +179,12 @@ def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds:
             if remote is not None:
                 result = remote.run(plan)
             else:
+                # only settings off their defaults join the key, so that earlier cache entries stay valid;
+                # the device as resolved here (a GPU's result is not a CPU's)
+                on = resolve_device(device)
+                settings |= {k: v for k, v in (("network", network), ("image_size", image_size))
+                             if v not in ("default", None)}
+                settings |= {"device": on.partition(":")[0]} if on != "cpu" else {}
                 result = _train(config, _fingerprint(algorithm, {c: client_dirs[c] for c in chosen}, settings))
             result["preflight_s"] = round(check.seconds, 3)
         except (ValueError, FileNotFoundError) as exc:

@@ -7,6 +7,7 @@ stay personal, the local loss, the training schedule, what is sent, and which mo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fl.data import LocalData, train_loader
+from fl.devices import autocast_dtype, resolve_device
 from fl.models import build_model, shareable_keys
 
 #: prefix of arrays that travel beside the model's weights (a generator, statistics, a mean gradient):
@@ -48,6 +50,11 @@ class RunSpec:
     val_fraction: float = 0.2
     max_images: int | None = None
     hp: dict[str, Any] = field(default_factory=dict)
+    #: where the client trains (``fl.devices``): a spec without it (built by hand) stays on the CPU
+    device: str = "cpu"
+    #: autocast on CUDA (None: on there); never on the CPU
+    mixed_precision: bool | None = None
+    network: str = "default"
 
     @property
     def n_classes(self) -> int:
@@ -57,8 +64,9 @@ class RunSpec:
 class StateStore:
     """A client's memory across rounds (Flower's ``context.state``), namespaced per run."""
 
-    def __init__(self, state: Any, tag: str):
-        self.state, self.tag = state, tag
+    def __init__(self, state: Any, tag: str, device: Any = None):
+        #: where ``load`` puts what it reads (None: the CPU, as Flower keeps it)
+        self.state, self.tag, self.device = state, tag, device
 
     def forget_other_runs(self) -> None:
         """Drop what earlier runs left in this node's state (a warm simulation serves one plan at a time,
@@ -70,7 +78,10 @@ class StateStore:
         from flwr.app import ArrayRecord
 
         record = self.state.get(f"{self.tag}/{name}")
-        return record.to_torch_state_dict() if isinstance(record, ArrayRecord) else None
+        if not isinstance(record, ArrayRecord):
+            return None
+        tensors = record.to_torch_state_dict()
+        return tensors if self.device is None else {k: v.to(self.device) for k, v in tensors.items()}
 
     def save(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         from flwr.app import ArrayRecord
@@ -117,14 +128,20 @@ class ClientAlgorithm:
     keeps_local_model = False
 
     def __init__(self, spec: RunSpec, data: LocalData, store: StateStore, round_seed: int):
-        self.spec, self.data, self.store, self.round_seed = spec, data, store, round_seed
+        #: the model, the data and what the store loads live here; payloads go back to the CPU
+        self.device = torch.device(resolve_device(spec.device))
+        #: autocast dtype of ``run_epochs`` (None: full precision, always so on the CPU)
+        self.amp_dtype = autocast_dtype(spec.mixed_precision, self.device)
+        self.spec, self.data, self.store, self.round_seed = spec, data.to(self.device), store, round_seed
+        if store.device is None:
+            store.device = self.device
         self.hp = spec.hp
 
     # ---- model assembly -------------------------------------------------------------------
     def new_model(self) -> nn.Module:
-        return build_model(
-            self.spec.algorithm, self.spec.channels, self.spec.n_classes, self.spec.image_size, self.spec.seed
-        )
+        spec = self.spec
+        model = build_model(spec.algorithm, spec.channels, spec.n_classes, spec.image_size, spec.seed, spec.network)
+        return model.to(self.device)
 
     def personal_keys(self, model: nn.Module) -> set[str]:
         """State-dict keys that never leave the client."""
@@ -161,20 +178,37 @@ class ClientAlgorithm:
         optimizer: torch.optim.Optimizer,
         before_step: Callable[[], None] | None = None,
     ) -> tuple[float, int]:
-        """Plain mini-batch SGD; returns (mean loss, number of steps)."""
+        """Plain mini-batch SGD; returns (mean loss, number of steps). On CUDA the loss is computed
+        under autocast (``amp_dtype``), with a gradient scaler for float16 (bfloat16 needs none)."""
         model.train()
         total, steps = 0.0, 0
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         for epoch in range(epochs):
             for x, y in train_loader(self.data, self.spec.batch_size, self.round_seed + epoch):
                 optimizer.zero_grad()
-                loss = loss_fn(x, y)
-                loss.backward()
-                if before_step is not None:
-                    before_step()
-                optimizer.step()
+                with self.autocast():
+                    loss = loss_fn(x, y)
+                if scaler is None:
+                    loss.backward()
+                    if before_step is not None:
+                        before_step()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    if before_step is not None:  # corrections and clipping act on the true gradients
+                        scaler.unscale_(optimizer)
+                        before_step()
+                    scaler.step(optimizer)
+                    scaler.update()
                 total += float(loss.detach())
                 steps += 1
         return total / max(steps, 1), steps
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for a forward pass where it is on (CUDA), nothing otherwise."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def local_train(self, model: nn.Module, global_model: nn.Module) -> float:
         loss, _ = self.run_epochs(

@@ -160,7 +160,8 @@ class APFL(ClientAlgorithm):
 
     def local_train(self, model, global_model):
         v = _personal_model(self.store, global_model)
-        alpha = torch.tensor(self.store.scalar("alpha", float(self.hp.get("alpha", 0.5))), requires_grad=True)
+        alpha = torch.tensor(self.store.scalar("alpha", float(self.hp.get("alpha", 0.5))), device=self.device,
+                             requires_grad=True)  # fmt: skip
         opt_w, opt_v = self.sgd(model.parameters()), self.sgd(list(v.parameters()) + [alpha], momentum=0.0)
         w_params = param_dict(model)
         mixture = self._mixed(v, w_params, alpha)
@@ -211,7 +212,7 @@ class FedRoD(ClientAlgorithm):
 
     def local_train(self, model, global_model):
         gamma = float(self.hp.get("gamma", 1.0))
-        counts = torch.tensor(self.data.class_counts(), dtype=torch.float32).clamp(min=1e-8)
+        counts = torch.tensor(self.data.class_counts(), dtype=torch.float32, device=self.device).clamp(min=1e-8)
         p_head = self._personal_head(global_model)
         for p in p_head.parameters():
             p.requires_grad_(True)
@@ -271,11 +272,11 @@ class FedProto(ClientAlgorithm):
         with torch.no_grad():
             feats = torch.cat([model.features(x) for x in self.data.train_x.split(256)])
         n, y = self.spec.n_classes, self.data.train_y
-        protos = torch.zeros(n, feats.shape[1])
+        protos = torch.zeros(n, feats.shape[1], device=feats.device)
         protos.index_add_(0, y, feats)
         counts = torch.bincount(y, minlength=n).float()
         protos, counts = suppress_small_classes(protos / counts.clamp(min=1).unsqueeze(1), counts)
-        return {"protos": protos.numpy(), "counts": counts.numpy()}
+        return {"protos": protos.cpu().numpy(), "counts": counts.cpu().numpy()}
 
     def predictor(self, received):
         return self.assemble(received).eval()

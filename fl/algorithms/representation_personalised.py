@@ -54,9 +54,11 @@ class MixtureNet(nn.Module):
 
     PERSONAL = ("pi",)
 
-    def __init__(self, in_channels: int, n_classes: int, image_size: int, n_learners: int = N_LEARNERS):
+    def __init__(self, in_channels: int, n_classes: int, image_size: int, n_learners: int = N_LEARNERS,
+                 network: str = "default"):  # fmt: skip
         super().__init__()
-        self.learners = nn.ModuleList(SplitNet(in_channels, n_classes, image_size) for _ in range(n_learners))
+        self.learners = nn.ModuleList(SplitNet(in_channels, n_classes, image_size, network=network)
+                                      for _ in range(n_learners))  # fmt: skip
         self.register_buffer("pi", torch.full((n_learners,), 1.0 / n_learners))
 
     def learner_log_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,8 @@ def knn_distribution(
     k = min(k, keys.shape[0] - int(leave_one_out))
     nearest, idx = distances.topk(k, dim=1, largest=False)
     weights = torch.softmax(-nearest, dim=1)
-    return torch.zeros(len(query), n_classes).scatter_add_(1, labels[idx], weights)
+    return torch.zeros(len(query), n_classes, device=weights.device, dtype=weights.dtype).scatter_add_(
+        1, labels[idx], weights)
 
 
 class KNNPerNet(SplitNet):
@@ -143,8 +146,9 @@ class KNNPerNet(SplitNet):
 
     PERSONAL = ("memory_features", "memory_labels", "memory_size", "knn_k", "knn_lambda")
 
-    def __init__(self, in_channels: int, n_classes: int, image_size: int, capacity: int = KNN_CAPACITY):
-        super().__init__(in_channels, n_classes, image_size)
+    def __init__(self, in_channels: int, n_classes: int, image_size: int, capacity: int = KNN_CAPACITY,
+                 network: str = "default"):  # fmt: skip
+        super().__init__(in_channels, n_classes, image_size, network=network)
         self.register_buffer("memory_features", torch.zeros(capacity, self.feature_dim))
         self.register_buffer("memory_labels", torch.zeros(capacity, dtype=torch.long))
         self.register_buffer("memory_size", torch.zeros((), dtype=torch.long))
@@ -200,8 +204,9 @@ class KNNPer(PersonalBuffers):
             p_model = torch.softmax(model.head(features), dim=1)
         p_knn = knn_distribution(features, features, labels, k, p_model.shape[1], leave_one_out=True)
         true_model, true_knn = p_model.gather(1, labels[:, None]), p_knn.gather(1, labels[:, None])
-        mixed = self.LAMBDAS[None, :] * true_knn + (1 - self.LAMBDAS[None, :]) * true_model  # [n, lambdas]
-        return float(self.LAMBDAS[(-mixed.clamp_min(1e-12).log()).mean(0).argmin()])
+        lambdas = self.LAMBDAS.to(features.device)
+        mixed = lambdas[None, :] * true_knn + (1 - lambdas[None, :]) * true_model  # [n, lambdas]
+        return float(lambdas[(-mixed.clamp_min(1e-12).log()).mean(0).argmin()])
 
 
 # ---- FLUTE (Liu, Shen & Yang 2024) ---------------------------------------------------------------
@@ -210,7 +215,7 @@ def etf_misalignment(weight: torch.Tensor, present: torch.Tensor) -> torch.Tenso
     matrix is from a simplex equiangular frame over the classes this client has (l: 0/1 per class)."""
     n_classes = weight.shape[0]
     gram = weight @ weight.T
-    frame = (torch.eye(n_classes) - 1.0 / n_classes) / math.sqrt(n_classes - 1)
+    frame = (torch.eye(n_classes, device=weight.device) - 1.0 / n_classes) / math.sqrt(n_classes - 1)
     return torch.linalg.norm(gram / torch.linalg.norm(gram) - frame * torch.outer(present, present))
 
 
@@ -224,7 +229,7 @@ class FLUTE(FedPer):
     def local_train(self, model, global_model):
         defaults = {"lamda1": 0.25, "lamda2": 0.0025, "lamda3": 0.0005}
         lam1, lam2, lam3 = (float(self.hp.get(name, value)) for name, value in defaults.items())
-        present = (torch.tensor(self.data.class_counts()) > 0).float()
+        present = (torch.tensor(self.data.class_counts(), device=self.device) > 0).float()
         head = list(model.head.parameters())
         body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
 
@@ -269,7 +274,8 @@ def gaussian_statistics(
     seen = counts > 0
     means[seen] = sums[seen] / counts[seen, None]
     centred = features - means[labels]
-    cov = centred.T @ centred / max(len(labels) - 1, 1) + torch.eye(features.shape[1], dtype=torch.float64)
+    cov = centred.T @ centred / max(len(labels) - 1, 1) + torch.eye(
+        features.shape[1], dtype=torch.float64, device=features.device)
     return means, cov, (counts + 1) / (counts.sum() + n_classes)
 
 
@@ -287,7 +293,7 @@ def stratified_folds(labels: torch.Tensor, n_folds: int, seed: int) -> torch.Ten
     for c in labels.unique():
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        folds[idx] = torch.arange(len(idx)) % n_folds
+        folds[idx] = torch.arange(len(idx), device=labels.device) % n_folds
     return folds
 
 
@@ -301,7 +307,7 @@ def choose_beta(
         raise ValueError(f"pFedFDA's num_cv_folds must be at least 2, got {n_folds}")
     n_classes = global_means.shape[0]
     folds = stratified_folds(labels, n_folds, seed)
-    losses = torch.zeros(len(BETAS), dtype=torch.float64)
+    losses = torch.zeros(len(BETAS), dtype=torch.float64, device=features.device)
     for fold in range(n_folds):
         train, test = folds != fold, folds == fold
         if train.sum() < 2 or not test.any():
@@ -310,7 +316,7 @@ def choose_beta(
         for i, beta in enumerate(BETAS):
             w, b = lda_head(beta * means + (1 - beta) * global_means, beta * cov + (1 - beta) * global_cov, prior)
             losses[i] += F.cross_entropy(features[test].double() @ w.T + b, labels[test], reduction="sum")
-    return float(BETAS[losses.argmin()])
+    return float(BETAS[int(losses.argmin())])
 
 
 class PFedFDA(ClientAlgorithm):
@@ -335,7 +341,8 @@ class PFedFDA(ClientAlgorithm):
     def local_statistics(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features of the training split, class means, covariance, prior) under ``model``'s body."""
         features = embed(model, self.data.train_x)
-        fallback = self.global_stats[0] if self.global_stats else torch.zeros(self.spec.n_classes, features.shape[1])
+        fallback = self.global_stats[0] if self.global_stats else torch.zeros(
+            self.spec.n_classes, features.shape[1], device=features.device)
         return features, *gaussian_statistics(features, self.data.train_y, self.spec.n_classes, fallback)
 
     def set_head(self, model: nn.Module, adapt: bool) -> float:
@@ -367,13 +374,13 @@ class PFedFDA(ClientAlgorithm):
     def payload(self, model):
         out = super().payload(model)
         _, means, cov, prior = self.local_statistics(model)
-        counts = torch.tensor(self.data.class_counts(), dtype=torch.float64)
+        counts = torch.tensor(self.data.class_counts(), dtype=torch.float64, device=means.device)
         small = counts < MIN_CLASS_EXAMPLES  # their mean would describe single images: send the fallback
         fallback = self.global_stats[0] if self.global_stats else torch.zeros_like(means)
         means = torch.where(small[:, None], fallback.to(means.dtype), means)
         share = counts.masked_fill(small, 0.0) / max(len(self.data.train_y), 1)
         stats = {"means": means, "cov": cov, "prior": prior, "share": share, "estimated": torch.ones(1)}
-        out.update({AUX + k: v.float().numpy() for k, v in stats.items()})
+        out.update({AUX + k: v.float().cpu().numpy() for k, v in stats.items()})
         return out
 
     def predictor(self, received):

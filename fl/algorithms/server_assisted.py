@@ -100,7 +100,7 @@ class FeatureGenerator(nn.Module):
 
     def sample(self, y: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise, G(noise, y)) for fresh standard-normal noise."""
-        noise = torch.randn(len(y), self.noise_dim, generator=generator)
+        noise = torch.randn(len(y), self.noise_dim, generator=generator, device=y.device)
         return noise, self(noise, y)
 
 
@@ -155,7 +155,7 @@ class FedGen(ClientAlgorithm):
         self.generator = None
         state = _unprefixed("gen.", aux)
         if state:
-            self.generator = FeatureGenerator(self.spec.n_classes, model.feature_dim)
+            self.generator = FeatureGenerator(self.spec.n_classes, model.feature_dim).to(self.device)
             self.generator.load_state_dict(state)
             _frozen(self.generator)
         return model
@@ -170,7 +170,7 @@ class FedGen(ClientAlgorithm):
 
         def loss_fn(x, y):
             logits = model(x)
-            y_hat = available[torch.randint(len(available), (len(y),))]
+            y_hat = available[torch.randint(len(available), (len(y),))].to(y.device)
             with torch.no_grad():
                 z_hat = self.generator.sample(y_hat)[1]
                 target = F.softmax(model.head(self.generator.sample(y)[1]), dim=1)
@@ -223,7 +223,9 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, n_classes: in
     """Per class: mean, unbiased covariance and count of the features; all zero for a class with
     fewer than ``MIN_CLASS_EXAMPLES`` images (they would describe single images)."""
     d = features.shape[1]
-    means, covs, counts = torch.zeros(n_classes, d), torch.zeros(n_classes, d, d), torch.zeros(n_classes)
+    device = features.device
+    means, covs = torch.zeros(n_classes, d, device=device), torch.zeros(n_classes, d, d, device=device)
+    counts = torch.zeros(n_classes, device=device)
     for c in range(n_classes):
         z = features[labels == c].double()
         if len(z) >= MIN_CLASS_EXAMPLES:
@@ -361,7 +363,7 @@ class FedMD(ClientAlgorithm):
         name = str(self.hp.get("public_dataset", "procedural"))
         if name != "procedural":
             raise ValueError(f"FedMD's public dataset can only be 'procedural' here (no downloads), not {name!r}")
-        return public_images(self.spec.channels, self.spec.image_size)
+        return public_images(self.spec.channels, self.spec.image_size).to(self.device)
 
     def scores(self, model: nn.Module) -> torch.Tensor:
         """Class scores (logits) on the public set, in evaluation mode."""
@@ -385,7 +387,7 @@ class FedMD(ClientAlgorithm):
 
     def payload(self, model):
         with torch.no_grad():
-            return {AUX + "scores": self.scores(model).numpy()}
+            return {AUX + "scores": self.scores(model).cpu().numpy()}
 
 
 def _fedmd(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,
@@ -455,7 +457,7 @@ class ADCOL(ClientAlgorithm):
         self.discriminator = None
         if state:
             hidden, d = state["0.weight"].shape
-            self.discriminator = _frozen(discriminator(d, state["2.weight"].shape[0], hidden))
+            self.discriminator = _frozen(discriminator(d, state["2.weight"].shape[0], hidden).to(self.device))
             self.discriminator.load_state_dict(state)
         return super().assemble(weights)
 
@@ -469,7 +471,7 @@ class ADCOL(ClientAlgorithm):
     def payload(self, model):
         rng = torch.Generator().manual_seed(self.round_seed)
         idx = torch.randperm(len(self.data.train_y), generator=rng)[:REPRESENTATIONS]
-        return {**super().payload(model), AUX + "features": _embed(model, self.data.train_x[idx]).numpy()}
+        return {**super().payload(model), AUX + "features": _embed(model, self.data.train_x[idx]).cpu().numpy()}
 
 
 def _adcol(*, hp: dict[str, Any], common: dict[str, Any], plan: dict[str, Any], model: nn.Module,

@@ -295,6 +295,7 @@ class FedFomo(ClientAlgorithm):
 
     def __init__(self, spec, data, store, round_seed):
         super().__init__(spec, data, store, round_seed)
+        data = self.data  # on the training device
         train, held = stratified_split(data.train_y.tolist(), float(self.hp.get("valset_ratio", 0.2)), spec.seed)
         if not held or not train:  # too little data to hold any out: weigh on all of it
             train = held = list(range(len(data.train_y)))
@@ -371,7 +372,8 @@ def bn_statistics(model: nn.Module, x: torch.Tensor) -> Arrays:
     def accumulate(name: str, value: torch.Tensor) -> None:
         dims = [d for d in range(value.dim()) if d != 1]
         value = value.double()
-        batch = [torch.tensor(value.numel() / value.shape[1]), value.sum(dim=dims), (value**2).sum(dim=dims)]
+        count = torch.tensor(value.numel() / value.shape[1], device=value.device)
+        batch = [count, value.sum(dim=dims), (value**2).sum(dim=dims)]
         moments[name] = [a + b for a, b in zip(moments[name], batch)] if name in moments else batch
 
     hooks = [
@@ -402,7 +404,8 @@ def class_statistics(
     with torch.no_grad():
         feats = torch.cat([model.features(b) for b in x.split(256)])
     counts = torch.bincount(y, minlength=n_classes).float()
-    means = torch.zeros(n_classes, feats.shape[1]).index_add_(0, y, feats) / counts.clamp(min=1).unsqueeze(1)
+    means = torch.zeros(n_classes, feats.shape[1], device=feats.device).index_add_(0, y, feats)
+    means = means / counts.clamp(min=1).unsqueeze(1)
     spread = float(((feats - means[y]) ** 2).sum(1).mean()) / max(len(y), 1)
     return *suppress_small_classes(means, counts), spread
 

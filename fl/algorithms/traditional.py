@@ -137,7 +137,7 @@ class FedLC(ClientAlgorithm):
 
     def loss(self, model, x, y):
         tau = float(self.hp.get("tau", 1.0))
-        counts = torch.tensor(self.data.class_counts(), dtype=torch.float32).clamp(min=1.0)
+        counts = torch.tensor(self.data.class_counts(), dtype=torch.float32, device=self.device).clamp(min=1.0)
         return F.cross_entropy(model(x) - tau * counts.pow(-0.25), y)
 
 
