@@ -182,9 +182,8 @@ def build_training_tools(out_dir: Path, client_dirs: dict[str, Path], *, rounds:
                 # only settings off their defaults join the key, so that earlier cache entries stay valid;
                 # the device as resolved here (a GPU's result is not a CPU's)
                 on = resolve_device(device)
-                settings |= {k: v for k, v in (("network", network), ("image_size", image_size))
-                             if v not in ("default", None)}
-                settings |= {"device": on.partition(":")[0]} if on != "cpu" else {}
+                extra = {"network": network, "image_size": image_size, "device": on.partition(":")[0]}
+                settings |= {k: v for k, v in extra.items() if v not in ("default", None, "cpu")}
                 result = _train(config, _fingerprint(algorithm, {c: client_dirs[c] for c in chosen}, settings))
             result["preflight_s"] = round(check.seconds, 3)
         except (ValueError, FileNotFoundError) as exc:
