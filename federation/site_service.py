@@ -138,6 +138,9 @@ class SiteGuard:
 
 # --- answering the coordinator ---------------------------------------------------------------------------
 
+#: a task id names a folder of the site's runs: never a path
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
+
 def _site(context: Context) -> tuple[Path, str, str | None, bool]:
     node = context.node_config
     if SITE_ENV not in node:
@@ -155,6 +158,9 @@ def answer(request: dict[str, Any], env: Path, name: str, model: str | None, ben
         return {"error": f"protocol {request.get('protocol')} is not this site's ({PROTOCOL}); update fedagentbench"}
     if kind == "hello":
         return {"site": name, "protocol": PROTOCOL}
+    config = (request.get("task") or {}).get("config") or request.get("config") or {}
+    if kind in ("agent", "report") and not _PLAIN.fullmatch(str(config.get("task_id", ""))):
+        return {"error": "the task id must be a plain name (it names a folder inside this site's)"}
     if kind == "agent":
         return _run_agent(request, env, name, model, bench)
     if kind == "data_shape":

@@ -71,3 +71,17 @@ def test_a_site_prepared_twice_is_reused_and_refuses_another_name(tmp_path: Path
         prepare_site("other", tmp_path / "hospital_x", tmp_path / "work")
     with pytest.raises(FederationError, match="inside its data folder"):
         prepare_site(name, tmp_path / "hospital_x", tmp_path / "hospital_x" / "w")
+
+
+def test_a_coordinator_cannot_point_a_site_outside_its_folder(tmp_path: Path) -> None:
+    from federation.site_service import answer
+    from graphs.phases import ClientTask
+    from graphs.remote import agent_request
+    from graphs.state import RunConfig
+
+    env, name = _site(tmp_path)
+    config = RunConfig(env_dir="/coordinator/env", task_id="../../elsewhere", model="skyline")
+    reply = answer(agent_request("C2", ClientTask(config=config, client=name)) | {"task_spec": None}, env, name, None)
+    assert "plain name" in reply["error"]
+    with pytest.raises(ValueError, match="not a path inside"):  # the ClientApp replies with it as an error
+        answer({"kind": "data_shape", "path": "../../etc"}, env, name, None)
