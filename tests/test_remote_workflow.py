@@ -6,6 +6,7 @@ site asked again for an agent it already ran answers from its own checkpoint."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,16 @@ def test_a_site_asked_again_answers_from_its_checkpoint(sites, tmp_path: Path) -
                       requirements={"modality": "xray", "task_type": "classification",
                                     "target_classes": ["normal", "pneumonia"]})
     request = agent_request("C1", task) | {"task_spec": None}
+    def threads() -> set[str]:  # the agent runs the site's checkpoint file holds
+        with sqlite3.connect(env / "runs" / "site_hospital_a.sqlite") as db:
+            return {row[0] for row in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+
     first = answer(request, env, "hospital_a", None)
-    again = answer(request, env, "hospital_a", None)
     assert first["outputs"]["clients"]["hospital_a"]["selected_datasets"] == ["chest_xrays"]
-    assert again == first  # the same seconds and counters: read back, not run again
+    assert len(threads()) == 1
+    again = answer(request, env, "hospital_a", None)
+    assert again == first and len(threads()) == 1  # the same seconds and counters: read back, not run again
     fresh = answer(agent_request("C1", task.model_copy(update={"config": config.model_copy(update={"attempt": "a2"})}))
                    | {"task_spec": None}, env, "hospital_a", None)
-    assert fresh["outputs"]["agents"][0]["seconds"] != first["outputs"]["agents"][0]["seconds"]  # a new run runs
+    assert fresh["outputs"]["clients"]["hospital_a"]["selected_datasets"] == ["chest_xrays"]
+    assert len(threads()) == 2  # another run of the coordinator's: the agent runs again
