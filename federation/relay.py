@@ -28,36 +28,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from fl.deploy import app_pyproject
 from graphs.remote import PROTOCOL, SiteUnavailable
 
 #: how long an agent's request may take at a site (an LLM agent's whole run)
 ASK_TIMEOUT_S = 6 * 3600.0
 #: the relay stops when the coordinator has not been heard for this long (it pings every 10 s)
 IDLE_S = 120.0
-APP_PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "fedagentbench-sites"
-version = "1.0.0"
-description = "FedAgentBench: the coordinator's relay and the hospitals' site services (installed code)"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "fedagentbench"
-
-[tool.flwr.app.components]
-serverapp = "federation.relay:relay_app"
-clientapp = "federation.site_service:client_app"
-
-[tool.flwr.app.config]
-relay-file = ""
-"""
+APP_PYPROJECT = app_pyproject("fedagentbench-sites", "FedAgentBench: the coordinator's relay and the hospitals' "
+                              "site services (installed code)", "federation.relay:relay_app",
+                              "federation.site_service:client_app", "relay-file")
 
 
 # --- the relay (inside the ServerApp) -------------------------------------------------------------------

@@ -33,14 +33,19 @@ from fl.telemetry import QUIET_ENV
 MARKER = "FEDAGENTBENCH_FL_DEPLOYMENT"
 #: what every process of the deployment runs with: telemetry off, one torch thread
 FLWR_ENV = {**QUIET_ENV, "OMP_NUM_THREADS": "1"}
-APP_PYPROJECT = """[build-system]
+
+
+def app_pyproject(name: str, description: str, serverapp: str, clientapp: str, config_key: str) -> str:
+    """A Flower app project that lists no dependencies (its components are this environment's
+    installed modules, so nothing is installed per run) and takes one run-config file path."""
+    return f"""[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "fedagentbench-fl"
+name = "{name}"
 version = "1.0.0"
-description = "FedAgentBench federated training (the code is the installed fl package)"
+description = "{description}"
 license = "Apache-2.0"
 dependencies = []
 
@@ -51,12 +56,16 @@ packages = ["."]
 publisher = "fedagentbench"
 
 [tool.flwr.app.components]
-serverapp = "fl.server:server_app"
-clientapp = "fl.client:client_app"
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
-plans-file = ""
+{config_key} = ""
 """
+
+
+APP_PYPROJECT = app_pyproject("fedagentbench-fl", "FedAgentBench federated training (the code is the installed fl package)",
+                              "fl.server:server_app", "fl.client:client_app", "plans-file")
 
 
 def write_app(app_dir: str | Path) -> Path:
